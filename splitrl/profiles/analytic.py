@@ -1,0 +1,129 @@
+"""Roofline cost model: the cost table a measurement would give, from datasheet numbers.
+
+For one placement unit and one token:
+    time   = max(FLOPs / (peak_flops[dtype] * compute_eff), bytes / (mem_bw * memory_eff))
+             + kernels * kernel_overhead / tokens_per_call
+    energy = time * power_active
+Decode (one token, batch 1) streams every weight once per token, so it is memory-bound on every
+device we ship; prefill of S tokens reads the weights once for S tokens and is compute-bound.
+Attention reads `keys` cached tokens: `context` in decode, (S + 1) / 2 on average in causal prefill.
+References: Williams, Waterman, Patterson, "Roofline", CACM 2009; Kaplan et al. 2020 (2·N FLOPs per
+token for N parameters); Pope et al., "Efficiently Scaling Transformer Inference", MLSys 2023.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+import numpy as np
+
+from splitrl.profiles.formats import compute_dtype
+from splitrl.profiles.schema import BlockCost, CostTable, Device, ModelArch
+
+DEFAULT_CONTEXT_GRID = (64, 128, 256, 512, 1024, 2048, 4096)
+# Kernel launches per unit and call (q/k/v proj, rope, sdpa, o-proj; gate, up, act*mul, down).
+KERNELS = {"norm": 1, "attn": 6, "ffn": 4, "embedding": 1, "final_norm": 1, "lm_head": 1}
+FORMULA = ("time = max(flops / (peak_flops[dtype] * efficiency.compute), bytes / (mem_bandwidth * "
+           "efficiency.memory)) + kernels * kernel_overhead_s / tokens_per_call; energy = time * power_w.active; "
+           "flops = 2 * params + 4 * heads * head_dim * keys (+ softmax/activation terms); decode reads all unit "
+           "weights once per token plus the KV cache; prefill of S tokens reads weights once per S tokens; "
+           "keys = context (decode) or (S + 1) / 2 (causal prefill)")
+
+
+def context_grid_for(model: ModelArch) -> np.ndarray:
+    grid = [c for c in DEFAULT_CONTEXT_GRID if c <= model.max_context]
+    return np.array(grid or [model.max_context], dtype=np.float64)
+
+
+def _unit_flops(model: ModelArch, kind: str, params: float, keys: np.ndarray) -> np.ndarray:
+    """FLOPs for one token through one unit, given how many cached keys attention reads."""
+    d = model.d_model
+    if kind == "norm":
+        return np.full_like(keys, (8 if model.family == "gpt2" else 5) * d)
+    if kind == "attn":
+        h = model.heads_per_unit
+        return 2 * params + 4 * h * model.head_dim * keys + 5 * h * keys
+    if kind == "ffn":
+        return np.full_like(keys, 2 * params + 8 * model.d_ff / model.ffn_chunks)
+    raise ValueError(kind)
+
+
+def _roofline(device: Device, dtype: str, flops, nbytes, kernels: float, tokens_per_call) -> np.ndarray:
+    return (np.maximum(flops / device.flops(dtype), nbytes / device.bandwidth)
+            + kernels * device.kernel_overhead_s / tokens_per_call)
+
+
+def analytic_costs(model: ModelArch, device: Device, weight_format: str,
+                   context_grid: np.ndarray | None = None, calibration: dict | None = None) -> CostTable:
+    """The cost table of `model` on `device` with weights in `weight_format`, by the roofline model.
+
+    `calibration` (from a measurement on a host, see docs/profiles.md) maps a unit kind
+    (norm/attn/ffn/embedding/final_norm/lm_head) to a factor {"prefill": x, "decode": y} that
+    multiplies the roofline time; it is recorded in the table's provenance.
+    """
+    grid = context_grid_for(model) if context_grid is None else np.asarray(context_grid, dtype=np.float64)
+    calibration = calibration or {}
+    dtype = compute_dtype(weight_format)
+    bpp = model.bytes_per_param[weight_format]
+    act = 4.0 if dtype == "fp32" else 2.0
+    kvb = model.kv_bytes_per_value
+    params = model.unit_params()
+    kv_vals = model.unit_kv_values_per_token()
+
+    def scale(kind: str, phase: str) -> float:
+        return float(calibration.get(kind, {}).get(phase, 1.0))
+
+    pre_s, dec_s = [], []
+    for kind, p, kv in zip(model.unit_kinds, params, kv_vals, strict=True):
+        io = 2 * model.d_model * act + kv * kvb  # read input, write output, write this token's K/V
+        # prefill of S = grid tokens, per token
+        keys_p = (grid + 1) / 2
+        bytes_p = p * bpp / grid + io + keys_p * kv * kvb / np.maximum(grid / 64, 1)  # tiled K/V reuse
+        pre_s.append(_roofline(device, dtype, _unit_flops(model, kind, p, keys_p), bytes_p, KERNELS[kind], grid)
+                     * scale(kind, "prefill"))
+        # decode one token with `grid` tokens cached
+        bytes_d = p * bpp + io + grid * kv * kvb
+        dec_s.append(_roofline(device, dtype, _unit_flops(model, kind, p, grid), bytes_d, KERNELS[kind], 1.0)
+                     * scale(kind, "decode"))
+    layer_pre = np.stack(pre_s)  # [U, C]; every layer of a decoder stack is the same shape
+    layer_dec = np.stack(dec_s)
+    L = model.n_layers
+    prefill_s = np.broadcast_to(layer_pre, (L,) + layer_pre.shape).copy()
+    decode_s = np.broadcast_to(layer_dec, (L,) + layer_dec.shape).copy()
+    weight_bytes = np.broadcast_to(params * bpp, (L, model.n_units)).copy()
+    kv_bytes = np.broadcast_to(kv_vals * kvb, (L, model.n_units)).copy()
+
+    blocks = {}
+    bp = model.block_params()
+    d = model.d_model
+    for name in ("embedding", "final_norm", "lm_head"):
+        p = bp[name]
+        if name == "embedding":       # a row lookup: reads d weights per token
+            flops, nbytes_pre, nbytes_dec = np.zeros_like(grid), d * bpp + d * act, d * bpp + d * act
+        elif name == "final_norm":
+            flops = np.full_like(grid, 5.0 * d)
+            nbytes_pre = nbytes_dec = p * bpp / grid + 2 * d * act
+        else:                         # logits for one token: a [d, vocab] GEMV
+            flops = np.full_like(grid, 2.0 * p)
+            nbytes_pre, nbytes_dec = p * bpp / grid + d * act, p * bpp + d * act
+        pre = _roofline(device, dtype, flops, nbytes_pre, KERNELS[name], grid) * scale(name, "prefill")
+        dec = _roofline(device, dtype, flops, nbytes_dec, KERNELS[name], 1.0) * scale(name, "decode")
+        dec = np.broadcast_to(dec, grid.shape).astype(np.float64)
+        blocks[name] = BlockCost(prefill_s=pre, decode_s=dec, prefill_j=pre * device.power_active_w,
+                                 decode_j=dec * device.power_active_w, weight_bytes=p * bpp)
+
+    provenance = {
+        "kind": "analytic",
+        "formula": FORMULA,
+        "sources": {"model": model.source, "device": device.source},
+        "model_file": model.path, "device_file": device.path,
+        "compute_dtype": dtype,
+        "calibration": calibration or "none",
+        "date": datetime.date.today().isoformat(),
+    }
+    return CostTable(
+        model=model.name, device=device.name, weight_format=weight_format, context_grid=grid,
+        unit_names=model.unit_names, prefill_s=prefill_s, decode_s=decode_s,
+        prefill_j=prefill_s * device.power_active_w, decode_j=decode_s * device.power_active_w,
+        weight_bytes=weight_bytes, kv_bytes_per_token=kv_bytes, blocks=blocks, provenance=provenance,
+    )
