@@ -126,26 +126,36 @@ def test_model_that_fits_no_placement(data_copy):
     _raises(lambda: check_fit(model, pi, None, ("fp16", "int4")), "raspberry-pi-5.yaml", "edge-only needs")
 
 
-def _ppl_doc(L=30):
+def _ppl_doc():
     return {"schema": "splitrl.ppl/v1", "model": "smollm2-135m", "baseline_ppl": 12.5,
-            "axes": {"boundary": [1, 15, 29], "format": ["fp16", "int8", "int4"], "loss": [0.0, 0.1]},
-            "delta_mean": [[[0.0, 1.0]] * 3] * 3, "delta_std": [[[0.0, 0.1]] * 3] * 3,
+            "sweeps": {
+                "format": {"axes": {"boundary": [1, 15, 29], "format": ["fp16", "int8", "int4"]},
+                           "mean": [[0.0, 0.1, 1.0]] * 3, "std": [[0.0, 0.0, 0.1]] * 3},
+                "loss": {"axes": {"boundary": [1, 15, 29], "loss": [0.0, 0.1]}, "fixed": {"format": "fp16"},
+                         "mean": [[0.0, 1.0]] * 3, "std": [[0.0, 0.1]] * 3}},
             "provenance": {"kind": "measured", "command": "splitrl-profile ppl"}}
 
 
 def test_ppl_table_schema(data_copy, tmp_path):
     model = load_model("smollm2-135m", data_copy)
     t = PPLTable.from_dict(_ppl_doc(), model, "p.json")
-    assert t.delta_mean.shape == (3, 3, 2) and t.axes["format"] == ("fp16", "int8", "int4")
+    assert t.sweeps["loss"].mean.shape == (3, 2) and t.sweeps["format"].axes["format"] == ("fp16", "int8", "int4")
+    assert PPLTable.from_dict(t.to_dict(), model).sweeps["loss"].fixed == {"format": "fp16"}
     bad = _ppl_doc()
-    bad["axes"]["boundary"] = [1, 15, 31]
-    _raises(lambda: PPLTable.from_dict(bad, model, "p.json"), "p.json", "axes.boundary", "0..30")
+    bad["sweeps"]["loss"]["axes"]["boundary"] = [1, 15, 31]
+    _raises(lambda: PPLTable.from_dict(bad, model, "p.json"), "p.json", "sweeps.loss.axes.boundary", "0..30")
     bad = _ppl_doc()
-    bad["delta_std"] = [[[0.0, -0.1]] * 3] * 3
-    _raises(lambda: PPLTable.from_dict(bad, model, "p.json"), "delta_std", ">= 0")
+    bad["sweeps"]["loss"]["std"] = [[0.0, -0.1]] * 3
+    _raises(lambda: PPLTable.from_dict(bad, model, "p.json"), "sweeps.loss.std", ">= 0")
     bad = _ppl_doc()
-    bad["axes"]["snr"] = [1.0]
-    _raises(lambda: PPLTable.from_dict(bad, model, "p.json"), "axes.snr", "unknown axis")
+    bad["sweeps"]["loss"]["mean"] = [[0.0, 1.0]] * 2
+    _raises(lambda: PPLTable.from_dict(bad, model, "p.json"), "sweeps.loss.mean", "3 boundary")
+    bad = _ppl_doc()
+    bad["sweeps"]["loss"]["axes"]["snr"] = [1.0]
+    _raises(lambda: PPLTable.from_dict(bad, model, "p.json"), "sweeps.loss.axes.snr", "unknown axis")
+    bad = _ppl_doc()
+    del bad["sweeps"]["format"]
+    _raises(lambda: PPLTable.from_dict(bad, model, "p.json"), "sweeps.format", "missing required sweep")
     _raises(lambda: load_ppl(model, path=tmp_path / "none.json"), "none.json", "splitrl-profile ppl")
 
 

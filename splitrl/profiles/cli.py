@@ -57,7 +57,7 @@ def validate_file(path: Path, root: Path | None = None) -> str:
         model = load_model(name, root)
         if schema == PPL_SCHEMA:
             t = load_ppl(model, path=path)
-            return f"ppl table {t.model}: axes {', '.join(f'{k}[{len(v)}]' for k, v in t.axes.items())}"
+            return f"ppl table {t.model}: sweeps {', '.join(t.sweeps)}"
         t = load_costs_file(path, model)
         return f"cost table {t.model} on {t.device} ({t.weight_format}, {t.provenance['kind']})"
     raise ProfileError(path, "schema", schema, f"must be one of {[MODEL_SCHEMA, DEVICE_SCHEMA, COSTS_SCHEMA, PPL_SCHEMA]}")

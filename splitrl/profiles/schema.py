@@ -305,26 +305,41 @@ class CostTable:
         return getattr(self, f"{phase}_s").sum(axis=1)
 
 
+SWEEP_AXES = ("boundary", "format", "loss", "snr_db", "cloud_fraction")
+
+
+@dataclasses.dataclass(frozen=True)
+class PPLSweep:
+    """One measured sweep: `mean`/`std` (over seeds) of PPL_damaged - baseline_ppl, one array axis per
+    entry of `axes`, in order. `fixed` holds the damage settings not swept (e.g. {"format": "fp16"})."""
+    axes: dict                 # name -> np.ndarray of values (tuple of str for `format`)
+    mean: np.ndarray
+    std: np.ndarray
+    fixed: dict
+
+
 @dataclasses.dataclass(frozen=True)
 class PPLTable:
-    """Perplexity degradation of a model when the boundary activations are damaged.
+    """Perplexity degradation of a model when the activations crossing the boundary are damaged.
 
-    `delta_mean`/`delta_std` have one axis per entry of `axes` (in order); `delta = PPL_damaged -
-    baseline_ppl`, mean and std over seeds. Required axes: `boundary` (edge runs layers < b; 0..L)
-    and `format` (transmission format); optional: `loss` (packet-loss rate), `snr_db` (additive
-    noise; a large value means none), `cloud_fraction` (share of the boundary layer's units on the
-    cloud). An absent optional axis means that damage was not applied.
+    A full factorial grid (boundary x format x loss x noise x partial) is too costly to measure, so a
+    table holds named sweeps, each a dense grid over `boundary` and one or two damage axes:
+      format          [boundary, format]           quantise-dequantise only (required)
+      loss            [boundary, loss]             packet loss, fp16 (residual loss after retransmission)
+      snr_db          [boundary, snr_db]           additive Gaussian noise at that SNR, fp16
+      cloud_fraction  [boundary, cloud_fraction]   only that share of the boundary layer's units crosses
+      combined        any axes                     cross cells that check how well the sweeps add up
+    The environment adds the sweeps' deltas (documented; `combined` measures the error of that).
+    Axes: boundary = edge runs layers < b (integers 0..L); format in fp16/int8/int4; loss in [0, 1];
+    snr_db in dB; cloud_fraction in [0, 1].
     """
     model: str
     baseline_ppl: float
-    axes: dict                 # name -> np.ndarray (or tuple of str for `format`)
-    delta_mean: np.ndarray
-    delta_std: np.ndarray
+    sweeps: dict               # name -> PPLSweep
     provenance: dict
     path: str = ""
 
-    REQUIRED_AXES = ("boundary", "format")
-    OPTIONAL_AXES = ("loss", "snr_db", "cloud_fraction")
+    SWEEPS = ("format", "loss", "snr_db", "cloud_fraction", "combined")
 
     @classmethod
     def from_dict(cls, data: dict, model: ModelArch, path: Path | str = "<dict>") -> PPLTable:
@@ -334,49 +349,65 @@ class PPLTable:
         if name != model.name:
             raise r.fail("model", name, f"must be the model the table is loaded for ({model.name!r})")
         baseline = r.float("baseline_ppl", 1.0)
-        ax = r.sub("axes")
-        order = [k for k in ax.data]
-        for req in cls.REQUIRED_AXES:
-            if req not in order:
-                raise ax.fail(req, None, "missing required axis", "add it")
-        axes: dict = {}
-        for k in order:
-            if k not in cls.REQUIRED_AXES + cls.OPTIONAL_AXES:
-                raise ax.fail(k, ax.data[k], f"unknown axis (known: {list(cls.REQUIRED_AXES + cls.OPTIONAL_AXES)})")
-            if k == "format":
-                vals = ax.str_list(k)
-                bad = [v for v in vals if v not in TX_FORMATS]
-                if bad or not vals:
-                    raise ax.fail(k, vals, f"must be a non-empty list of {list(TX_FORMATS)}")
-                axes[k] = tuple(vals)
-                continue
-            raw = ax.raw(k)
-            if not isinstance(raw, list) or not raw:
-                raise ax.fail(k, raw, "must be a non-empty list of numbers")
-            vals = ax.array(k, (len(raw),), ("points",), lo=None)
-            if (np.diff(vals) <= 0).any():
-                raise ax.fail(k, vals.tolist(), "must be strictly increasing")
-            axes[k] = vals
-        ax.done()
-        b = axes["boundary"]
-        if b.min() < 0 or b.max() > model.n_layers or (b != np.round(b)).any():
-            raise ProfileError(path, "axes.boundary", b.tolist(), f"must be integers in 0..{model.n_layers}")
-        for k, lo, hi in (("loss", 0, 1), ("cloud_fraction", 0, 1)):
-            if k in axes and (axes[k].min() < lo or axes[k].max() > hi):
-                raise ProfileError(path, f"axes.{k}", axes[k].tolist(), f"must lie in [{lo}, {hi}]")
-        shape = tuple(len(v) for v in axes.values())
-        names = tuple(axes)
-        mean = r.array("delta_mean", shape, names, lo=None)
-        std = r.array("delta_std", shape, names, lo=0.0)
+        sw = r.sub("sweeps")
+        if "format" not in sw.data:
+            raise sw.fail("format", None, "missing required sweep", "measure it with `splitrl-profile ppl`")
+        sweeps = {}
+        for key in list(sw.data):
+            if key not in cls.SWEEPS:
+                raise sw.fail(key, "...", f"unknown sweep (known: {list(cls.SWEEPS)})")
+            sweeps[key] = _read_sweep(sw.sub(key), model, key)
+        sw.done()
         prov = _source(r, "provenance")
         r.done()
-        return cls(model=name, baseline_ppl=baseline, axes=axes, delta_mean=mean, delta_std=std,
-                   provenance=prov, path=str(path))
+        return cls(model=name, baseline_ppl=baseline, sweeps=sweeps, provenance=prov, path=str(path))
 
     def to_dict(self) -> dict:
         return {
             "schema": PPL_SCHEMA, "model": self.model, "baseline_ppl": float(self.baseline_ppl),
-            "axes": {k: (list(v) if k == "format" else np.asarray(v).tolist()) for k, v in self.axes.items()},
-            "delta_mean": np.asarray(self.delta_mean).tolist(), "delta_std": np.asarray(self.delta_std).tolist(),
+            "sweeps": {k: {"axes": {a: (list(v) if a == "format" else np.asarray(v).tolist()) for a, v in s.axes.items()},
+                           "fixed": s.fixed, "mean": np.asarray(s.mean).tolist(), "std": np.asarray(s.std).tolist()}
+                       for k, s in self.sweeps.items()},
             "provenance": self.provenance,
         }
+
+
+def _read_sweep(r: Reader, model: ModelArch, key: str) -> PPLSweep:
+    ax = r.sub("axes")
+    order = list(ax.data)
+    if "boundary" not in order:
+        raise ax.fail("boundary", None, "missing required axis", "every sweep is over boundaries")
+    if key != "combined" and key != "boundary" and key not in order:
+        raise ax.fail(key, None, f"sweep {key!r} must have an axis {key!r}")
+    axes: dict = {}
+    for k in order:
+        if k not in SWEEP_AXES:
+            raise ax.fail(k, ax.data[k], f"unknown axis (known: {list(SWEEP_AXES)})")
+        if k == "format":
+            vals = ax.str_list(k)
+            if not vals or any(v not in TX_FORMATS for v in vals):
+                raise ax.fail(k, vals, f"must be a non-empty list of {list(TX_FORMATS)}")
+            axes[k] = tuple(vals)
+            continue
+        raw = ax.raw(k)
+        if not isinstance(raw, list) or not raw:
+            raise ax.fail(k, raw, "must be a non-empty list of numbers")
+        vals = ax.array(k, (len(raw),), ("points",), lo=None)
+        if (np.diff(vals) <= 0).any():
+            raise ax.fail(k, vals.tolist(), "must be strictly increasing")
+        axes[k] = vals
+    ax.done()
+    b = axes["boundary"]
+    if b.min() < 0 or b.max() > model.n_layers or (b != np.round(b)).any():
+        raise ax.fail("boundary", b.tolist(), f"must be integers in 0..{model.n_layers}")
+    for k in ("loss", "cloud_fraction"):
+        if k in axes and (axes[k].min() < 0 or axes[k].max() > 1):
+            raise ax.fail(k, axes[k].tolist(), "must lie in [0, 1]")
+    shape, names = tuple(len(v) for v in axes.values()), tuple(axes)
+    mean = r.array("mean", shape, names, lo=None)
+    std = r.array("std", shape, names, lo=0.0)
+    fixed = r.raw("fixed", {})
+    if not isinstance(fixed, dict):
+        raise r.fail("fixed", fixed, "must be a mapping of damage settings held fixed in this sweep")
+    r.done()
+    return PPLSweep(axes=axes, mean=mean, std=std, fixed=fixed)
