@@ -194,3 +194,57 @@ def test_shipped_measured_tables_validate_and_agree():
     rows = np.isin(fmt.axes["boundary"], cf.axes["boundary"])
     np.testing.assert_allclose(cf.mean[:, -1], fmt.mean[rows, list(fmt.axes["format"]).index(cf.fixed["format"])])
     assert json.loads(path.read_text())["provenance"]["kind"] == "measured"
+
+
+def test_units_add_up_to_the_layer(tiny):
+    """The units the cost command times compute the layer: prefill and decode partial sums merge to
+    the framework's own decoder layer output."""
+    from splitrl.harness.model import load_causal_lm
+    from splitrl.harness.profile_cost import CostProbe, _SliceCache
+    from splitrl.harness.units import arch_dict, attn_unit_decode, attn_unit_prefill, ffn_unit
+    from splitrl.profiles.schema import ModelArch
+
+    lm = load_causal_lm(tiny)
+    arch = ModelArch.from_dict(arch_dict(lm.model.config, "tiny-llama", "test"))
+    p = CostProbe(lm.model, arch)
+    lay = p.layers[1]
+    x = torch.randn(1, 12, arch.d_model)
+    cos, sin = p._rope(x, 0)
+
+    def merged(xin, attn_parts):
+        h = xin + sum(attn_parts(lay.input_layernorm(xin)))
+        hn = lay.post_attention_layernorm(h)
+        return h + sum(ffn_unit(hn, w) for w in p.ffn_w[1])
+
+    with torch.inference_mode():
+        whole = lay(x, attention_mask=None, position_ids=torch.arange(12)[None], position_embeddings=(cos, sin))
+        units = merged(x, lambda xn: [attn_unit_prefill(xn, w, cos, sin) for w in p.attn_w[1]])
+        torch.testing.assert_close(units, whole, rtol=1e-5, atol=1e-5)
+        # decode: token 12 against the K/V of 12 cached tokens, per unit and whole
+        x1 = torch.randn(1, 1, arch.d_model)
+        c1, s1 = p._rope(x1, 12)
+        hkv, hd = arch.kv_heads_per_unit, arch.head_dim
+        kv = [(torch.randn(1, hkv, 13, hd), torch.randn(1, hkv, 13, hd)) for _ in range(arch.attn_units)]
+        cache = _SliceCache(torch.cat([k for k, _ in kv], 1), torch.cat([v for _, v in kv], 1), 12)
+        whole1 = lay(x1, attention_mask=None, position_ids=torch.tensor([[12]]), past_key_values=cache,
+                     use_cache=True, position_embeddings=(c1, s1))
+        units1 = merged(x1, lambda xn: [attn_unit_decode(xn, w, c1, s1, *kv[u], 12) for u, w in enumerate(p.attn_w[1])])
+        torch.testing.assert_close(units1, whole1, rtol=1e-5, atol=1e-5)
+
+
+def test_calibration_file_errors_name_the_field(tmp_path):
+    from splitrl.profiles.calibration import CALIBRATION_SCHEMA, Calibration
+    from splitrl.profiles.errors import ProfileError
+
+    good = {"schema": CALIBRATION_SCHEMA, "device": "d", "model": "m", "weight_format": "fp32",
+            "ratios": {k: {"prefill": 1.0, "decode": 2.0} for k in ("norm", "attn", "ffn", "embedding", "final_norm", "lm_head")},
+            "applies_to": {"devices": ["d"], "models": ["m"]}, "provenance": {"command": "test"}}
+    assert Calibration.from_dict(good).ratios["attn"]["decode"] == 2.0
+    bad = json.loads(json.dumps(good))
+    bad["ratios"]["ffn"]["decode"] = -1
+    with pytest.raises(ProfileError, match=r"ratios\.ffn\.decode = -1"):
+        Calibration.from_dict(bad, "x.json")
+    bad = json.loads(json.dumps(good))
+    del bad["ratios"]["lm_head"]
+    with pytest.raises(ProfileError, match=r"ratios\.lm_head"):
+        Calibration.from_dict(bad, "x.json")

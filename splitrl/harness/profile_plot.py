@@ -31,8 +31,12 @@ def plot_ppl(table: PPLTable, arch: ModelArch, png: Path | str) -> Path:
     import matplotlib.pyplot as plt
 
     panels = [p for p in PANELS if p[0] in table.sweeps]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False)
-    for ax, (name, axis, title) in zip(axes[0], panels, strict=True):
+    cols = 2 if len(panels) > 1 else 1
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.4 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (name, axis, title) in zip(axes.flat, panels, strict=False):
         s = table.sweeps[name]
         b = np.asarray(s.axes["boundary"])
         for j, v in enumerate(s.axes[axis]):
@@ -46,9 +50,11 @@ def plot_ppl(table: PPLTable, arch: ModelArch, png: Path | str) -> Path:
         ax.axhline(0, color="0.6", lw=0.6)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-    axes[0][0].set_ylabel(f"ΔPPL (baseline {table.baseline_ppl:.2f}); mean ± std over seeds")
+        ax.set_ylabel("ΔPPL, mean ± std over seeds")
+    fig.text(0.5, 0.005, f"baseline PPL {table.baseline_ppl:.2f}; symlog y axis (linear below 0.1); "
+             "boundaries 0 and L carry token ids only (0 by construction)", ha="center", fontsize=8, color="0.3")
     fig.suptitle(f"{arch.display_name}: perplexity increase when the boundary activations are damaged", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
     png = Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=130)
