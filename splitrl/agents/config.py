@@ -65,6 +65,10 @@ class PPOConfig:
         if self.num_updates < 1:
             raise ConfigError(f"config {where}.total_timesteps = {self.total_timesteps} is less than one "
                               f"update (num_envs·num_steps = {self.batch_size})")
+        for key in ("gamma", "gae_lambda", "clip_eps", "ent_coef", "vf_coef", "max_grad_norm", "lr"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise ConfigError(f"config {where}.{key} = {v!r}: must be a number (YAML: write 3.0e-4, not 3e-4)")
         for key in ("gamma", "gae_lambda"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"config {where}.{key} = {getattr(self, key)}: must be in [0, 1]")
