@@ -36,6 +36,7 @@ class PPOConfig:
     normalize_advantages: bool
     hidden: tuple[int, ...]   # MLP widths of every torso
     critic: str               # separate | shared
+    manager_lr_scale: float   # manager step size / worker step size (1.0: one timescale; < 1: slower manager)
 
     @property
     def batch_size(self) -> int:
@@ -72,7 +73,7 @@ class PPOConfig:
         for key in ("gamma", "gae_lambda"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"config {where}.{key} = {getattr(self, key)}: must be in [0, 1]")
-        for key in ("clip_eps", "lr", "max_grad_norm"):
+        for key in ("clip_eps", "lr", "max_grad_norm", "manager_lr_scale"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"config {where}.{key} = {getattr(self, key)}: must be > 0")
         if not self.hidden or any(w < 1 for w in self.hidden):

@@ -123,6 +123,14 @@ class HierarchicalPolicy:
         return D.HierarchicalAction(boundary=boundary.astype(jnp.int32), fmt=fmt.astype(jnp.int32),
                                     units=units.astype(jnp.int32))
 
+    def update_scale(self, params, manager_scale):
+        """Per-parameter step-size factors: `manager_scale` on the manager (torso and heads), 1 elsewhere
+        (the two-timescale variant; 1.0 everywhere is one objective on one timescale)."""
+        def scale(path, _):
+            names = {getattr(k, "key", None) for k in path}
+            return manager_scale if names & {"manager_torso", "boundary_head", "format_head"} else 1.0
+        return jax.tree_util.tree_map_with_path(scale, params)
+
     def greedy(self, params, obs):
         b_logits, f_logits, _ = self.net.apply(params, obs, method=HierarchicalNet.manager)
         boundary, fmt = jnp.argmax(b_logits), jnp.argmax(f_logits)
@@ -185,6 +193,9 @@ class FlatPolicy:
     def sample_uniform(self, obs, key):
         _, mask = flat_features_and_mask(obs, self.num_actions)
         return jax.random.categorical(key, D.mask_logits(jnp.zeros(mask.shape), mask)).astype(jnp.int32)
+
+    def update_scale(self, params, manager_scale):
+        return jax.tree.map(lambda _: 1.0, params)
 
     def greedy(self, params, obs):
         return jnp.argmax(self._dist(params, obs)[0].logits).astype(jnp.int32)

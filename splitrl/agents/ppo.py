@@ -150,7 +150,8 @@ def minibatch_step(policy, cfg: PPOConfig, tx, lr, ent_coef, carry, batch: Batch
     params, opt_state = carry
     grads, diag = jax.grad(partial(ppo_loss, policy, cfg), has_aux=True)(params, batch, ent_coef)
     updates, opt_state = tx.update(grads, opt_state, params)
-    params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
+    scale = policy.update_scale(params, cfg.manager_lr_scale)
+    params = jax.tree.map(lambda p, u, s: p - lr * s * u, params, updates, scale)
     return (params, opt_state), {**diag, "grad_norm": optax.tree.norm(grads)}
 
 
