@@ -27,3 +27,34 @@ def data_copy(tmp_path: Path) -> Path:
     for name in ("smollm2-135m__this-host__fp32.json", "smollm2-135m__a100-80gb__fp16.json"):
         shutil.copy(DATA / "costs" / "analytic" / name, root / "costs" / "analytic" / name)
     return root
+
+
+def synthetic_ppl(n_layers: int = 30) -> dict:
+    """A PPL table with known values (a test fixture, not a measurement): damage shrinks with depth."""
+    b = [0, 1, 4, 8, 12, 16, 20, 24, 28, 30]
+    return {"schema": "splitrl.ppl/v1", "model": "smollm2-135m", "baseline_ppl": 15.0, "sweeps": {
+        "format": {"axes": {"boundary": b, "format": ["fp16", "int8", "int4"]},
+                   "mean": [[0.0, 0.05 + 0.1 * (1 - x / 30), 0.5 + 2 * (1 - x / 30)] for x in b],
+                   "std": [[0.0, 0.01, 0.1]] * len(b)},
+        "loss": {"axes": {"boundary": b, "loss": [0.0, 0.01, 0.05, 0.1, 0.3]}, "fixed": {"format": "fp16"},
+                 "mean": [[0, 0.3, 1.5, 3, 10]] * len(b), "std": [[0, 0.1, 0.2, 0.3, 1]] * len(b)},
+        "snr_db": {"axes": {"boundary": b, "snr_db": [0, 10, 20, 30]}, "fixed": {"format": "fp16"},
+                   "mean": [[20, 5, 1, 0.1]] * len(b), "std": [[1, 1, 0.1, 0.01]] * len(b)}},
+        "provenance": {"kind": "synthetic", "note": "test fixture"}}
+
+
+@pytest.fixture(scope="session")
+def env_data(tmp_path_factory):
+    """profiles_data with a synthetic PPL table of known values, as SPLITRL_PROFILES_DATA for the session's env tests."""
+    import json
+    root = tmp_path_factory.mktemp("env") / "profiles_data"
+    shutil.copytree(DATA, root)
+    (root / "ppl").mkdir(exist_ok=True)
+    (root / "ppl" / "smollm2-135m.json").write_text(json.dumps(synthetic_ppl()))
+    old = os.environ.get("SPLITRL_PROFILES_DATA")
+    os.environ["SPLITRL_PROFILES_DATA"] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop("SPLITRL_PROFILES_DATA", None)
+    else:
+        os.environ["SPLITRL_PROFILES_DATA"] = old

@@ -1,0 +1,268 @@
+"""SplitEnv: where each attention unit and FFN chunk of an LLM runs, slot by slot (gymnax 1.x).
+
+Contract card
+-------------
+Slot t (length `params.slot_s`): the agent sees the bandwidth *estimate* for the slot (last slot's
+measured throughput with estimation noise), RTT, packet-loss probability, SNR, backlog, virtual
+queues, the coming request's prompt/output lengths and its last partition, and picks
+  Action(boundary b in 0..L, fmt in {fp16, int8, int4}, units in {0,1}^U for layer b).
+Then the slot's true bandwidth, RTT, fading and SNR are drawn, the request cost is priced from the
+profile tables (splitrl/env/cost.py), requests are served and arrive, and the queues move:
+  served  = min(Q, slot_s / latency)                      (fluid service, one request at a time)
+  Q'      = min(max(Q - served, 0) + arrivals, q_max)     (arrivals beyond q_max are dropped)
+  Z_E'    = clip(Z_E + (E - E_budget) / E_ref, 0, z_max)   Z_A' likewise with ΔPPL
+Reward (drift-plus-penalty, Neely 2010), all terms normalised to O(1):
+  r = -scale * [V (w_lat lat/lat_ref + w_en E/E_ref + w_acc ΔPPL/acc_ref)
+                + (Q/q_max)(arrivals - served)/q_max + Z_E (E - E_budget)/E_ref + Z_A (ΔPPL - budget)/acc_ref]
+Observation: `Observation(features f32[16], boundary_mask bool[L+1], format_mask bool[3],
+unit_mask bool[L+1, U])`; feature order is FEATURES. Episodes end by time limit only (truncated).
+info: latency, energy, delta_ppl, backlog, bytes_sent (up), bytes_recv, served, arrivals, drops,
+failed, timed_out, queue_delay, objective (the bracket above, unscaled), bandwidth, boundary, fmt,
+edge_frac.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from gymnax.environments import environment, spaces
+from jax.scipy.special import gammaln, ndtri
+
+from splitrl.env import channel as ch
+from splitrl.env.cost import project_action, request_cost
+from splitrl.env.types import Action, EnvParams, EnvState, Observation
+
+FEATURES = ("log_bw_est", "rtt", "loss_p", "snr", "cloud_load", "backlog", "z_energy", "z_acc", "prompt_len", "output_len",
+            "last_boundary", "last_fp16", "last_int8", "last_int4", "last_edge_frac", "time", "load")
+TX_FORMATS = ("fp16", "int8", "int4")
+FEATURE_BOUND = 10.0
+
+
+def _uniforms(key: jax.Array, n: int) -> jax.Array:
+    """n uniforms in (0, 1), open at both ends so the inverse normal CDF stays finite."""
+    return jax.random.uniform(key, (n,), minval=1e-7, maxval=1.0 - 1e-7)
+
+
+def _logit(x):
+    return jnp.log(x) - jnp.log1p(-x)
+
+
+class SplitEnv(environment.Environment[EnvState, EnvParams]):
+    """Static structure only (layers, units, channel kind, table sizes); numbers live in EnvParams."""
+
+    def __init__(self, n_layers: int, n_units: int, channel_kind: str, max_arrivals: int = 64,
+                 default_params: EnvParams | None = None, scenario_id: str = "custom"):
+        if channel_kind not in ch.CHANNEL_KINDS:
+            raise ValueError(f"channel kind {channel_kind!r} is unknown; choose one of {ch.CHANNEL_KINDS}")
+        self.n_layers, self.n_units, self.channel_kind = n_layers, n_units, channel_kind
+        self.max_arrivals = max_arrivals
+        self.scenario_id = scenario_id
+        self._default_params = default_params
+
+    # ---- static sizes -----------------------------------------------------------------------
+    @property
+    def num_boundaries(self) -> int:
+        return self.n_layers + 1
+
+    @property
+    def num_formats(self) -> int:
+        return len(TX_FORMATS)
+
+    @property
+    def num_units(self) -> int:
+        return self.n_units
+
+    @property
+    def obs_dim(self) -> int:
+        return len(FEATURES)
+
+    @property
+    def default_params(self) -> EnvParams:
+        if self._default_params is None:
+            raise ValueError("this SplitEnv was built without default params: pass params, or build it with splitrl.env.make")
+        return self._default_params
+
+    @property
+    def name(self) -> str:
+        return f"SplitEnv[{self.scenario_id}]"
+
+    @property
+    def num_actions(self) -> int:
+        return self.num_boundaries * self.num_formats * 2**self.n_units
+
+    # ---- dynamics ---------------------------------------------------------------------------
+    N_RESET_DRAWS, N_STEP_DRAWS = 9, 12
+
+    def reset_env(self, key: jax.Array, params: EnvParams) -> tuple[Observation, EnvState]:
+        return self._reset(_uniforms(key, self.N_RESET_DRAWS), params)
+
+    def step_env(self, key: jax.Array, state: EnvState, action: Action, params: EnvParams
+                 ) -> tuple[Observation, EnvState, jax.Array, jax.Array, dict[str, Any]]:
+        return self._step(_uniforms(key, self.N_STEP_DRAWS), state, action, params)
+
+    # Equality is the static structure: two envs that differ only in their numbers share compiled
+    # code. That is safe because params always enter a trace as an argument, never as a constant.
+    def _static(self) -> tuple:
+        return (type(self), self.n_layers, self.n_units, self.channel_kind, self.max_arrivals)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, SplitEnv) and self._static() == other._static()
+
+    def __hash__(self) -> int:
+        return hash(self._static())
+
+    def step(self, key: jax.Array, state: EnvState, action: Action, params: EnvParams | None = None):
+        """gymnax's step (auto-reset, terminated/truncated, info["final_observation"]), with the step's
+        and the reset's random numbers drawn in one call: PRNG calls dominate a small step on CPU."""
+        return self._step_auto_reset(key, state, action, self.default_params if params is None else params)
+
+    def reset(self, key: jax.Array, params: EnvParams | None = None) -> tuple[Observation, EnvState]:
+        return self._reset_jit(key, self.default_params if params is None else params)
+
+    @partial(jax.jit, static_argnames=("self",))
+    def _reset_jit(self, key, params):
+        return self.reset_env(key, params)
+
+    @partial(jax.jit, static_argnames=("self",))
+    def _step_auto_reset(self, key, state, action, params):
+        u = _uniforms(key, self.N_STEP_DRAWS + self.N_RESET_DRAWS)
+        obs_st, state_st, reward, terminated, info = self._step(u[: self.N_STEP_DRAWS], state, action, params)
+        truncated = self.is_truncated(state_st, params)
+        done = terminated | truncated
+        obs_re, state_re = self._reset(u[self.N_STEP_DRAWS:], params)
+        state = jax.tree.map(lambda r, s: jax.lax.select(done, r, s), state_re, state_st)
+        obs = jax.tree.map(lambda r, s: jax.lax.select(done, r, s), obs_re, obs_st)
+        info = {**info, "terminated": terminated, "truncated": truncated, "final_observation": obs_st}
+        return obs, state, reward, terminated, truncated, info
+
+    def _reset(self, u: jax.Array, params: EnvParams) -> tuple[Observation, EnvState]:
+        z = ndtri(u[:5])
+        p = params.channel
+        log_bw = p.bw_log_mean + p.bw_log_std * z[0]
+        regime = jnp.int32(0)
+        trace_pos = u[5] * p.trace_bw.shape[0]
+        if self.channel_kind == "gauss_markov":
+            bw = jnp.exp(log_bw)
+        elif self.channel_kind == "regime":
+            log_bw = p.regime_log_mean[0] + p.regime_log_std[0] * z[0]
+            bw = jnp.exp(log_bw)
+        else:
+            bw = ch.trace_bandwidth(p, trace_pos)
+        bw = jnp.maximum(bw, p.bw_min)
+        log_sigma_h = p.fade_log_mean + p.fade_log_std * z[1]
+        prompt, output = self._draw_request(params.workload, u[6:9])
+        state = EnvState(
+            bw=bw, bw_est=bw * jnp.exp(p.bw_est_log_std * z[2]), log_bw=log_bw, regime=regime, trace_pos=trace_pos,
+            rtt=p.rtt_mean_s, log_sigma_h=log_sigma_h, loss_p=ch.loss_probability(p, log_sigma_h),
+            snr_db=p.snr_db_mean + p.snr_db_std * z[3], cloud_logit=self._cloud_logit0(params.workload, z[4]),
+            cloud_load=jnp.float32(0.0), backlog=jnp.float32(0.0), z_energy=jnp.float32(0.0),
+            z_acc=jnp.float32(0.0), prompt_len=prompt, output_len=output, last_boundary=jnp.int32(0),
+            last_fmt=jnp.int32(0), last_edge_frac=jnp.float32(0.0), time=jnp.int32(0))
+        return self.get_obs(state, params), state
+
+    def _step(self, draws: jax.Array, state: EnvState, action: Action, params: EnvParams):
+        z, u = ndtri(draws[:7]), draws[7:]  # 7 normals by inverse CDF, 5 uniforms
+        p, w, r = params.channel, params.workload, params.reward
+
+        # this slot's channel: what the agent did not know when it chose
+        bw, log_bw, regime, trace_pos = ch.next_bandwidth(self.channel_kind, p, state.log_bw, state.regime,
+                                                          state.trace_pos, z[0], u[0])
+        rtt = p.rtt_mean_s * jnp.exp(p.rtt_log_std * z[1] - 0.5 * p.rtt_log_std**2)
+        log_sigma_h = ch.ar1(state.log_sigma_h, p.fade_log_mean, p.fade_rho, p.fade_log_std, z[2])
+        loss_p = ch.loss_probability(p, log_sigma_h)
+        snr_db = p.snr_db_mean + p.snr_db_std * z[3]
+        cloud_logit = ch.ar1(state.cloud_logit, _logit(w.cloud_load_mean), w.cloud_load_rho, w.cloud_load_std, z[5])
+        cloud_load = jnp.minimum(jax.nn.sigmoid(cloud_logit), w.cloud_load_max)
+
+        b, fmt, edge_units = project_action(params, action.boundary, action.fmt, action.units)
+        m = request_cost(params, b, fmt, edge_units, state.prompt_len, state.output_len, bw, rtt, loss_p, snr_db,
+                         cloud_load)
+
+        # queues
+        arrivals = self._poisson(w.arrival_rate * params.slot_s, u[1])
+        served = jnp.minimum(state.backlog, params.slot_s / jnp.maximum(m["latency"], 1e-9))
+        q_next = jnp.maximum(state.backlog - served, 0.0) + arrivals
+        drops = jnp.maximum(q_next - w.q_max, 0.0)
+        q_next = jnp.minimum(q_next, w.q_max)
+        e_n = (m["energy"] - r.energy_budget_j) / r.energy_ref_j
+        a_n = (m["delta_ppl"] - r.acc_budget) / r.acc_ref
+        penalty = (r.w_lat * m["latency"] / r.lat_ref_s + r.w_en * m["energy"] / r.energy_ref_j
+                   + r.w_acc * m["delta_ppl"] / r.acc_ref)
+        drift = (state.backlog / w.q_max) * (arrivals - served) / w.q_max + state.z_energy * e_n + state.z_acc * a_n
+        objective = r.V * penalty + drift
+        reward = -r.scale * objective
+
+        prompt, output = self._draw_request(w, u[2:5])
+        new = EnvState(
+            bw=bw, bw_est=bw * jnp.exp(p.bw_est_log_std * z[6]), log_bw=log_bw, regime=regime, trace_pos=trace_pos,
+            rtt=rtt, log_sigma_h=log_sigma_h, loss_p=loss_p, snr_db=snr_db, cloud_logit=cloud_logit,
+            cloud_load=cloud_load, backlog=q_next,
+            z_energy=jnp.clip(state.z_energy + e_n, 0.0, r.z_max), z_acc=jnp.clip(state.z_acc + a_n, 0.0, r.z_max),
+            prompt_len=prompt, output_len=output, last_boundary=b, last_fmt=fmt,
+            last_edge_frac=jnp.mean(edge_units), time=state.time + 1)
+        info = {
+            "latency": m["latency"], "energy": m["energy"], "delta_ppl": m["delta_ppl"], "backlog": q_next,
+            "bytes_sent": m["bytes_up"], "bytes_recv": m["bytes_down"], "served": served, "arrivals": arrivals,
+            "drops": drops, "failed": m["failed"] * served, "timed_out": m["timed_out"],
+            "queue_delay": q_next * m["latency"], "objective": objective, "bandwidth": bw, "cloud_load": cloud_load,
+            "boundary": b.astype(jnp.float32), "fmt": fmt.astype(jnp.float32), "edge_frac": jnp.mean(edge_units),
+        }
+        return self.get_obs(new, params), new, reward, jnp.bool_(False), info
+
+    def _cloud_logit0(self, w, z):
+        return _logit(w.cloud_load_mean) + w.cloud_load_std * z
+
+    def _draw_request(self, w, u3):
+        k = jnp.minimum(jnp.sum(u3[0] > jnp.cumsum(w.class_probs)), w.class_probs.shape[0] - 1)
+        prompt = jnp.round(w.prompt_lo[k] + u3[1] * (w.prompt_hi[k] - w.prompt_lo[k]))
+        output = jnp.round(w.output_lo[k] + u3[2] * (w.output_hi[k] - w.output_lo[k]))
+        return prompt, output
+
+    def _poisson(self, rate, u):
+        """Poisson draw by inverting the CDF over 0..max_arrivals (jax.random.poisson is a rejection
+        loop: under vmap it costs more than the rest of the step). The host checks the tail is negligible."""
+        k = jnp.arange(self.max_arrivals + 1, dtype=jnp.float32)
+        logpmf = k * jnp.log(jnp.maximum(rate, 1e-12)) - rate - gammaln(k + 1.0)
+        cdf = jnp.cumsum(jnp.exp(logpmf))
+        return jnp.minimum(jnp.sum(u > cdf), self.max_arrivals).astype(jnp.float32)
+
+    def get_obs(self, state: EnvState, params: EnvParams, key=None) -> Observation:
+        p, w, c = params.channel, params.workload, params.costs
+        f = jnp.stack([
+            (jnp.log(state.bw_est) - p.bw_log_mean) / 2.0,
+            state.rtt / p.rtt_mean_s - 1.0,
+            state.loss_p,
+            p.noise_on * (state.snr_db - 20.0) / 10.0,
+            state.cloud_load,
+            state.backlog / w.q_max,
+            state.z_energy / params.reward.z_max,
+            state.z_acc / params.reward.z_max,
+            state.prompt_len / jnp.max(w.prompt_hi),
+            state.output_len / jnp.max(w.output_hi),
+            state.last_boundary / self.n_layers,
+            *(state.last_fmt == jnp.arange(3)).astype(jnp.float32),
+            state.last_edge_frac,
+            state.time / params.max_steps_in_episode,
+            w.arrival_rate * params.slot_s / 10.0,
+        ]).astype(jnp.float32)
+        f = jnp.clip(f, -FEATURE_BOUND, FEATURE_BOUND)  # bounded: a 0-Mbps outage must not blow up a network input
+        return Observation(features=f, boundary_mask=c.boundary_mask, format_mask=jnp.ones(3, dtype=bool),
+                           unit_mask=c.unit_mask)
+
+    def is_terminated(self, state: EnvState, params: EnvParams) -> jax.Array:
+        return jnp.bool_(False)
+
+    # ---- spaces -----------------------------------------------------------------------------
+    def action_space(self, params: EnvParams | None = None) -> spaces.Dict:
+        return spaces.Dict({"boundary": spaces.Discrete(self.num_boundaries), "fmt": spaces.Discrete(self.num_formats),
+                            "units": spaces.Box(0, 1, (self.n_units,), jnp.int32)})
+
+    def observation_space(self, params: EnvParams | None = None) -> spaces.Dict:
+        return spaces.Dict({
+            "features": spaces.Box(-FEATURE_BOUND, FEATURE_BOUND, (self.obs_dim,), jnp.float32),
+            "boundary_mask": spaces.Box(0, 1, (self.num_boundaries,), jnp.bool_),
+            "format_mask": spaces.Box(0, 1, (self.num_formats,), jnp.bool_),
+            "unit_mask": spaces.Box(0, 1, (self.num_boundaries, self.n_units), jnp.bool_)})

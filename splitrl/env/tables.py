@@ -1,0 +1,188 @@
+"""Host-side precomputation: profile tables -> the arrays one env step looks up.
+
+The step's cost must not grow with model depth, so everything that sums over layers is a prefix
+(edge) or suffix (cloud) sum computed here once; a step then reads one row for the layer split and
+the units of the single boundary layer. All outputs are float32 numpy arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from splitrl.profiles.errors import ProfileError
+from splitrl.profiles.fit import placement_memory
+from splitrl.profiles.formats import TX_FORMATS, tx_bytes_per_token
+from splitrl.profiles.schema import CostTable, Device, ModelArch, PPLSweep, PPLTable
+
+
+# Rows of CostArrays.layer_rows[phase, b] (U = worker units of a layer):
+#   [0, U)        edge s/token of each unit of the boundary layer min(b, L-1)
+#   [U, 2U)       cloud s/token of each unit
+#   [2U, 3U)      edge J/token of each unit
+#   3U + 0..5     attn_norm, ffn_norm on the edge (s); on the cloud (s); on the edge (J)
+#   3U + 6, 7     edge prefix: layers < b on the edge (s, J)
+#   3U + 8        cloud suffix: layers > b on the cloud (s)
+def layer_row_offsets(U: int) -> dict[str, int]:
+    return {"edge": 0, "cloud": U, "edge_j": 2 * U, "norm_edge": 3 * U, "norm_cloud": 3 * U + 2,
+            "norm_edge_j": 3 * U + 4, "prefix": 3 * U + 6, "prefix_j": 3 * U + 7, "suffix": 3 * U + 8, "K": 3 * U + 9}
+
+
+# Rows of CostArrays.model_rows[phase]:
+MODEL_ROWS = {"edge_embed": 0, "edge_embed_j": 1, "edge_head": 2, "edge_head_j": 3, "cloud_embed": 4, "cloud_head": 5,
+              "edge_all": 6, "edge_all_j": 7, "cloud_all": 8}
+
+
+@dataclasses.dataclass(frozen=True)
+class CostArrays:
+    """Lookup arrays of one (model, edge, cloud) setting; G = context grid points, U = worker units."""
+    ctx_grid: np.ndarray          # [G] (the cloud table is resampled onto the edge table's grid)
+    layer_rows: np.ndarray        # [2, L+1, K, G]
+    model_rows: np.ndarray        # [2, M, G]
+    unit_is_attn: np.ndarray      # [U] bool: attention units first, then FFN chunks
+    boundary_mask: np.ndarray     # [L+1] bool: boundary b fits edge memory (any worker choice within unit_mask)
+    unit_mask: np.ndarray         # [L+1, U] bool: unit u may run on the edge when the boundary is b
+    tx_bytes: np.ndarray          # [F] bytes per token of the hidden state in each transmission format
+
+
+def _resample(table: CostTable, grid: np.ndarray) -> CostTable:
+    """Put a table on another context grid (linear interpolation, flat beyond the ends)."""
+    if np.array_equal(table.context_grid, grid):
+        return table
+
+    def interp(a):
+        return np.apply_along_axis(lambda v: np.interp(grid, table.context_grid, v), -1, a)
+
+    blocks = {k: dataclasses.replace(b, prefill_s=interp(b.prefill_s), decode_s=interp(b.decode_s),
+                                     prefill_j=interp(b.prefill_j), decode_j=interp(b.decode_j))
+              for k, b in table.blocks.items()}
+    return dataclasses.replace(table, context_grid=grid, prefill_s=interp(table.prefill_s),
+                               decode_s=interp(table.decode_s), prefill_j=interp(table.prefill_j),
+                               decode_j=interp(table.decode_j), blocks=blocks)
+
+
+def _phases(t: CostTable, kind: str) -> np.ndarray:
+    """[2, L, U, G] prefill and decode arrays of a table ('s' seconds or 'j' joules)."""
+    return np.stack([getattr(t, f"prefill_{kind}"), getattr(t, f"decode_{kind}")])
+
+
+def _block(t: CostTable, names: tuple[str, ...], kind: str) -> np.ndarray:
+    return sum(np.stack([getattr(t.blocks[n], f"prefill_{kind}"), getattr(t.blocks[n], f"decode_{kind}")])
+               for n in names)
+
+
+def build_cost_arrays(model: ModelArch, edge: Device, cloud: Device, edge_table: CostTable,
+                      cloud_table: CostTable, context: int) -> CostArrays:
+    """Lookup arrays for the env; memory masks use `context` tokens of KV cache."""
+    grid = edge_table.context_grid
+    cloud_table = _resample(cloud_table, grid)
+    kinds = np.array(model.unit_kinds)
+    norm_idx = np.flatnonzero(kinds == "norm")
+    work_idx = np.flatnonzero(kinds != "norm")
+    e_s, c_s, e_j = _phases(edge_table, "s"), _phases(cloud_table, "s"), _phases(edge_table, "j")
+    L = model.n_layers
+    zeros = np.zeros((2, 1, len(grid)))
+    edge_prefix = np.concatenate([zeros, np.cumsum(e_s.sum(axis=2), axis=1)], axis=1)
+    edge_prefix_j = np.concatenate([zeros, np.cumsum(e_j.sum(axis=2), axis=1)], axis=1)
+    c_layer = c_s.sum(axis=2)
+    cloud_suffix = np.concatenate([np.cumsum(c_layer[:, ::-1], axis=1)[:, ::-1], zeros], axis=1)
+
+    # Memory: boundary b fits if layers < b (+ embedding) fit; the worker may add units of layer b in
+    # table order while their running total fits, so any subset of the allowed units fits too.
+    edge_mem, cloud_mem = placement_memory(model, edge_table.weight_format, cloud_table.weight_format, context)
+    bpp = model.bytes_per_param[edge_table.weight_format]
+    unit_bytes = (model.unit_params() * bpp + model.unit_kv_values_per_token() * model.kv_bytes_per_value * context)
+    emb_bytes = model.block_params()["embedding"] * bpp
+    boundary_mask = (edge_mem <= edge.memory_bytes) & (cloud_mem <= cloud.memory_bytes)
+    unit_mask = np.zeros((L + 1, len(work_idx)), dtype=bool)
+    for b in range(L):
+        base = edge_mem[b] + (emb_bytes if b == 0 else 0.0)
+        running = base + np.cumsum(unit_bytes[work_idx]) + unit_bytes[norm_idx].sum()
+        # the cloud still needs memory for its part; units moved to the edge only reduce it
+        unit_mask[b] = (running <= edge.memory_bytes) & boundary_mask[b]
+    if not boundary_mask.any():
+        raise ProfileError(edge.path or edge.name, "memory_bytes", edge.memory_bytes,
+                           f"no placement of {model.name} fits edge {edge.name} and cloud {cloud.name} at context {context}",
+                           "use a smaller weight format, a shorter context or a bigger device")
+    U, G = len(work_idx), len(grid)
+    off = layer_row_offsets(U)
+    rows = np.zeros((2, L + 1, off["K"], G))
+    layer = np.minimum(np.arange(L + 1), L - 1)           # boundary L reuses layer L-1's units (unused)
+    rows[:, :, off["edge"]:off["edge"] + U] = e_s[:, layer][:, :, work_idx]
+    rows[:, :, off["cloud"]:off["cloud"] + U] = c_s[:, layer][:, :, work_idx]
+    rows[:, :, off["edge_j"]:off["edge_j"] + U] = e_j[:, layer][:, :, work_idx]
+    rows[:, :, off["norm_edge"]:off["norm_edge"] + 2] = e_s[:, layer][:, :, norm_idx]
+    rows[:, :, off["norm_cloud"]:off["norm_cloud"] + 2] = c_s[:, layer][:, :, norm_idx]
+    rows[:, :, off["norm_edge_j"]:off["norm_edge_j"] + 2] = e_j[:, layer][:, :, norm_idx]
+    rows[:, :, off["prefix"]] = edge_prefix
+    rows[:, :, off["prefix_j"]] = edge_prefix_j
+    rows[:, :, off["suffix"]] = np.concatenate([cloud_suffix[:, 1:], np.zeros((2, 1, G))], axis=1)
+    totals = np.zeros((2, len(MODEL_ROWS), G))
+    totals[:, MODEL_ROWS["edge_embed"]] = _block(edge_table, ("embedding",), "s")
+    totals[:, MODEL_ROWS["edge_embed_j"]] = _block(edge_table, ("embedding",), "j")
+    totals[:, MODEL_ROWS["edge_head"]] = _block(edge_table, ("final_norm", "lm_head"), "s")
+    totals[:, MODEL_ROWS["edge_head_j"]] = _block(edge_table, ("final_norm", "lm_head"), "j")
+    totals[:, MODEL_ROWS["cloud_embed"]] = _block(cloud_table, ("embedding",), "s")
+    totals[:, MODEL_ROWS["cloud_head"]] = _block(cloud_table, ("final_norm", "lm_head"), "s")
+    totals[:, MODEL_ROWS["edge_all"]] = edge_prefix[:, L]
+    totals[:, MODEL_ROWS["edge_all_j"]] = edge_prefix_j[:, L]
+    totals[:, MODEL_ROWS["cloud_all"]] = cloud_suffix[:, 0]
+    f32 = np.float32
+    return CostArrays(
+        ctx_grid=grid.astype(f32), layer_rows=rows.astype(f32), model_rows=totals.astype(f32),
+        unit_is_attn=(kinds[work_idx] == "attn"), boundary_mask=boundary_mask, unit_mask=unit_mask,
+        tx_bytes=np.array([tx_bytes_per_token(model.d_model, f) for f in TX_FORMATS], dtype=f32),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class PPLArrays:
+    """ΔPPL lookups on every boundary 0..L (interpolated over the measured boundaries).
+
+    Boundary 0 without edge units is cloud-only (token ids cross, no damage) and boundary L is
+    edge-only (nothing crosses): both are 0 by construction in the env, whatever the table says.
+    """
+    fmt: np.ndarray        # [L+1, F]  quantise-dequantise damage per transmission format
+    loss_grid: np.ndarray  # [NL]      residual packet-loss rates (first point 0)
+    loss: np.ndarray       # [L+1, NL]
+    snr_grid: np.ndarray   # [NS]      SNR in dB, increasing
+    snr: np.ndarray        # [L+1, NS]
+    baseline_ppl: float
+    source: str
+
+
+def _over_boundaries(sweep: PPLSweep, L: int, src_layers: int) -> np.ndarray:
+    """[L+1, ...] rows of a sweep, interpolated over boundaries by relative depth b / L."""
+    b = np.asarray(sweep.axes["boundary"], dtype=np.float64) / src_layers
+    target = np.arange(L + 1) / L
+    flat = sweep.mean.reshape(len(b), -1)
+    out = np.stack([np.interp(target, b, flat[:, j]) for j in range(flat.shape[1])], axis=-1)
+    return out.reshape((L + 1,) + sweep.mean.shape[1:])
+
+
+def build_ppl_arrays(table: PPLTable, src_model: ModelArch, model: ModelArch) -> PPLArrays:
+    """ΔPPL arrays for `model` from a table measured on `src_model` (the same model, or a proxy mapped by
+    relative depth). Missing sweeps mean that damage was not measured: a scenario that enables it errors."""
+    L = model.n_layers
+    fs = table.sweeps["format"]
+    order = [list(fs.axes["format"]).index(f) if f in fs.axes["format"] else -1 for f in TX_FORMATS]
+    if min(order) < 0:
+        raise ProfileError(table.path, "sweeps.format.axes.format", list(fs.axes["format"]),
+                           f"must include every transmission format {list(TX_FORMATS)}", "re-run `splitrl-profile ppl`")
+    fmt = _over_boundaries(fs, L, src_model.n_layers)[:, order]
+
+    def sweep(name: str, default_grid: float):
+        if name not in table.sweeps:
+            return np.array([default_grid], np.float32), np.zeros((L + 1, 1), np.float32)
+        s = table.sweeps[name]
+        return np.asarray(s.axes[name], np.float32), _over_boundaries(s, L, src_model.n_layers).astype(np.float32)
+
+    loss_grid, loss = sweep("loss", 0.0)
+    if loss_grid[0] > 0:  # anchor: no loss, no damage
+        loss_grid, loss = np.concatenate([[0.0], loss_grid]), np.concatenate([np.zeros((L + 1, 1)), loss], axis=1)
+    snr_grid, snr = sweep("snr_db", 1e9)
+    src = table.path if src_model.name == model.name else f"{table.path} (proxy: {src_model.name} by relative depth)"
+    return PPLArrays(fmt=np.maximum(fmt, 0).astype(np.float32), loss_grid=loss_grid.astype(np.float32),
+                     loss=np.maximum(loss, 0).astype(np.float32), snr_grid=snr_grid,
+                     snr=np.maximum(snr, 0).astype(np.float32), baseline_ppl=float(table.baseline_ppl), source=str(src))

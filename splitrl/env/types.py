@@ -1,0 +1,142 @@
+"""The env's data: parameters (traced, vmappable), state, observation and action.
+
+Three homes (STYLE rule 1): shapes live on the env object (static); every numeric knob lives in
+`EnvParams` (a pytree of arrays, so scenarios and domain randomisation are data); what evolves lives
+in `EnvState`.
+"""
+
+from __future__ import annotations
+
+import jax
+from flax import struct
+
+
+@struct.dataclass
+class ChannelParams:
+    bw_log_mean: jax.Array      # Gauss-Markov: stationary mean of log(bytes/s)
+    bw_rho: jax.Array           # Gauss-Markov: slot-to-slot correlation of log bandwidth
+    bw_log_std: jax.Array       # Gauss-Markov: stationary std of log bandwidth
+    regime_trans: jax.Array     # [3, 3] regime chain (good, degraded, outage) transition matrix
+    regime_log_mean: jax.Array  # [3] mean log(bytes/s) per regime
+    regime_log_std: jax.Array   # [3] std of log bandwidth within a regime
+    trace_bw: jax.Array         # [T] bytes/s of a replayed trace (T = 1 when not replaying)
+    trace_step: jax.Array       # trace samples advanced per slot
+    bw_min: jax.Array           # floor on bandwidth, bytes/s (a 0 Mbps sample is an outage, not a division by 0)
+    bw_est_log_std: jax.Array   # noise of the agent's bandwidth estimate (log space)
+    rtt_mean_s: jax.Array
+    rtt_log_std: jax.Array
+    h_th: jax.Array             # Rayleigh fading threshold: P(loss) = 1 - exp(-h_th^2 / (2 sigma_h^2))
+    fade_log_mean: jax.Array    # log sigma_h follows a Gauss-Markov process
+    fade_rho: jax.Array
+    fade_log_std: jax.Array
+    packet_bytes: jax.Array
+    max_retx: jax.Array         # retransmission rounds before a lost packet is zero-filled (<= R_MAX)
+    timeout_s: jax.Array        # a request whose split latency exceeds this falls back to the edge
+    noise_on: jax.Array         # 1.0: activations cross with additive noise at snr_db (Chen et al.); 0.0: digital
+    snr_db_mean: jax.Array
+    snr_db_std: jax.Array
+
+
+@struct.dataclass
+class WorkloadParams:
+    arrival_rate: jax.Array     # requests per second (Poisson)
+    class_probs: jax.Array      # [K]
+    prompt_lo: jax.Array        # [K] tokens, uniform in [lo, hi]
+    prompt_hi: jax.Array
+    output_lo: jax.Array        # [K]
+    output_hi: jax.Array
+    q_max: jax.Array            # backlog cap (requests); arrivals beyond it are dropped
+    cloud_load_mean: jax.Array  # cloud utilisation rho follows a Gauss-Markov process in logit space;
+    cloud_load_rho: jax.Array   # cloud compute slows by 1 / (1 - rho) (M/M/1 response-time factor),
+    cloud_load_std: jax.Array   # so a busy shared cloud makes keeping layers on the edge worth it
+    cloud_load_max: jax.Array   # cap on rho (< 1)
+
+
+@struct.dataclass
+class CostParams:
+    """Cost lookups packed so that one step reads one row per boundary (see splitrl/env/tables.py)."""
+    ctx_grid: jax.Array         # [G] context grid (tokens)
+    layer_rows: jax.Array       # [2, L+1, K, G] per phase (prefill, decode) and boundary b: the boundary
+                                # layer's units and norms on each side, edge prefix (layers < b), cloud suffix (> b)
+    model_rows: jax.Array       # [2, M, G] embedding, head, cloud-only and edge-only totals
+    unit_is_attn: jax.Array     # [U] bool
+    boundary_mask: jax.Array    # [L+1] bool
+    unit_mask: jax.Array        # [L+1, U] bool
+    tx_bytes: jax.Array         # [F] bytes/token of the hidden state per transmission format
+    power_active_w: jax.Array   # edge
+    power_idle_w: jax.Array
+    power_radio_w: jax.Array
+
+
+@struct.dataclass
+class PPLParams:
+    fmt: jax.Array              # [L+1, F]
+    loss_grid: jax.Array        # [NL]
+    loss: jax.Array             # [L+1, NL]
+    snr_grid: jax.Array         # [NS]
+    snr: jax.Array              # [L+1, NS]
+
+
+@struct.dataclass
+class RewardParams:
+    V: jax.Array                # weight of the penalty against the queue drift (Neely's V)
+    w_lat: jax.Array
+    w_en: jax.Array
+    w_acc: jax.Array
+    energy_budget_j: jax.Array  # per-request edge energy budget (virtual queue Z_E)
+    acc_budget: jax.Array       # per-request ΔPPL budget (virtual queue Z_A)
+    lat_ref_s: jax.Array        # normalisers so every term is O(1)
+    energy_ref_j: jax.Array
+    acc_ref: jax.Array
+    z_max: jax.Array            # cap on the virtual queues (normalised units)
+    scale: jax.Array            # final reward multiplier
+
+
+@struct.dataclass
+class EnvParams:
+    channel: ChannelParams
+    workload: WorkloadParams
+    costs: CostParams
+    ppl: PPLParams
+    reward: RewardParams
+    slot_s: jax.Array           # length of one decision slot, seconds
+    max_steps_in_episode: jax.Array
+
+
+@struct.dataclass
+class EnvState:
+    bw: jax.Array               # true bandwidth of the last slot, bytes/s
+    bw_est: jax.Array           # the agent's estimate for the coming slot, bytes/s
+    log_bw: jax.Array           # Gauss-Markov latent
+    regime: jax.Array           # i32 regime index (regime channel)
+    trace_pos: jax.Array        # float position in the trace (trace channel)
+    rtt: jax.Array              # last slot's RTT, seconds
+    log_sigma_h: jax.Array      # fading scale latent
+    loss_p: jax.Array           # packet-loss probability implied by the current fading scale
+    snr_db: jax.Array
+    cloud_logit: jax.Array      # latent of the cloud's utilisation
+    cloud_load: jax.Array       # the cloud's utilisation in the last slot (reported to the edge)
+    backlog: jax.Array          # Q, requests
+    z_energy: jax.Array         # Z_E (normalised)
+    z_acc: jax.Array            # Z_A (normalised)
+    prompt_len: jax.Array       # the coming slot's request, tokens
+    output_len: jax.Array
+    last_boundary: jax.Array    # i32
+    last_fmt: jax.Array         # i32
+    last_edge_frac: jax.Array   # share of the boundary layer's units placed on the edge
+    time: jax.Array             # i32 slot index
+
+
+@struct.dataclass
+class Observation:
+    features: jax.Array         # f32[obs_dim], O(1)
+    boundary_mask: jax.Array    # bool[L+1]
+    format_mask: jax.Array      # bool[F]
+    unit_mask: jax.Array        # bool[L+1, U]: unit may run on the edge when that boundary is chosen
+
+
+@struct.dataclass
+class Action:
+    boundary: jax.Array         # i32: edge runs layers < boundary; layer `boundary` is split by `units`
+    fmt: jax.Array              # i32: transmission format index (fp16, int8, int4)
+    units: jax.Array            # i32[U]: 1 = edge, 0 = cloud (attention units, then FFN chunks)

@@ -1,0 +1,275 @@
+"""The environment's contract: physics sanity, queues, masks, determinism, jit/vmap, errors."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from splitrl.env import Action, ScenarioError, check_params, make, make_with_info
+from splitrl.env.bench import random_rollout
+from splitrl.env.cost import request_cost, transfer_time
+from splitrl.env.scenario import SCENARIO_DIR, load_trace
+from splitrl.env.tables import MODEL_ROWS
+
+SCENARIOS = sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def default(env_data):
+    return make("default")
+
+
+def _action(env, b, fmt=0, units=None):
+    units = jnp.zeros(env.num_units, jnp.int32) if units is None else jnp.asarray(units, jnp.int32)
+    return Action(boundary=jnp.int32(b), fmt=jnp.int32(fmt), units=units)
+
+
+def _rollout(env, params, n_envs, n_steps, key):
+    """(features, reward, terminated, truncated, info, z_energy, z_acc, boundary), time-major."""
+    obs, r, term, trunc, info, state, act = random_rollout(env, params, key, n_envs, n_steps)
+    return obs.features, r, term, trunc, info, state.z_energy, state.z_acc, act.boundary
+
+
+def test_all_cloud_sends_only_the_prompt_and_all_edge_sends_nothing(default):
+    env, params = default
+    _, state = env.reset(jax.random.PRNGKey(0), params)
+    _, _, _, _, _, info = env.step(jax.random.PRNGKey(1), state, _action(env, 0), params)
+    assert float(info["bytes_sent"]) == float(state.prompt_len) * 4
+    assert float(info["bytes_recv"]) == float(state.output_len) * 4
+    assert float(info["delta_ppl"]) == 0.0
+    _, _, _, _, _, info = env.step(jax.random.PRNGKey(1), state, _action(env, env.n_layers), params)
+    assert float(info["bytes_sent"]) == 0.0 and float(info["bytes_recv"]) == 0.0 and float(info["delta_ppl"]) == 0.0
+
+
+def test_a_layer_split_sends_the_hidden_state_per_token(default):
+    env, params = default
+    _, state = env.reset(jax.random.PRNGKey(0), params)
+    b = 10
+    for fmt, per_token in enumerate(np.asarray(params.costs.tx_bytes)):
+        _, _, _, _, _, info = env.step(jax.random.PRNGKey(1), state, _action(env, b, fmt), params)
+        if not float(info["timed_out"]):
+            tokens = float(state.prompt_len + state.output_len)
+            assert float(info["bytes_sent"]) == pytest.approx(tokens * per_token, rel=1e-5)
+
+
+def test_undamaged_channel_gives_zero_delta_ppl(default):
+    env, params = default
+    for b in range(env.num_boundaries):
+        for units in (np.zeros(env.num_units), np.ones(env.num_units)):
+            m = request_cost(params, b, 0, jnp.asarray(units, jnp.float32), 100.0, 20.0, 1e7, 0.04, 0.0, 40.0, 0.3)
+            assert float(m["delta_ppl"]) == 0.0
+
+
+def test_int4_and_loss_damage_accuracy(default):
+    env, params = default
+    args = (jnp.zeros(env.num_units), 100.0, 20.0, 1e7, 0.04)
+    clean = float(request_cost(params, 5, 0, *args, 0.0, 40.0, 0.3)["delta_ppl"])
+    int4 = float(request_cost(params, 5, 2, *args, 0.0, 40.0, 0.3)["delta_ppl"])
+    lossy = float(request_cost(params, 5, 0, *args, 0.5, 40.0, 0.3)["delta_ppl"])
+    assert clean == 0.0 and int4 > 0.5 and lossy > 0.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(b=st.integers(0, 30), fmt=st.integers(0, 2), units=st.lists(st.booleans(), min_size=7, max_size=7),
+       bw_mbps=st.floats(0.01, 1000), rtt_ms=st.floats(1, 500), loss=st.floats(0, 0.5),
+       prompt=st.integers(1, 2000), output=st.integers(1, 200), load=st.floats(0, 0.97))
+def test_latency_never_below_the_pure_compute_bound(env_data, b, fmt, units, bw_mbps, rtt_ms, loss, prompt, output, load):
+    env, params = _default_cached()
+    m = _jit_cost(params, b, fmt, jnp.asarray(units, jnp.float32), float(prompt), float(output),
+                  bw_mbps * 1.25e5, rtt_ms / 1e3, loss, 20.0, load)
+    c = params.costs
+    # every layer must run somewhere: at least the cheaper side's time for each token of each layer
+    grid = np.asarray(c.ctx_grid)
+    rows = np.asarray(c.model_rows)
+    fastest = np.minimum(rows[:, MODEL_ROWS["edge_all"]], rows[:, MODEL_ROWS["cloud_all"]])  # [2, G]
+    pre = np.interp(prompt, grid, fastest[0]) * prompt
+    dec = np.interp(prompt + output / 2, grid, fastest[1]) * output
+    lat = float(m["latency"])
+    assert np.isfinite(lat) and lat >= 0.999 * (pre + dec) and lat >= 0.999 * float(m["edge_compute_s"])
+    for k in ("energy", "delta_ppl", "bytes_up", "bytes_down"):
+        assert np.isfinite(float(m[k])) and float(m[k]) >= 0
+
+
+_CACHE = {}
+_jit_cost = jax.jit(request_cost)
+
+
+def _default_cached():
+    if "d" not in _CACHE:
+        _CACHE["d"] = make("default")
+    return _CACHE["d"]
+
+
+def test_transfer_time_grows_with_loss_and_size():
+    args = dict(bw=1e6, rtt=0.05, packet_bytes=1024.0, max_retx=2.0)
+    t0, t1 = transfer_time(1e5, loss_p=0.0, **args), transfer_time(1e5, loss_p=0.2, **args)
+    assert float(t0) == pytest.approx(0.025 + 0.1) and float(t1) > float(t0)
+    assert float(transfer_time(2e5, loss_p=0.2, **args)) > float(t1)
+    assert float(transfer_time(0.0, loss_p=0.2, **args)) == 0.0
+
+
+def test_batch_of_1024_envs_for_1000_steps_has_right_shapes_and_no_nan(default):
+    env, params = default
+    feats, r, term, trunc, info, ze, za, _ = _rollout(env, params, 1024, 1000, jax.random.PRNGKey(0))
+    chex.assert_shape(feats, (1000, 1024, env.obs_dim))
+    chex.assert_shape(r, (1000, 1024))
+    for k in ("latency", "energy", "delta_ppl", "backlog", "bytes_sent", "served", "drops", "objective"):
+        chex.assert_shape(info[k], (1000, 1024))
+        assert np.isfinite(np.asarray(info[k])).all(), k
+    assert np.isfinite(np.asarray(feats)).all() and np.isfinite(np.asarray(r)).all()
+    # queues never negative; backlog never above its cap
+    assert float(info["backlog"].min()) >= 0 and float(info["backlog"].max()) <= float(params.workload.q_max)
+    assert float(ze.min()) >= 0 and float(za.min()) >= 0
+    # gymnax contract: time-limit truncation only, every episode_slots steps
+    assert not np.asarray(term).any()
+    steps = int(params.max_steps_in_episode)
+    assert np.asarray(trunc)[steps - 1].all() and not np.asarray(trunc)[: steps - 1].any()
+
+
+def test_same_key_same_trajectory(default):
+    env, params = default
+    a = _rollout(env, params, 8, 50, jax.random.PRNGKey(3))
+    b = _rollout(env, params, 8, 50, jax.random.PRNGKey(3))
+    c = _rollout(env, params, 8, 50, jax.random.PRNGKey(4))
+    np.testing.assert_array_equal(np.asarray(a[1]), np.asarray(b[1]))
+    assert not np.array_equal(np.asarray(a[1]), np.asarray(c[1]))
+
+
+def test_step_compiles_once(default):
+    env, params = default
+    obs, state = env.reset(jax.random.PRNGKey(0), params)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def step(key, state, action):
+        return env.step(key, state, action, params)
+
+    for i in range(3):
+        obs, state, *_ = step(jax.random.PRNGKey(i), state, _action(env, i))
+
+
+def test_infeasible_actions_are_masked_and_projected(env_data):
+    env, params = make("splitwise_llama-2-13b_raspberry-pi-5")
+    mask = np.asarray(params.costs.boundary_mask)
+    assert mask[0] and not mask.all() and not mask[-1]  # 13B never fits the Pi edge-only
+    _, boundaries = _rollout(env, params, 64, 50, jax.random.PRNGKey(0))[6:8]
+    assert mask[np.asarray(boundaries)].all()
+    # an infeasible action is projected: the realised boundary is the largest allowed one below it
+    _, state = env.reset(jax.random.PRNGKey(0), params)
+    _, _, _, _, _, info = env.step(jax.random.PRNGKey(1), state, _action(env, env.n_layers, 0, np.ones(env.num_units)), params)
+    realised = int(info["boundary"])
+    assert mask[realised] and realised == np.flatnonzero(mask).max()
+    # unit masks: a unit the edge cannot hold is never placed there
+    um = np.asarray(params.costs.unit_mask)
+    assert (um <= mask[:, None]).all()
+
+
+def test_every_shipped_scenario_builds_runs_and_has_o1_rewards(env_data):
+    for name in SCENARIOS:
+        env, params = make(name)
+        _, r, _, _, info, *_ = _rollout(env, params, 16, 100, jax.random.PRNGKey(0))
+        r = np.asarray(r)
+        assert np.isfinite(r).all(), name
+        assert 0.05 < np.abs(r).mean() < 10 and np.percentile(np.abs(r), 99) < 50, (name, np.abs(r).mean())
+
+
+def _scenario(**changes):
+    doc = yaml.safe_load((SCENARIO_DIR / "default.yaml").read_text())
+    for key, value in changes.items():
+        node = doc
+        *path, last = key.split(".")
+        for p in path:
+            node = node[p]
+        if value is None:
+            del node[last]
+        else:
+            node[last] = value
+    return doc
+
+
+@pytest.mark.parametrize("change,fragment", [
+    ({"channel.min_mbps": -1.0}, "channel.min_mbps = -1.0: must be > 0"),
+    ({"channel.gauss_markov.mean_mbps": -5.0}, "channel.gauss_markov.mean_mbps"),
+    ({"workload.classes": [{"name": "a", "prob": 1.5, "prompt": [1, 2], "output": [1, 2]}]}, "prob = 1.5: must be <= 1"),
+    ({"channel.regime.trans": [[0.5, 0.6, 0.0], [0, 1, 0], [0, 0, 1]]}, "rows sum to 1"),
+    ({"channel.max_retx": 9}, "max_retx = 9"),
+    ({"slot_s": None}, "slot_s = None: missing required field"),
+    ({"channel.rtt_msec": 3.0}, "channel.rtt_msec"),
+    ({"channel.kind": "telepathy"}, "must be one of"),
+])
+def test_bad_scenarios_raise_clear_errors_before_jit(env_data, change, fragment):
+    with pytest.raises(ScenarioError) as err:
+        make(_scenario(**change))
+    assert fragment in str(err.value)
+
+
+def test_bad_params_raise_clear_errors(default, env_data):
+    env, params = default
+    with pytest.raises(ScenarioError, match="channel.bw_min"):
+        check_params(env, params.replace(channel=params.channel.replace(bw_min=jnp.float32(-1.0))))
+    with pytest.raises(ScenarioError, match="class_probs"):
+        check_params(env, params.replace(workload=params.workload.replace(class_probs=jnp.array([1.2, -0.2]))))
+    other_env, other = make("splitwise_gpt2-xl_galaxy-s23")
+    with pytest.raises(ScenarioError, match="does not match the env"):
+        check_params(env, other)
+    with pytest.raises(ScenarioError, match="NaN"):
+        check_params(env, params.replace(slot_s=jnp.float32(np.nan)))
+    with pytest.raises(ScenarioError, match="unknown"):
+        make("no-such-scenario")
+
+
+def test_trace_replay_resamples_real_traces(env_data):
+    bw, header = load_trace("3g_norway_bus", 1.0, "t")
+    assert "Riiser" in header and len(bw) > 1000 and (bw > 0).all()
+    env, params, info = make_with_info("trace_4g_bus")
+    assert info.trace == "4g_nyc_bus_b57"
+    _, _, _, _, inf, *_ = _rollout(env, params, 4, 60, jax.random.PRNGKey(0))
+    trace = np.asarray(params.channel.trace_bw)
+    seen = np.asarray(inf["bandwidth"]).ravel()
+    assert np.isin(seen, np.maximum(trace, float(params.channel.bw_min))).all()
+
+
+def test_regime_channel_visits_outages(env_data):
+    env, params = make("outage_heavy")
+    _, _, _, _, info, *_ = _rollout(env, params, 16, 300, jax.random.PRNGKey(0))
+    bw = np.asarray(info["bandwidth"])
+    assert (bw < 0.2 * 1.25e5).mean() > 0.1 and (bw > 10 * 1.25e5).mean() > 0.1
+
+
+def test_flat_interface_masks_and_steps(default):
+    from splitrl.env.flat import PATTERNS, FlatSplitEnv
+    env, params = default
+    flat = FlatSplitEnv(env, params)
+    assert flat.num_actions == env.num_boundaries * 3 * len(PATTERNS)
+    mask = np.asarray(flat.action_mask(params))
+    assert mask.shape == (flat.num_actions,) and mask.any()
+    # no duplicates: edge-only and cloud-only appear once (format irrelevant, no units)
+    L = env.n_layers
+    assert mask.reshape(L + 1, 3, 3)[L].sum() == 1 and mask.reshape(L + 1, 3, 3)[0, :, 0].sum() == 1
+    obs, state = flat.reset(jax.random.PRNGKey(0), params)
+    a = int(np.flatnonzero(mask)[5])
+    obs, state, r, term, trunc, info = flat.step(jax.random.PRNGKey(1), state, a, params)
+    act = flat.to_action(jnp.int32(a))
+    assert int(info["boundary"]) == int(act.boundary) and np.isfinite(float(r))
+    assert obs.action_mask.shape == (flat.num_actions,)
+
+
+def test_gymnasium_wrapper_passes_env_checker(default):
+    from gymnasium.utils.env_checker import check_env
+
+    from splitrl.env.gym import SplitGymEnv
+    env, params = default
+    genv = SplitGymEnv(env, params)
+    check_env(genv, skip_render_check=True)
+    obs, _ = genv.reset(seed=3)
+    total = 0.0
+    for _ in range(5):
+        a = int(np.flatnonzero(genv.action_masks())[0])
+        obs, r, term, trunc, info = genv.step(a)
+        total += r
+        assert genv.observation_space.contains(obs) and "latency" in info
+    assert np.isfinite(total)
