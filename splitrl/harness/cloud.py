@@ -126,7 +126,8 @@ class CloudServer:
         if e.reason in ("timeout", "closed", "reset") and self._stop.is_set():
             return
         self.stats[f"rejected/{e.reason}"] += 1
-        log.warning("%s: rejected a frame from %s (%s); dropping the connection", self.name, peer, e)
+        level = logging.INFO if e.reason in ("closed", "reset") else logging.WARNING
+        log.log(level, "%s: rejected a frame from %s (%s); dropping the connection", self.name, peer, e)
         self._send_error(conn, str(e))
 
     def _send_error(self, conn, text: str, rid: int = 0) -> None:
