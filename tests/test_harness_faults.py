@@ -157,3 +157,15 @@ def test_netem_namespace_or_skip():
                            capture_output=True, text=True, timeout=10)
     if probe.returncode != 0:
         pytest.skip(f"tc netem in a user network namespace is not permitted here: {probe.stderr.strip()[:200]}")
+
+
+def test_simulator_prediction_for_a_runtime_plan():
+    """measure's prediction: the env's cost model for the same partition and link (SmolLM2 plans)."""
+    from splitrl.harness.measure import predict, simulator
+    from splitrl.harness.split_model import Plan
+    _, params = simulator("default")
+    split = Plan(8, "int8", (1, 0, 1, 0, 1, 1, 0), n_layers=30, attn_units=3)
+    fast, slow = (predict(params, split, 32, 8, bw, 0.04) for bw in (1.25e6, 1.25e5))
+    assert 0 < fast < slow
+    edge = Plan(30, "fp16", (0,) * 7, n_layers=30, attn_units=3)
+    assert predict(params, edge, 32, 8, 1.25e6, 0.04) == pytest.approx(predict(params, edge, 32, 8, 1.25e5, 0.4))
