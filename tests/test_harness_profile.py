@@ -185,11 +185,11 @@ def test_shipped_measured_tables_validate_and_agree():
     column equals the plain-boundary int4 column (the same computation)."""
     from tests.conftest import DATA
 
-    arch = load_model("smollm2-135m")
+    arch = load_model("smollm2-135m", root=DATA)
     path = DATA / "ppl" / "smollm2-135m.json"
     if not path.is_file():
         pytest.skip("no shipped PPL table yet")
-    t = load_ppl(arch)
+    t = load_ppl(arch, path=path)   # not the session's SPLITRL_PROFILES_DATA (env tests set a synthetic one)
     cf, fmt = t.sweeps["cloud_fraction"], t.sweeps["format"]
     rows = np.isin(fmt.axes["boundary"], cf.axes["boundary"])
     np.testing.assert_allclose(cf.mean[:, -1], fmt.mean[rows, list(fmt.axes["format"]).index(cf.fixed["format"])])

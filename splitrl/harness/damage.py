@@ -53,10 +53,11 @@ def seeded_generator(*parts: object) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
 
-def quant_dequant(x: torch.Tensor, fmt: str) -> torch.Tensor:
-    """x as the receiver reconstructs it after sending it in `fmt` (float32 in, float32 out)."""
-    if fmt == "fp16":
-        return x.to(torch.float16).to(x.dtype)
+def quantise(x: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric absmax quantisation of x [..., d] (int8/int4) in groups of QUANT_GROUP along the last
+    axis, the last group zero-padded: (q [..., G, QUANT_GROUP] integer values in x.dtype, in
+    [-qmax, qmax]; scale [..., G, 1], fp16-rounded, in x.dtype). The value sent is q * scale. The
+    runtime's wire format (splitrl/harness/wire.py) serialises exactly these q and scales."""
     qmax = QMAX[fmt]
     d = x.shape[-1]
     pad = (-d) % QUANT_GROUP
@@ -65,8 +66,17 @@ def quant_dequant(x: torch.Tensor, fmt: str) -> torch.Tensor:
     # The scale travels as fp16, so the receiver multiplies by the fp16-rounded scale.
     scale = (g.abs().amax(dim=-1, keepdim=True) / qmax).to(torch.float16).to(x.dtype)
     q = torch.where(scale > 0, torch.round(g / torch.where(scale > 0, scale, 1.0)), 0.0).clamp(-qmax, qmax)
-    out = (q * scale).reshape(xp.shape)
-    return out[..., :d] if pad else out
+    return q, scale
+
+
+def quant_dequant(x: torch.Tensor, fmt: str) -> torch.Tensor:
+    """x as the receiver reconstructs it after sending it in `fmt` (float32 in, float32 out)."""
+    if fmt == "fp16":
+        return x.to(torch.float16).to(x.dtype)
+    q, scale = quantise(x, fmt)
+    d = x.shape[-1]
+    out = (q * scale).reshape(*x.shape[:-1], -1)
+    return out[..., :d] if out.shape[-1] != d else out
 
 
 @functools.lru_cache(maxsize=32)

@@ -1,0 +1,47 @@
+"""A tiny random Llama built in the test (no download) for the harness tests."""
+
+from __future__ import annotations
+
+import functools
+
+PROMPT = (5, 17, 33, 2, 9, 100, 7, 64)
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_split_model():
+    """3 layers, d_model 64, 4 query heads on 2 KV heads (2 attention units), d_ff 128 in 4 chunks.
+    initializer_range 0.2 makes the logits peaked, so fp16 rounding of the crossing cannot flip a
+    greedy token (the test would otherwise measure luck, not the split)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from splitrl.harness.split_model import SplitModel
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      initializer_range=0.2, tie_word_embeddings=True)
+    return SplitModel(LlamaForCausalLM(cfg).eval(), ffn_chunks=4)
+
+
+def reference_tokens(sm, prompt=PROMPT, n=6) -> list[int]:
+    """The unsplit model's greedy tokens (transformers' own generate)."""
+    import torch
+    ids = torch.tensor([list(prompt)])
+    out = sm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False)
+    return out[0, len(prompt):].tolist()
+
+
+# one plan per partition case of the boundary layer (units: 2 attention units, then 4 FFN chunks)
+CASES = {
+    "cloud_only": (0, (0, 0, 0, 0, 0, 0)),
+    "edge_only": (3, (0, 0, 0, 0, 0, 0)),
+    "layer_split_only": (2, (0, 0, 0, 0, 0, 0)),
+    "attn_mixed": (1, (1, 0, 0, 0, 0, 0)),
+    "attn_mixed_ffn_down": (1, (0, 1, 1, 0, 1, 0)),
+    "attn_cloud_ffn_all_edge": (2, (0, 0, 1, 1, 1, 1)),
+    "attn_edge_ffn_mixed": (1, (1, 1, 0, 1, 1, 0)),
+    "attn_edge_ffn_cloud": (0, (1, 1, 0, 0, 0, 0)),
+    "whole_layer_on_edge": (1, (1, 1, 1, 1, 1, 1)),
+}

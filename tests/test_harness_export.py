@@ -1,0 +1,81 @@
+"""Export parity: the ONNX policy (onnxruntime) reproduces the JAX policy to <= 1e-5 on random and on
+recorded env observations, with a dynamic batch; its metadata makes the runtime refuse other models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A run directory like splitrl-train writes (resolved_config.yaml + final_params.msgpack, two
+    members), with the real flax HierarchicalNet, weights perturbed to O(1) so logits are not tiny."""
+    import jax
+    import yaml
+    from flax import serialization
+
+    from splitrl.agents.networks import HierarchicalPolicy
+    from splitrl.env import make
+    from splitrl.harness import export as E
+    from tests.conftest import REPO
+
+    run = tmp_path_factory.mktemp("run")
+    scenario = yaml.safe_load((REPO / "conf" / "scenario" / "default.yaml").read_text())
+    env, ep = make(scenario)
+    pol = HierarchicalPolicy(env.num_boundaries, env.num_formats, env.num_units, (32, 32), "separate")
+    params = pol.init(jax.random.PRNGKey(1), env.reset(jax.random.PRNGKey(0), ep)[0])
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda x: np.asarray(x) + rng.normal(0, 0.3, x.shape).astype(np.float32), params)
+    members = jax.tree.map(lambda x: np.stack([x * 0.5, x]), params)
+    (run / "final_params.msgpack").write_bytes(serialization.to_bytes(members))
+    agent = {"name": "hppo", "policy": "hierarchical", "env": "split", "hidden": [32, 32], "critic": "separate"}
+    (run / "resolved_config.yaml").write_text(yaml.safe_dump({"agent": agent, "scenario": scenario}))
+    (run / "summary.json").write_text('{"greedy_return": [-5.0, -1.0]}')
+    report = E.export_run(run, run / "policy.onnx", check=128)
+    return run, report, env, ep, agent, params
+
+
+def test_parity_on_random_and_env_observations(exported):
+    _, report, *_ = exported
+    p = report["parity"]
+    assert p["greedy_mismatches"] == 0
+    assert max(p["boundary_logits"], p["format_logits"], p["unit_logits"], p["value"]) <= 1e-5
+    assert report["member"] == 1                          # the best greedy return of summary.json
+
+
+def test_dynamic_batch_and_metadata(exported):
+    import onnxruntime as ort
+
+    from splitrl.harness import export as E
+    run, report, env, ep, agent, params = exported
+    sess = ort.InferenceSession(report["onnx"], providers=["CPUExecutionProvider"])
+    for n in (1, 7, 300):
+        f, bm, fm, um = E.random_observations(env, ep, n, seed=n)
+        out = sess.run(None, {"features": f, "boundary_mask": bm, "format_mask": fm, "unit_mask": um})
+        assert out[0].shape == (n, env.num_boundaries) and out[5].shape == (n, env.num_units)
+        want = E.jax_outputs(agent, env, params, f, bm, fm, um)
+        assert np.max(np.abs(out[2] - want[2])) <= 1e-5 and (out[3] == want[3]).all()
+        assert not bm[np.arange(n), out[3]].__contains__(False)   # greedy boundaries are allowed ones
+    meta = sess.get_modelmeta().custom_metadata_map
+    assert meta["splitrl.model"] == "smollm2-135m" and meta["splitrl.scenario"] == "default-v1"
+    assert len(__import__("json").loads(meta["splitrl.features"])) == env.obs_dim
+
+
+def test_runtime_refuses_a_policy_for_another_model(exported):
+    from splitrl.harness.onnx_policy import OnnxPolicy, PolicyMismatch
+    _, report, *_ = exported
+    with pytest.raises(PolicyMismatch, match="smollm2-135m"):
+        OnnxPolicy(report["onnx"], model_name="llama-2-7b")
+    pol = OnnxPolicy(report["onnx"], model_name="smollm2-135m")
+    b, f, units = pol.act(pol.observe(1.25e6, 0.04, prompt_len=64, output_len=32))
+    assert pol.boundary_mask[b] and f in (0, 1, 2) and len(units) == len(pol.unit_mask[0])
+    assert all(pol.unit_mask[b][i] or not u for i, u in enumerate(units))
+
+
+def test_export_errors_name_the_fix(tmp_path):
+    from splitrl.harness import export as E
+    with pytest.raises(E.ExportError, match="resolved_config.yaml"):
+        E.load_run(tmp_path)
