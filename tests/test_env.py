@@ -284,3 +284,12 @@ def test_default_scenario_uses_the_shipped_measured_tables(monkeypatch):
     # measured: int4 hurts (~1 PPL), fp16 rounding is negligible (< 0.01 PPL) at every inner boundary
     rows = np.asarray(params.ppl.rows)[1:-1]
     assert rows[:, 2].mean() > 0.3 and np.abs(rows[:, 0]).max() < 0.01
+
+
+def test_bench_env_writes_json_with_the_cartpole_ratio(tmp_path, env_data):
+    import json
+
+    from splitrl.bench import main
+    main(["env", "--envs", "4", "--steps", "10", "--repeats", "1", "--out", str(tmp_path / "b.json")])
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert rows[0]["envs"] == 4 and rows[0]["split_steps_per_s"] > 0 and rows[0]["ratio"] > 0
