@@ -43,9 +43,10 @@ def synthetic_ppl(n_layers: int = 30) -> dict:
         "provenance": {"kind": "synthetic", "note": "test fixture"}}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def env_data(tmp_path_factory):
-    """profiles_data with a synthetic PPL table of known values, as SPLITRL_PROFILES_DATA for the session's env tests."""
+    """profiles_data with a synthetic PPL table of known values, as SPLITRL_PROFILES_DATA for one test
+    module (restored after it, so other modules see the shipped tables)."""
     import json
     root = tmp_path_factory.mktemp("env") / "profiles_data"
     shutil.copytree(DATA, root)

@@ -273,3 +273,14 @@ def test_gymnasium_wrapper_passes_env_checker(default):
         total += r
         assert genv.observation_space.contains(obs) and "latency" in info
     assert np.isfinite(total)
+
+
+def test_default_scenario_uses_the_shipped_measured_tables(monkeypatch):
+    from .conftest import DATA
+    monkeypatch.setenv("SPLITRL_PROFILES_DATA", str(DATA))
+    env, params, info = make_with_info("default")
+    assert "costs/measured/smollm2-135m__this-host__fp32.json" in info.cost_sources[0]
+    assert info.ppl_source.endswith("ppl/smollm2-135m.json")
+    # measured: int4 hurts (~1 PPL), fp16 rounding is negligible (< 0.01 PPL) at every inner boundary
+    rows = np.asarray(params.ppl.rows)[1:-1]
+    assert rows[:, 2].mean() > 0.3 and np.abs(rows[:, 0]).max() < 0.01

@@ -28,7 +28,7 @@ def train(run_dir: Path, *overrides: str, agent: str = "ppo_cartpole") -> dict:
     return run(cfg, run_dir)
 
 
-def test_hppo_trains_on_the_default_scenario_with_v_from_the_config(tmp_path, env_data):
+def test_hppo_trains_on_the_default_scenario_with_v_from_the_config(tmp_path):
     # one member: XLA compiles the split env under a second (member) vmap axis very slowly (see docs/training.md)
     summary = train(tmp_path, "reward_v_grid=[10.0]", "reward_v_field=reward.V", "checkpoint_every=0",
                     "eval_episodes_envs=0", agent="hppo")

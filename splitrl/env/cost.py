@@ -28,7 +28,8 @@ _M = MODEL_ROWS
 
 def lerp_index(grid: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Index and weight to interpolate linearly on `grid` at `x` (flat beyond both ends)."""
-    i = jnp.clip(jnp.searchsorted(grid, x) - 1, 0, grid.shape[0] - 2)
+    # a compare-and-count fuses into one kernel; jnp.searchsorted lowers to a while loop
+    i = jnp.clip(jnp.sum(grid < x) - 1, 0, grid.shape[0] - 2)
     w = jnp.clip((x - grid[i]) / (grid[i + 1] - grid[i]), 0.0, 1.0)
     return i, w
 
@@ -66,12 +67,13 @@ def _pass(row, n_tok, X, head_e, head_e_j, head_c, emb, emb_j, on_e, is_attn, la
     ne, nc, nej = row[o["norm_edge"]:o["norm_edge"] + 2], slow * row[o["norm_cloud"]:o["norm_cloud"] + 2], row[o["norm_edge_j"]:o["norm_edge_j"] + 2]
     on_c = 1.0 - on_e
     attn, ffn = is_attn.astype(jnp.float32), 1.0 - is_attn.astype(jnp.float32)
-    a_e, a_c = jnp.any(on_e * attn > 0), jnp.any(on_c * attn > 0)
-    f_e, f_c = jnp.any(on_e * ffn > 0), jnp.any(on_c * ffn > 0)
-    te_attn = n_tok * (jnp.dot(on_e * attn, te) + a_e * ne[0])
-    tc_attn = n_tok * (jnp.dot(on_c * attn, tc) + a_c * nc[0])
-    te_ffn = n_tok * (jnp.dot(on_e * ffn, te) + f_e * ne[1])
-    tc_ffn = n_tok * (jnp.dot(on_c * ffn, tc) + f_c * nc[1])
+    # sums of products, not dots: XLA fuses them with their neighbours (dots are separate kernels)
+    a_e, a_c = jnp.max(on_e * attn) > 0, jnp.max(on_c * attn) > 0
+    f_e, f_c = jnp.max(on_e * ffn) > 0, jnp.max(on_c * ffn) > 0
+    te_attn = n_tok * (jnp.sum(on_e * attn * te) + a_e * ne[0])
+    tc_attn = n_tok * (jnp.sum(on_c * attn * tc) + a_c * nc[0])
+    te_ffn = n_tok * (jnp.sum(on_e * ffn * te) + f_e * ne[1])
+    tc_ffn = n_tok * (jnp.sum(on_c * ffn * tc) + f_c * nc[1])
     t_attn = jnp.where(~a_c, te_attn, jnp.where(~a_e, X + tc_attn, jnp.maximum(te_attn, X + tc_attn) + X))
     ffn_edge_holds = jnp.where(~f_c, te_ffn, jnp.where(~f_e, X + tc_ffn, jnp.maximum(te_ffn, X + tc_ffn) + X))
     ffn_cloud_holds = jnp.where(~f_e, tc_ffn, jnp.where(~f_c, X + te_ffn, jnp.maximum(tc_ffn, X + te_ffn + X)))
@@ -83,7 +85,7 @@ def _pass(row, n_tok, X, head_e, head_e_j, head_c, emb, emb_j, on_e, is_attn, la
     base = n_tok * (emb + row[o["prefix"]])
     time = base + t_attn + t_ffn + after
     edge_s = base + te_attn + te_ffn + jnp.where(head_on_edge, head_e, 0.0)
-    edge_j = (n_tok * (emb_j + row[o["prefix_j"]] + jnp.dot(on_e, tej) + a_e * nej[0] + f_e * nej[1])
+    edge_j = (n_tok * (emb_j + row[o["prefix_j"]] + jnp.sum(on_e * tej) + a_e * nej[0] + f_e * nej[1])
               + jnp.where(head_on_edge, head_e_j, 0.0))
     n_up = (a_c * 1.0 + (a_e & a_c) + jnp.where(a_c, f_e & f_c, f_c * 1.0 + (f_e & f_c)) + (ends_on_edge & ~last))
     n_down = (a_c & f_e) * 1.0
@@ -97,7 +99,7 @@ def request_cost(params: EnvParams, boundary, fmt, edge_units, prompt, output, b
     compute slows by 1 / (1 - load). Returns a dict of f32 scalars.
     """
     c, ch = params.costs, params.channel
-    L = c.layer_rows.shape[1] - 1
+    L = c.layer_rows.shape[0] - 1
     b = boundary
     slow = 1.0 / (1.0 - cloud_load)
     cloud_only = (b == 0) & ~jnp.any(edge_units > 0)
@@ -107,10 +109,11 @@ def request_cost(params: EnvParams, boundary, fmt, edge_units, prompt, output, b
     i_pre, w_pre = lerp_index(c.ctx_grid, prompt)
     i_dec, w_dec = lerp_index(c.ctx_grid, prompt + output / 2)  # decode is linear in context: the midpoint is exact
     idx, wts = jnp.stack([i_pre, i_dec]), jnp.stack([w_pre, w_dec])
-    lerp2 = lambda a: (jnp.take_along_axis(a, idx[:, None, None], -1)[..., 0] * (1 - wts[:, None])  # noqa: E731
-                       + jnp.take_along_axis(a, idx[:, None, None] + 1, -1)[..., 0] * wts[:, None])
-    rows = lerp2(c.layer_rows[:, jnp.minimum(b, L)])   # [2, K]
-    tot = lerp2(c.model_rows)                          # [2, M]
+    phase = jnp.arange(2)
+    near = c.layer_rows[jnp.minimum(b, L), jnp.stack([idx, idx + 1]), jnp.stack([phase, phase])]  # [2 neighbours, 2 phases, K]
+    rows = near[0] * (1 - wts[:, None]) + near[1] * wts[:, None]
+    tot = (jnp.take_along_axis(c.model_rows, idx[:, None, None], -1)[..., 0] * (1 - wts[:, None])
+           + jnp.take_along_axis(c.model_rows, idx[:, None, None] + 1, -1)[..., 0] * wts[:, None])  # [2, M]
     head_e, head_e_j, head_c = tot[1, _M["edge_head"]], tot[1, _M["edge_head_j"]], tot[1, _M["cloud_head"]]
 
     # every crossing's expected time in one vectorised call
@@ -145,11 +148,12 @@ def request_cost(params: EnvParams, boundary, fmt, edge_units, prompt, output, b
     # by the share of the layer's units on the edge; plus residual packet loss and channel noise.
     pp = params.ppl
     frac = jnp.mean(edge_units)
-    bi, bj = jnp.minimum(b, L), jnp.minimum(b + 1, L)
-    row = lambda a: a[bi] * (1 - frac) + a[bj] * frac  # noqa: E731
+    prow = pp.rows[jnp.stack([jnp.minimum(b, L), jnp.minimum(b + 1, L)])]     # one gather: rows b and b + 1
+    prow = prow[0] * (1 - frac) + prow[1] * frac
+    F, NL = c.tx_bytes.shape[0], pp.loss_grid.shape[0]
     residual = loss_p ** (ch.max_retx + 1.0)
-    dppl = (row(pp.fmt[:, fmt]) + at(row(pp.loss), lerp_index(pp.loss_grid, residual))
-            + ch.noise_on * at(row(pp.snr), lerp_index(pp.snr_grid, snr_db)))
+    dppl = (prow[fmt] + at(prow[F:F + NL], lerp_index(pp.loss_grid, residual))
+            + ch.noise_on * at(prow[F + NL:], lerp_index(pp.snr_grid, snr_db)))
     dppl = jnp.where(edge_only | cloud_only, 0.0, dppl)
 
     # Fallback (partition checkpoints): past the timeout the edge finishes the request alone, if it can.

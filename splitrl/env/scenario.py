@@ -267,8 +267,8 @@ def make_with_info(scenario: str | Path | dict = "default") -> tuple[SplitEnv, E
     c.done()
     cost_params = CostParams(**_to_params(costs), power_active_w=f32(edge.power_active_w),
                              power_idle_w=f32(edge.power_idle_w), power_radio_w=f32(edge.power_radio_tx_w))
-    ppl_params = PPLParams(fmt=f32(ppl.fmt), loss_grid=f32(ppl.loss_grid), loss=f32(ppl.loss), snr_grid=f32(ppl.snr_grid),
-                           snr=f32(ppl.snr))
+    ppl_params = PPLParams(loss_grid=f32(ppl.loss_grid), snr_grid=f32(ppl.snr_grid),
+                           rows=f32(np.concatenate([ppl.fmt, ppl.loss, ppl.snr], axis=1)))
     params = EnvParams(channel=channel, workload=workload, costs=cost_params, ppl=ppl_params, reward=reward,
                        slot_s=f32(slot_s), max_steps_in_episode=jnp.asarray(steps, jnp.int32))
     refs = nominal_refs(params, ch_kind, mean_prompt, mean_output)
@@ -286,7 +286,7 @@ def make_with_info(scenario: str | Path | dict = "default") -> tuple[SplitEnv, E
 def _split_costs(params: EnvParams, prompt, output, bw, loss, load):
     """Costs of every (layer split, format) at fixed conditions: [L+1, F] arrays (jitted once per shape)."""
     L1, U = params.costs.boundary_mask.shape[0], params.costs.unit_is_attn.shape[0]
-    F = params.costs.tx_bytes.shape[0]
+    F = params.costs.tx_bytes.shape[0]  # noqa: F841
     b, f = jnp.meshgrid(jnp.arange(L1), jnp.arange(F), indexing="ij")
     p = params.channel
     fn = lambda b, f: request_cost(params, b, f, jnp.zeros(U), prompt, output, bw, p.rtt_mean_s, loss,  # noqa: E731
@@ -321,9 +321,10 @@ def check_params(env: SplitEnv, params: EnvParams) -> None:
     """Host-side check of a params pytree against the env's static sizes; raises ScenarioError naming
     the field. Run it on any params you build or edit yourself (domain randomisation)."""
     L1, U = env.num_boundaries, env.num_units
-    expect = {"costs.layer_rows": (2, L1, 3 * U + 9, None), "costs.model_rows": (2, None, None),
+    expect = {"costs.layer_rows": (L1, None, 2, 3 * U + 9), "costs.model_rows": (2, None, None),
               "costs.boundary_mask": (L1,), "costs.unit_mask": (L1, U), "costs.tx_bytes": (3,),
-              "ppl.fmt": (L1, 3), "ppl.loss": (L1, None), "ppl.snr": (L1, None), "channel.regime_trans": (3, 3)}
+              "ppl.rows": (L1, 3 + params.ppl.loss_grid.shape[0] + params.ppl.snr_grid.shape[0]),
+              "channel.regime_trans": (3, 3)}
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         name = ".".join(getattr(k, "name", str(k)) for k in path)
         a = np.asarray(leaf)

@@ -17,7 +17,7 @@ from splitrl.profiles.formats import TX_FORMATS, tx_bytes_per_token
 from splitrl.profiles.schema import CostTable, Device, ModelArch, PPLSweep, PPLTable
 
 
-# Rows of CostArrays.layer_rows[phase, b] (U = worker units of a layer):
+# Entries of CostArrays.layer_rows[b, g, phase] (U = worker units of a layer):
 #   [0, U)        edge s/token of each unit of the boundary layer min(b, L-1)
 #   [U, 2U)       cloud s/token of each unit
 #   [2U, 3U)      edge J/token of each unit
@@ -38,7 +38,7 @@ MODEL_ROWS = {"edge_embed": 0, "edge_embed_j": 1, "edge_head": 2, "edge_head_j":
 class CostArrays:
     """Lookup arrays of one (model, edge, cloud) setting; G = context grid points, U = worker units."""
     ctx_grid: np.ndarray          # [G] (the cloud table is resampled onto the edge table's grid)
-    layer_rows: np.ndarray        # [2, L+1, K, G]
+    layer_rows: np.ndarray        # [L+1, G, 2, K]: one gather reads each phase's two neighbouring grid points
     model_rows: np.ndarray        # [2, M, G]
     unit_is_attn: np.ndarray      # [U] bool: attention units first, then FFN chunks
     boundary_mask: np.ndarray     # [L+1] bool: boundary b fits edge memory (any worker choice within unit_mask)
@@ -130,7 +130,7 @@ def build_cost_arrays(model: ModelArch, edge: Device, cloud: Device, edge_table:
     totals[:, MODEL_ROWS["cloud_all"]] = cloud_suffix[:, 0]
     f32 = np.float32
     return CostArrays(
-        ctx_grid=grid.astype(f32), layer_rows=rows.astype(f32), model_rows=totals.astype(f32),
+        ctx_grid=grid.astype(f32), layer_rows=rows.transpose(1, 3, 0, 2).astype(f32), model_rows=totals.astype(f32),
         unit_is_attn=(kinds[work_idx] == "attn"), boundary_mask=boundary_mask, unit_mask=unit_mask,
         tx_bytes=np.array([tx_bytes_per_token(model.d_model, f) for f in TX_FORMATS], dtype=f32),
     )

@@ -56,8 +56,8 @@ class WorkloadParams:
 class CostParams:
     """Cost lookups packed so that one step reads one row per boundary (see splitrl/env/tables.py)."""
     ctx_grid: jax.Array         # [G] context grid (tokens)
-    layer_rows: jax.Array       # [2, L+1, K, G] per phase (prefill, decode) and boundary b: the boundary
-                                # layer's units and norms on each side, edge prefix (layers < b), cloud suffix (> b)
+    layer_rows: jax.Array       # [L+1, G, 2, K] per boundary b, grid point g and phase (prefill, decode): the
+                                # boundary layer's units and norms on each side, edge prefix (< b), cloud suffix (> b)
     model_rows: jax.Array       # [2, M, G] embedding, head, cloud-only and edge-only totals
     unit_is_attn: jax.Array     # [U] bool
     boundary_mask: jax.Array    # [L+1] bool
@@ -70,11 +70,9 @@ class CostParams:
 
 @struct.dataclass
 class PPLParams:
-    fmt: jax.Array              # [L+1, F]
-    loss_grid: jax.Array        # [NL]
-    loss: jax.Array             # [L+1, NL]
-    snr_grid: jax.Array         # [NS]
-    snr: jax.Array              # [L+1, NS]
+    loss_grid: jax.Array        # [NL] residual packet-loss rates
+    snr_grid: jax.Array         # [NS] SNR in dB, increasing
+    rows: jax.Array             # [L+1, F + NL + NS] per boundary: ΔPPL per format, at each loss, at each SNR
 
 
 @struct.dataclass
