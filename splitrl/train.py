@@ -92,10 +92,13 @@ def make_env(agent: PPOConfig, scenario: Any):
                           f"({e}); train a gymnax env instead: agent=ppo_cartpole") from e
     if scenario is None:
         raise ConfigError("config scenario is missing: agent.env = split needs a scenario (conf/scenario/)")
-    env, env_params = split_env.make(scenario)
+    try:
+        env, env_params = split_env.make(scenario)
+    except split_env.ScenarioError as e:
+        raise ConfigError(f"config scenario: {e}") from e
     if agent.env == "split_flat":
-        flat = split_env.FlatSplitEnv(env, env_params)
-        return flat, env_params
+        from splitrl.env.flat import FlatSplitEnv
+        return FlatSplitEnv(env, env_params), env_params
     return env, env_params
 
 
@@ -152,10 +155,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     env, env_params = make_env(agent, OmegaConf.to_container(cfg.scenario, resolve=True) if "scenario" in cfg else None)
-    if train.reward_v_field and not hasattr(env_params, train.reward_v_field):
+    try:
+        default_v = float(ppo.get_field(env_params, train.reward_v_field)) if train.reward_v_field else 1.0
+    except AttributeError as e:
         raise ConfigError(f"config reward_v_field = {train.reward_v_field!r}: not a field of "
-                          f"{type(env_params).__name__}")
-    default_v = float(getattr(env_params, train.reward_v_field)) if train.reward_v_field else 1.0
+                          f"{type(env_params).__name__} ({e}); the split env's V is reward.V") from e
     members = member_grid(train, agent, default_v)
     policy = make_policy(agent, env, env_params)
     v_field = train.reward_v_field if train.reward_v_grid else None
@@ -172,7 +176,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         # else: nothing saved yet: a fresh start (a job that died before its first checkpoint)
     logger = RunLogger(run_dir, setup.logger, setup.run_name, members, setup.identity, resume=train.resume)
     evaluate = make_evaluator(policy, env, env_params, train.eval_episodes_envs, eval_steps(env_params))
-    random_eval = jax.device_get(evaluate["uniform"](state.params, keys))
+    random_eval = jax.device_get(evaluate["uniform"](state.params, keys)) if evaluate else None
     total, last = agent.num_updates, agent.num_updates
     if setup.stop_after:
         last = min(total, done_updates + setup.stop_after)
@@ -210,10 +214,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def make_evaluator(policy, env, env_params, num_envs: int, num_steps: int):
-    """{mode: jitted, vmapped evaluate_returns(params[B], keys[B])} for greedy, sample and uniform."""
+    """{mode: jitted, vmapped evaluate_returns(params[B], keys[B])} for greedy and uniform (the random
+    baseline); {} when num_envs = 0 (no evaluation: each mode is one more compile)."""
+    if num_envs == 0:
+        return {}
     return {mode: jax.jit(jax.vmap(partial(ppo.evaluate_returns, policy, env, env_params, num_envs=num_envs,
                                            num_steps=num_steps, mode=mode)))
-            for mode in ("greedy", "sample", "uniform")}
+            for mode in ("greedy", "uniform")}
 
 
 def eval_steps(env_params) -> int:
@@ -225,20 +232,20 @@ def eval_steps(env_params) -> int:
 def finish(setup: Setup, state, members, keys, evaluate, random_eval, curve, done_updates, total, logger):
     run_dir = setup.run_dir
     summary: dict[str, Any] = {"run_name": setup.run_name, "updates": done_updates, "total_updates": total,
-                               "members": members, "curve": curve,
-                               "random_policy_return": random_eval["episode_return"].tolist()}
+                               "members": members, "curve": curve}
+    if random_eval is not None:
+        summary["random_policy_return"] = random_eval["episode_return"].tolist()
+        summary["random_env_metrics"] = {k: v.tolist() for k, v in random_eval.items() if k != "episodes"}
     if done_updates < total:
         summary["stopped_early"] = True
     else:
-        greedy = jax.device_get(evaluate["greedy"](state.params, keys))
-        sampled = jax.device_get(evaluate["sample"](state.params, keys))
-        summary |= {"greedy_return": greedy["episode_return"].tolist(),
-                    "sampled_return": sampled["episode_return"].tolist(),
-                    "greedy_env_metrics": {k: v.tolist() for k, v in greedy.items() if k not in ("episodes",)}}
         save_final_params(run_dir, state.params)
-        logger.summary([{"eval/greedy_return": g, "eval/sampled_return": s, "eval/random_policy_return": r}
-                        for g, s, r in zip(summary["greedy_return"], summary["sampled_return"],
-                                           summary["random_policy_return"], strict=True)])
+        if evaluate:
+            greedy = jax.device_get(evaluate["greedy"](state.params, keys))
+            summary |= {"greedy_return": greedy["episode_return"].tolist(),
+                        "greedy_env_metrics": {k: v.tolist() for k, v in greedy.items() if k != "episodes"}}
+            logger.summary([{"eval/greedy_return": g, "eval/random_policy_return": r}
+                            for g, r in zip(summary["greedy_return"], summary["random_policy_return"], strict=True)])
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     print_summary(summary)
     return summary
@@ -268,10 +275,11 @@ def print_summary(summary: dict[str, Any]) -> None:
                       f"{point['steps_per_s']:,.0f}")
     console = Console()
     console.print(table)
-    console.print(f"random policy return: {np.mean(summary['random_policy_return']):.4g}")
+    if "random_policy_return" in summary:
+        console.print(f"random policy return: {np.mean(summary['random_policy_return']):.4g}")
     if "greedy_return" in summary:
-        console.print(f"trained policy return: greedy {np.mean(summary['greedy_return']):.4g}, "
-                      f"sampled {np.mean(summary['sampled_return']):.4g}")
+        console.print(f"trained policy return (greedy): {np.mean(summary['greedy_return']):.4g}; "
+                      f"last chunk (sampled): {curve[-1]['episode_return']:.4g}" if curve else "")
 
 
 # ----------------------------------------------------------------------------- Hydra

@@ -2,6 +2,7 @@
 bit-exactness, checkpoint errors, W&B offline, multirun."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -16,15 +17,26 @@ from splitrl.train import CONF_DIR, run
 
 from .conftest import REPO
 
-TINY = ["agent=ppo_cartpole", "agent.num_envs=4", "agent.num_steps=16", "agent.total_timesteps=512",
+TINY = ["agent.num_envs=4", "agent.num_steps=16", "agent.total_timesteps=512",
         "agent.num_minibatches=2", "agent.update_epochs=2", "updates_per_chunk=2", "checkpoint_every=2",
         "progress=false", "logger=disabled", "eval_episodes_envs=4"]
 
 
-def train(run_dir: Path, *overrides: str) -> dict:
+def train(run_dir: Path, *overrides: str, agent: str = "ppo_cartpole") -> dict:
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[*TINY, *overrides])
+        cfg = compose(config_name="train", overrides=[f"agent={agent}", *TINY, *overrides])
     return run(cfg, run_dir)
+
+
+def test_hppo_trains_on_the_default_scenario_with_v_from_the_config(tmp_path):
+    # one member: XLA compiles the split env under a second (member) vmap axis very slowly (see docs/training.md)
+    summary = train(tmp_path, "reward_v_grid=[10.0]", "reward_v_field=reward.V", "checkpoint_every=0",
+                    "eval_episodes_envs=0", agent="hppo")
+    assert summary["updates"] == 8 and [m["reward_v"] for m in summary["members"]] == [10.0]
+    assert all(math.isfinite(p["episode_return"]) for p in summary["curve"] if p["episode_return"] == p["episode_return"])
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    for key in ("env/latency", "env/energy", "env/delta_ppl", "env/backlog", "train/episode_return"):
+        assert key in rows[-1], key
 
 
 def test_tiny_run_writes_config_metrics_checkpoints_and_final_params(tmp_path):
@@ -86,7 +98,7 @@ def test_wandb_offline_writes_one_grouped_run_per_seed_without_network(tmp_path,
 
 def test_multirun_writes_two_run_dirs(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, "-m", "splitrl.train", "--multirun", *TINY, "seed=0,1",
+    out = subprocess.run([sys.executable, "-m", "splitrl.train", "--multirun", "agent=ppo_cartpole", *TINY, "seed=0,1",
                           f"hydra.sweep.dir={tmp_path}"], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -65,8 +65,21 @@ def make_optimizer(cfg: PPOConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.scale_by_adam(eps=1e-5))
 
 
+def replace_field(params, dotted: str, value):
+    """`params` with the (possibly nested, dotted: "reward.V") dataclass field set to `value`."""
+    head, _, rest = dotted.partition(".")
+    return params.replace(**{head: replace_field(getattr(params, head), rest, value) if rest else value})
+
+
+def get_field(params, dotted: str):
+    for name in dotted.split("."):
+        params = getattr(params, name)
+    return params
+
+
 def env_params_with(env_params, hp: HParams, reward_v_field: str | None):
-    return env_params.replace(**{reward_v_field: hp.reward_v}) if reward_v_field else env_params
+    """EnvParams with V from the traced hyperparameters when `reward_v_field` (e.g. "reward.V") is set."""
+    return replace_field(env_params, reward_v_field, hp.reward_v) if reward_v_field else env_params
 
 
 # ----------------------------------------------------------------------------- rollout
