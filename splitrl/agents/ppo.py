@@ -1,0 +1,273 @@
+"""One readable PPO, for the hierarchical and the flat policy alike (the policy object hides which).
+
+Reading order: the records (`Transition`, `LearnerState`, `HParams`), the rollout step, GAE, the loss,
+the minibatch step, then `make_update` (one whole PPO update: rollout scan -> GAE -> epochs of
+minibatches, all pure) and `make_train` (init + a scan of updates). The host loop in `splitrl.train`
+runs `run_updates` in jitted chunks and logs between them.
+
+Conventions: trajectories are time-major [T, N]; `_t` is the step, `next_value_t` the bootstrap value
+of the observation that step t led to. Truncation (the time limit) bootstraps from
+`info["final_observation"]`; only `terminated` zeroes the bootstrap.
+
+Hyperparameters that are arrays (`HParams`: learning rate, entropy coefficient, Lyapunov V) are
+traced, so `vmap(train)` over them trains many policies in one compile.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from splitrl.agents.config import PPOConfig
+
+# info entries that are bookkeeping, not environment metrics
+NOT_METRICS = ("final_observation", "terminated", "truncated", "discount")
+
+
+class HParams(struct.PyTreeNode):
+    """Traced hyperparameters, one value per trained policy (vmapped)."""
+    lr: jax.Array          # f32[]
+    ent_coef: jax.Array    # f32[]
+    reward_v: jax.Array    # f32[]; written into EnvParams.<reward_v_field> when that is set
+
+
+class Transition(struct.PyTreeNode):
+    obs: Any                 # observation the action was taken in
+    action: Any
+    log_prob: jax.Array      # f32, behaviour policy
+    value: jax.Array         # f32, V(obs_t)
+    reward: jax.Array        # f32
+    terminated: jax.Array    # bool: true end, no bootstrap
+    done: jax.Array          # bool: terminated or truncated (the env auto-reset)
+    final_obs: Any           # info["final_observation"]: obs_{t+1} before any reset
+    episode_return: jax.Array  # f32: the finished episode's return where done, else 0
+    env_metrics: dict        # f32 info entries (latency, energy, ...)
+
+
+class LearnerState(struct.PyTreeNode):
+    params: Any
+    opt_state: Any
+    env_state: Any           # [N] env states
+    obs: Any                 # [N] current observations
+    running_return: jax.Array  # f32[N] return of the episode in progress
+    key: jax.Array           # PRNG key (raw uint32[2], checkpointable)
+    update_step: jax.Array   # i32[] updates done so far
+
+
+def make_optimizer(cfg: PPOConfig) -> optax.GradientTransformation:
+    """Adam without the learning rate: the (traced, annealed) step size is applied in `minibatch_step`."""
+    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.scale_by_adam(eps=1e-5))
+
+
+def env_params_with(env_params, hp: HParams, reward_v_field: str | None):
+    return env_params.replace(**{reward_v_field: hp.reward_v}) if reward_v_field else env_params
+
+
+# ----------------------------------------------------------------------------- rollout
+def rollout_step(policy, env, env_params, carry, key):
+    """One vectorised env step with the current policy. carry = (params, env_state, obs, running_return)."""
+    params, env_state, obs, running_return = carry
+    act_key, step_key = jax.random.split(key)
+    num_envs = running_return.shape[0]
+    action, log_prob, value = jax.vmap(policy.sample, (None, 0, 0))(
+        params, obs, jax.random.split(act_key, num_envs))
+    next_obs, env_state, reward, terminated, truncated, info = jax.vmap(env.step, (0, 0, 0, None))(
+        jax.random.split(step_key, num_envs), env_state, action, env_params)
+    done = terminated | truncated
+    running_return = running_return + reward
+    metrics = {k: v.astype(jnp.float32) for k, v in info.items()
+               if k not in NOT_METRICS and getattr(v, "shape", None) == (num_envs,)}
+    transition = Transition(obs=obs, action=action, log_prob=log_prob, value=value, reward=reward,
+                            terminated=terminated, done=done, final_obs=info["final_observation"],
+                            episode_return=jnp.where(done, running_return, 0.0), env_metrics=metrics)
+    return (params, env_state, next_obs, jnp.where(done, 0.0, running_return)), transition
+
+
+# ----------------------------------------------------------------------------- GAE
+def gae(reward_t, value_t, next_value_t, terminated_t, done_t, gamma, gae_lambda):
+    """Generalised advantage estimation (Schulman et al. 2016), reverse `lax.scan` over time.
+
+        δ_t = r_t + γ·(1 − terminated_t)·V(s'_t) − V(s_t)
+        A_t = δ_t + γ·λ·(1 − done_t)·A_{t+1}
+
+    where s'_t is the observation step t led to (before any auto-reset), so a truncated step
+    bootstraps from V(final_observation) and the recursion stops at every episode end.
+    All inputs [T, N]; returns (advantages, returns = advantages + values), both [T, N].
+    """
+    chex.assert_equal_shape([reward_t, value_t, next_value_t, terminated_t, done_t])
+    chex.assert_rank(reward_t, 2)
+    delta_t = reward_t + gamma * (1.0 - terminated_t) * next_value_t - value_t
+    continue_t = gamma * gae_lambda * (1.0 - done_t)
+
+    def backward(adv_tp1, inputs):
+        delta, cont = inputs
+        adv = delta + cont * adv_tp1
+        return adv, adv
+
+    _, adv_t = jax.lax.scan(backward, jnp.zeros_like(delta_t[0]), (delta_t, continue_t), reverse=True)
+    return adv_t, adv_t + value_t
+
+
+# ----------------------------------------------------------------------------- loss
+class Batch(struct.PyTreeNode):
+    obs: Any
+    action: Any
+    log_prob: jax.Array
+    value: jax.Array
+    advantage: jax.Array
+    target: jax.Array
+
+
+def ppo_loss(policy, cfg: PPOConfig, params, batch: Batch, ent_coef):
+    """Clipped-surrogate PPO loss on one minibatch; returns (loss, diagnostics)."""
+    chex.assert_equal_shape([batch.log_prob, batch.value, batch.advantage, batch.target])
+    log_prob, entropy, value = jax.vmap(policy.evaluate, (None, 0, 0))(params, batch.obs, batch.action)
+    log_ratio = log_prob - batch.log_prob
+    ratio = jnp.exp(log_ratio)
+    adv = batch.advantage
+    if cfg.normalize_advantages:
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    policy_loss = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps) * adv).mean()
+    value_err = jnp.square(value - batch.target)
+    if cfg.clip_value:
+        clipped = batch.value + jnp.clip(value - batch.value, -cfg.clip_eps, cfg.clip_eps)
+        value_err = jnp.maximum(value_err, jnp.square(clipped - batch.target))
+    value_loss = 0.5 * value_err.mean()
+    entropy = entropy.mean()
+    loss = policy_loss + cfg.vf_coef * value_loss - ent_coef * entropy
+    return loss, {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy,
+                  "approx_kl": jnp.mean((ratio - 1.0) - log_ratio),
+                  "clip_fraction": jnp.mean((jnp.abs(ratio - 1.0) > cfg.clip_eps).astype(jnp.float32))}
+
+
+def minibatch_step(policy, cfg: PPOConfig, tx, lr, ent_coef, carry, batch: Batch):
+    params, opt_state = carry
+    grads, diag = jax.grad(partial(ppo_loss, policy, cfg), has_aux=True)(params, batch, ent_coef)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    scale = policy.update_scale(params, cfg.manager_lr_scale)
+    params = jax.tree.map(lambda p, u, s: p - lr * s * u, params, updates, scale)
+    return (params, opt_state), {**diag, "grad_norm": optax.tree.norm(grads)}
+
+
+def epoch_step(policy, cfg: PPOConfig, tx, lr, ent_coef, flat_batch: Batch, carry, key):
+    """One pass over the rollout in shuffled minibatches."""
+    perm = jax.random.permutation(key, cfg.batch_size)
+    minibatches = jax.tree.map(
+        lambda x: x[perm].reshape((cfg.num_minibatches, cfg.minibatch_size) + x.shape[1:]), flat_batch)
+    return jax.lax.scan(partial(minibatch_step, policy, cfg, tx, lr, ent_coef), carry, minibatches)
+
+
+def explained_variance(values, targets):
+    return 1.0 - jnp.var(targets - values) / jnp.maximum(jnp.var(targets), 1e-8)
+
+
+# ----------------------------------------------------------------------------- update / train
+def make_update(cfg: PPOConfig, env, env_params, policy, reward_v_field: str | None = None):
+    """`update(state, hp) -> (state, metrics)`: one PPO update, pure and jittable."""
+    tx = make_optimizer(cfg)
+
+    def update(state: LearnerState, hp: HParams):
+        params_env = env_params_with(env_params, hp, reward_v_field)
+        key, rollout_key, epoch_key = jax.random.split(state.key, 3)
+        carry = (state.params, state.env_state, state.obs, state.running_return)
+        (_, env_state, obs, running_return), traj = jax.lax.scan(
+            partial(rollout_step, policy, env, params_env), carry, jax.random.split(rollout_key, cfg.num_steps))
+        value_of = jax.vmap(jax.vmap(policy.value, (None, 0)), (None, 0))
+        next_value = value_of(state.params, traj.final_obs)
+        adv, target = gae(traj.reward, traj.value, next_value, traj.terminated.astype(jnp.float32),
+                          traj.done.astype(jnp.float32), cfg.gamma, cfg.gae_lambda)
+        batch = Batch(obs=traj.obs, action=traj.action, log_prob=traj.log_prob, value=traj.value,
+                      advantage=adv, target=target)
+        flat_batch = jax.tree.map(lambda x: x.reshape((cfg.batch_size,) + x.shape[2:]), batch)
+        frac = 1.0 - state.update_step / cfg.num_updates if cfg.anneal_lr else 1.0
+        lr = hp.lr * frac
+        (params, opt_state), diag = jax.lax.scan(
+            partial(epoch_step, policy, cfg, tx, lr, hp.ent_coef, flat_batch),
+            (state.params, state.opt_state), jax.random.split(epoch_key, cfg.update_epochs))
+        metrics = {k: v.mean() for k, v in diag.items()}   # mean over epochs and minibatches
+        metrics |= {
+            "explained_variance": explained_variance(traj.value, target),
+            "lr": jnp.asarray(lr, jnp.float32),
+            "reward_mean": traj.reward.mean(),
+            "episode_return_sum": traj.episode_return.sum(),
+            "episodes": traj.done.sum().astype(jnp.float32),
+        } | {f"env/{k}": v.mean() for k, v in traj.env_metrics.items()}
+        new_state = state.replace(params=params, opt_state=opt_state, env_state=env_state, obs=obs,
+                                  running_return=running_return, key=key, update_step=state.update_step + 1)
+        return new_state, metrics
+
+    return update
+
+
+def make_init(cfg: PPOConfig, env, env_params, policy, reward_v_field: str | None = None):
+    """`init(key, hp) -> LearnerState`: network, optimiser, `num_envs` reset environments."""
+    tx = make_optimizer(cfg)
+
+    def init(key, hp: HParams) -> LearnerState:
+        key, init_key, reset_key = jax.random.split(key, 3)
+        obs, env_state = jax.vmap(env.reset, (0, None))(
+            jax.random.split(reset_key, cfg.num_envs), env_params_with(env_params, hp, reward_v_field))
+        params = policy.init(init_key, jax.tree.map(lambda x: x[0], obs))
+        return LearnerState(params=params, opt_state=tx.init(params), env_state=env_state, obs=obs,
+                            running_return=jnp.zeros((cfg.num_envs,), jnp.float32), key=key,
+                            update_step=jnp.zeros((), jnp.int32))
+
+    return init
+
+
+def run_updates(update, num_updates: int, state: LearnerState, hp: HParams):
+    """`num_updates` updates in one `lax.scan`; metrics stacked [num_updates]."""
+    return jax.lax.scan(lambda s, _: update(s, hp), state, None, length=num_updates)
+
+
+def make_train(cfg: PPOConfig, env, env_params, policy, reward_v_field: str | None = None):
+    """`train(key, hp) -> (final LearnerState, metrics[num_updates])`: the whole run, pure.
+    `jax.jit(train)` trains one policy; `jax.jit(jax.vmap(train))(keys, hps)` many in one compile."""
+    init = make_init(cfg, env, env_params, policy, reward_v_field)
+    update = make_update(cfg, env, env_params, policy, reward_v_field)
+
+    def train(key, hp: HParams):
+        return run_updates(update, cfg.num_updates, init(key, hp), hp)
+
+    return train
+
+
+# ----------------------------------------------------------------------------- evaluation
+def evaluate_returns(policy, env, env_params, params, key, num_envs: int, num_steps: int, mode: str):
+    """Mean return of the episodes finished within `num_steps` steps of `num_envs` envs, and the mean
+    of each env metric. mode: "greedy" (argmax), "sample" (the stochastic policy) or "uniform" (random
+    over the allowed actions: the random-policy baseline; `params` is ignored)."""
+    if mode not in ("greedy", "sample", "uniform"):
+        raise ValueError(f"mode = {mode!r}: must be greedy, sample or uniform")
+    reset_key, key = jax.random.split(key)
+    obs, env_state = jax.vmap(env.reset, (0, None))(jax.random.split(reset_key, num_envs), env_params)
+
+    def step(carry, step_key):
+        env_state, obs, running = carry
+        act_key, env_key = jax.random.split(step_key)
+        act_keys = jax.random.split(act_key, num_envs)
+        if mode == "greedy":
+            action = jax.vmap(policy.greedy, (None, 0))(params, obs)
+        elif mode == "sample":
+            action = jax.vmap(policy.sample, (None, 0, 0))(params, obs, act_keys)[0]
+        else:
+            action = jax.vmap(policy.sample_uniform)(obs, act_keys)
+        obs, env_state, reward, term, trunc, info = jax.vmap(env.step, (0, 0, 0, None))(
+            jax.random.split(env_key, num_envs), env_state, action, env_params)
+        done = term | trunc
+        running = running + reward
+        out = {k: v for k, v in info.items() if k not in NOT_METRICS and getattr(v, "shape", None) == (num_envs,)}
+        out |= {"return_sum": jnp.where(done, running, 0.0).sum(), "episodes": done.sum(), "reward": reward}
+        return (env_state, obs, jnp.where(done, 0.0, running)), out
+
+    _, out = jax.lax.scan(step, (env_state, obs, jnp.zeros((num_envs,))), jax.random.split(key, num_steps))
+    result = {k: v.mean() for k, v in out.items() if k not in ("return_sum", "episodes")}
+    result["episode_return"] = out["return_sum"].sum() / jnp.maximum(out["episodes"].sum(), 1)
+    result["episodes"] = out["episodes"].sum()
+    return result
