@@ -14,7 +14,7 @@ from splitrl.profiles import (
     load_model,
     placement_memory,
 )
-from splitrl.profiles.cli import SHIPPED_ANALYTIC, main, validate_tree
+from splitrl.profiles.cli import SHIPPED_ANALYTIC, analytic_table, main, validate_tree
 from splitrl.profiles.fit import layer_bytes
 from splitrl.profiles.schema import CostTable, Device
 
@@ -110,7 +110,7 @@ def test_shipped_analytic_tables_are_reproducible():
     for model, device, fmt in SHIPPED_ANALYTIC:
         m = load_model(model)
         shipped = load_costs(m, device, fmt, "analytic")
-        fresh = CostTable.from_dict(json.loads(json.dumps(analytic_costs(m, load_device(device), fmt).to_dict())), m)
+        fresh = CostTable.from_dict(json.loads(json.dumps(analytic_table(model, device, fmt).to_dict())), m)
         for key in ("prefill_s", "decode_s", "prefill_j", "decode_j", "weight_bytes", "kv_bytes_per_token"):
             np.testing.assert_allclose(getattr(shipped, key), getattr(fresh, key), rtol=1e-4, err_msg=f"{model} {device}")
 

@@ -28,7 +28,8 @@ _M = MODEL_ROWS
 
 def lerp_index(grid: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Index and weight to interpolate linearly on `grid` at `x` (flat beyond both ends)."""
-    i = jnp.clip(jnp.searchsorted(grid, x) - 1, 0, grid.shape[0] - 2)
+    # a compare-and-count fuses into one kernel; jnp.searchsorted lowers to a while loop
+    i = jnp.clip(jnp.sum(grid < x) - 1, 0, grid.shape[0] - 2)
     w = jnp.clip((x - grid[i]) / (grid[i + 1] - grid[i]), 0.0, 1.0)
     return i, w
 

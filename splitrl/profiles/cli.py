@@ -10,11 +10,20 @@ import yaml
 from rich.console import Console
 
 from splitrl.profiles.analytic import analytic_costs
+from splitrl.profiles.calibration import CALIBRATION_SCHEMA, calibration_for, load_calibration
 from splitrl.profiles.errors import ProfileError
 from splitrl.profiles.formats import WEIGHT_FORMATS
 from splitrl.profiles.reader import read_document
 from splitrl.profiles.report import make_console
-from splitrl.profiles.schema import COSTS_SCHEMA, DEVICE_SCHEMA, MODEL_SCHEMA, PPL_SCHEMA, Device, ModelArch
+from splitrl.profiles.schema import (
+    COSTS_SCHEMA,
+    DEVICE_SCHEMA,
+    MODEL_SCHEMA,
+    PPL_SCHEMA,
+    CostTable,
+    Device,
+    ModelArch,
+)
 from splitrl.profiles.store import (
     costs_path,
     data_root,
@@ -60,7 +69,11 @@ def validate_file(path: Path, root: Path | None = None) -> str:
             return f"ppl table {t.model}: sweeps {', '.join(t.sweeps)}"
         t = load_costs_file(path, model)
         return f"cost table {t.model} on {t.device} ({t.weight_format}, {t.provenance['kind']})"
-    raise ProfileError(path, "schema", schema, f"must be one of {[MODEL_SCHEMA, DEVICE_SCHEMA, COSTS_SCHEMA, PPL_SCHEMA]}")
+    if schema == CALIBRATION_SCHEMA:
+        c = load_calibration(path)
+        return f"calibration of {c.model} on {c.device}: applied to {', '.join(c.devices)}"
+    raise ProfileError(path, "schema", schema,
+                       f"must be one of {[MODEL_SCHEMA, DEVICE_SCHEMA, COSTS_SCHEMA, PPL_SCHEMA, CALIBRATION_SCHEMA]}")
 
 
 def validate_tree(path: Path | None = None, console: Console | None = None) -> list[ProfileError]:
@@ -79,10 +92,20 @@ def validate_tree(path: Path | None = None, console: Console | None = None) -> l
     return errors
 
 
-def build(model: str, device: str, weight_format: str, root=None) -> Path:
+def analytic_table(model: str, device: str, weight_format: str, root=None) -> CostTable:
+    """The analytic table as shipped: the roofline model, scaled by the calibration that applies to
+    (model, device) if `calibration/*.json` has one (docs/profiles.md, "Calibration")."""
     m, d = load_model(model, root), load_device(device, root)
-    table = analytic_costs(m, d, weight_format)
-    return write_json(costs_path(m.name, d.name, weight_format, "analytic", root), table.to_dict())
+    cal = calibration_for(m.name, d.name, data_root(root))
+    table = analytic_costs(m, d, weight_format, calibration=cal.ratios if cal else None)
+    if cal:
+        table.provenance["calibration_file"] = Path(cal.path).name
+    return table
+
+
+def build(model: str, device: str, weight_format: str, root=None) -> Path:
+    table = analytic_table(model, device, weight_format, root)
+    return write_json(costs_path(table.model, table.device, weight_format, "analytic", root), table.to_dict())
 
 
 def main(argv: list[str] | None = None) -> int:
