@@ -24,8 +24,9 @@ n_a attention and n_f FFN units on the edge costs exactly what the **count-canon
 (the first n_a attention and the first n_f FFN units) costs, and if the former is allowed so is the
 latter. Enumerating (b, fmt, n_a in 0..A, n_f in 0..C) over allowed boundaries is therefore exact
 over the whole space whenever same-kind units cost the same (tests/test_baselines.py checks it
-against all 2^U unit subsets on the default scenario). With measured tables whose units differ
-slightly, it is exact over count-canonical placements only.
+against all 2^U unit subsets on an analytic scenario). Measured tables differ slightly unit to unit:
+there, with U <= 8 units (the default), the candidates are every unit subset (exact by
+enumeration); with more units, count-canonical placements only (near-exact).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 
-from splitrl.env.cost import request_cost
+from splitrl.env.cost import action_cost
 from splitrl.env.split_env import SplitEnv
 from splitrl.env.types import Action, EnvParams, EnvState
 
@@ -53,33 +54,60 @@ class ScenarioSpec(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- candidates
-def candidate_actions(env: SplitEnv, env_params: EnvParams, layer_only: bool = False) -> Action:
-    """Count-canonical feasible placements as a batch Action (leading axis K), deduplicated:
-    only allowed boundaries, unit sets within `unit_mask[b]`, one format where nothing crosses
-    (cloud-only, edge-only). `layer_only`: pure layer splits (no unit of layer b on the edge)."""
+def units_identical(env_params: EnvParams, rtol: float = 1e-6) -> bool:
+    """Whether every unit of one kind (attention / FFN) in a layer has the same cost entries
+    (edge s, cloud s, edge J at every context and phase): true of analytic tables."""
+    from splitrl.env.tables import layer_row_offsets
     c = env_params.costs
+    attn = np.asarray(c.unit_is_attn)
+    U = attn.shape[0]
+    o = layer_row_offsets(U)
+    rows = np.asarray(c.layer_rows)
+    for start in (o["edge"], o["cloud"], o["edge_j"]):
+        block = rows[..., start:start + U]
+        for kind in (attn, ~attn):
+            part = block[..., kind]
+            if part.size and not np.allclose(part, part[..., :1], rtol=rtol, atol=0):
+                return False
+    return True
+
+
+MAX_EXHAUSTIVE_UNITS = 8
+
+
+def candidate_actions(env: SplitEnv, env_params: EnvParams, layer_only: bool = False,
+                      exhaustive: bool | None = None) -> Action:
+    """Placements to search, as a batch Action (leading axis K): every boundary and format, with
+    count-canonical unit sets (module docstring), or every unit subset when `exhaustive`; by default
+    exhaustive exactly when same-kind units differ in cost (measured tables) and U <= 8, so the set is
+    exact whenever that is affordable. One format where nothing crosses (cloud-only, edge-only).
+    Infeasible entries are kept (the env projects them onto feasible placements, which are also in the
+    set): K depends only on the env's static structure, so scenarios of one shape share compiled code.
+    `layer_only`: pure layer splits (no unit of layer b on the edge)."""
     L, U = env.n_layers, env.n_units
-    bmask, umask = np.asarray(c.boundary_mask), np.asarray(c.unit_mask)
-    attn = np.flatnonzero(np.asarray(c.unit_is_attn))
-    ffn = np.flatnonzero(~np.asarray(c.unit_is_attn))
-    rows = []
-    for b in np.flatnonzero(bmask):
-        if b == L:
-            rows.append((L, 0, np.zeros(U, np.int32)))
-            continue
+    if exhaustive is None:
+        exhaustive = U <= MAX_EXHAUSTIVE_UNITS and not units_identical(env_params)
+    is_attn = np.asarray(env_params.costs.unit_is_attn)
+    attn, ffn = np.flatnonzero(is_attn), np.flatnonzero(~is_attn)
+    if layer_only:
+        sets = [np.zeros(U, np.int32)]
+    elif exhaustive:
+        sets = list(((np.arange(2**U)[:, None] >> np.arange(U)) & 1).astype(np.int32))
+    else:
+        sets = []
         for n_a in range(len(attn) + 1):
             for n_f in range(len(ffn) + 1):
-                if layer_only and n_a + n_f:
-                    continue
                 units = np.zeros(U, np.int32)
                 units[attn[:n_a]] = 1
                 units[ffn[:n_f]] = 1
-                if (units & ~umask[b]).any():
-                    continue
-                for fmt in range(env.num_formats):
-                    if fmt and b == 0 and not units.any():
-                        continue  # cloud-only: token ids cross, the format is irrelevant
-                    rows.append((b, fmt, units))
+                sets.append(units)
+    rows = [(L, 0, np.zeros(U, np.int32))]
+    for b in range(L):
+        for units in sets:
+            for fmt in range(env.num_formats):
+                if fmt and b == 0 and not units.any():
+                    continue  # cloud-only: token ids cross, the format is irrelevant
+                rows.append((b, fmt, units))
     return Action(boundary=jnp.asarray([r[0] for r in rows], jnp.int32), fmt=jnp.asarray([r[1] for r in rows], jnp.int32),
                   units=jnp.asarray(np.stack([r[2] for r in rows]), jnp.int32))
 
@@ -91,7 +119,7 @@ def all_actions(env: SplitEnv, env_params: EnvParams) -> Action:
     bmask, umask = np.asarray(c.boundary_mask), np.asarray(c.unit_mask)
     subsets = ((np.arange(2**U)[:, None] >> np.arange(U)) & 1).astype(np.int32)
     rows = [(b, f, s) for b in np.flatnonzero(bmask) for f in range(env.num_formats) for s in subsets
-            if not (s & ~umask[b]).any()]
+            if not (s.astype(bool) & ~umask[b]).any()]
     return Action(boundary=jnp.asarray([r[0] for r in rows], jnp.int32), fmt=jnp.asarray([r[1] for r in rows], jnp.int32),
                   units=jnp.asarray(np.stack([r[2] for r in rows]), jnp.int32))
 
@@ -101,10 +129,12 @@ def pick(actions: Action, i) -> Action:
 
 
 def candidate_costs(env_params: EnvParams, actions: Action, prompt, output, bw, rtt, loss_p, snr_db, load) -> dict:
-    """request_cost of every candidate at the given conditions: dict of f32[K]."""
-    fn = lambda b, f, u: request_cost(env_params, b, f, u.astype(jnp.float32), prompt, output, bw, rtt, loss_p,  # noqa: E731
-                                      snr_db, load)
+    """request_cost of every (projected) candidate at the given conditions: dict of f32[K]."""
+    fn = lambda b, f, u: action_cost(env_params, b, f, u, prompt, output, bw, rtt, loss_p, snr_db, load)  # noqa: E731
     return jax.vmap(fn)(actions.boundary, actions.fmt, actions.units)
+
+
+_candidate_costs_jit = jax.jit(candidate_costs)
 
 
 def penalty(env_params: EnvParams, m: dict) -> jax.Array:
@@ -216,7 +246,7 @@ class StaticSplit(PolicyBase):
     def init(self, env, env_params, spec=None, key=None):
         cands = candidate_actions(env, env_params, layer_only=True)
         n = nominal_conditions(env, env_params)
-        m = candidate_costs(env_params, cands, n["prompt"], n["output"], n["bw"], n["rtt"], n["loss_p"], n["snr_db"],
+        m = _candidate_costs_jit(env_params, cands, n["prompt"], n["output"], n["bw"], n["rtt"], n["loss_p"], n["snr_db"],
                             n["load"])
         return pick(cands, int(jnp.argmin(penalty(env_params, m))))
 
@@ -232,7 +262,7 @@ class GreedyLatency(PolicyBase):
     name: str = "greedy_latency"
 
     def init(self, env, env_params, spec=None, key=None):
-        return candidate_actions(env, env_params)
+        return candidate_actions(env, env_params, exhaustive=False)
 
     def __call__(self, pparams, key, obs, state, env_params, step_key):
         m = candidate_costs(env_params, pparams, state.prompt_len, state.output_len, state.bw_est, state.rtt,
@@ -249,7 +279,7 @@ class MyopicDPP(PolicyBase):
     name: str = "myopic_dpp"
 
     def init(self, env, env_params, spec=None, key=None):
-        return candidate_actions(env, env_params)
+        return candidate_actions(env, env_params, exhaustive=False)
 
     def __call__(self, pparams, key, obs, state, env_params, step_key):
         m = candidate_costs(env_params, pparams, state.prompt_len, state.output_len, state.bw_est, state.rtt,
@@ -294,6 +324,7 @@ class SplitLLMDP(PolicyBase):
     looks up the bin of the bandwidth estimate."""
     sla_factor: float = 1.0
     n_bins: int = 24
+    n_buckets: int = 64              # memory and latency buckets of the DP (latency: up to the SLA)
     name: str = "splitllm_dp"
 
     def init(self, env, env_params, spec=None, key=None):
@@ -308,7 +339,7 @@ class SplitLLMDP(PolicyBase):
         for bw in bw_grid:
             prob = splitllm.problem_from_env(env_params, unit_bytes, norm_bytes, head_bytes, budget, n["prompt"],
                                              n["output"], float(bw), n["rtt"], n["loss_p"], n["load"], sla)
-            alloc, _, ok = splitllm.solve(prob, splitllm.make_buckets(prob))
+            alloc, _, ok = splitllm.solve(prob, splitllm.make_buckets(prob, self.n_buckets, self.n_buckets))
             b, units = (0, np.zeros(env.n_units, np.int32)) if alloc is None else splitllm.project(alloc, env.n_units)
             b_tab.append(b)
             u_tab.append(units)

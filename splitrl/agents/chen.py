@@ -63,14 +63,19 @@ def move_split(env_params: EnvParams, split, delta, lo: int, hi: int):
 
 # ----------------------------------------------------------------------------- the surrogate
 class Surrogate(nn.Module):
-    """MLP (noise, fading, split) -> ΔPPL (their reward model)."""
+    """MLP (noise, fading, split) -> log(1 + ΔPPL) (their reward model; log scale because ΔPPL under
+    heavy loss is orders of magnitude above its typical values). `ppl(params, x)` is ΔPPL."""
     hidden: tuple[int, ...] = (64, 64)
 
     @nn.compact
     def __call__(self, x):
         for w in self.hidden:
             x = nn.relu(nn.Dense(w)(x))
-        return nn.softplus(nn.Dense(1)(x))[..., 0]
+        return nn.Dense(1)(x)[..., 0]
+
+
+def surrogate_ppl(params, x):
+    return jnp.expm1(jnp.maximum(Surrogate().apply(params, x), 0.0))
 
 
 def surrogate_records(env: SplitEnv, env_params: EnvParams, key, n: int):
@@ -91,11 +96,13 @@ def surrogate_records(env: SplitEnv, env_params: EnvParams, key, n: int):
     return x.astype(jnp.float32), dppl.astype(jnp.float32)
 
 
-def fit_surrogate(env: SplitEnv, env_params: EnvParams, key, n_records: int = 4096, steps: int = 1500, lr: float = 3e-3):
-    """Fit the surrogate by Adam on mean squared error; returns (params, held-out RMSE, target std)."""
+def fit_surrogate(env: SplitEnv, env_params: EnvParams, key, n_records: int = 4096, steps: int = 600, lr: float = 3e-3):
+    """Fit the surrogate by Adam on the mean squared error of log(1 + ΔPPL); returns (params, held-out
+    RMSE, held-out target std), both in log(1 + ΔPPL)."""
     k_rec, k_test, k_init = jax.random.split(key, 3)
     x, y = surrogate_records(env, env_params, k_rec, n_records)
     xt, yt = surrogate_records(env, env_params, k_test, 1024)
+    y, yt = jnp.log1p(y), jnp.log1p(yt)
     net = Surrogate()
     params = net.init(k_init, x[:1])
     tx = optax.adam(lr)
@@ -159,7 +166,7 @@ class ChenEnv(environment.Environment[ChenState, ChenParams]):
                                               params.inner)
         new = ChenState(inner=inner, split=split, time=state.time + 1)
         x = chen_features(params.inner, inner, split, self.env.n_layers)
-        ppl = Surrogate().apply(params.surrogate, x)
+        ppl = surrogate_ppl(params.surrogate, x)
         reward = -(ppl / params.inner.reward.acc_ref + params.lam * split / self.env.n_layers)
         return self._obs(new, params), new, reward.astype(jnp.float32), jnp.bool_(False), {"ppl_surrogate": ppl}
 

@@ -148,6 +148,8 @@ def solve(p: LayerProblem, bk: Buckets) -> tuple[np.ndarray | None, float, bool]
             if best is None or key < best[0]:
                 best = (key, h, m, t, float(v[m, t]))
             break
+    if best is None:
+        return None, math.inf, False
     key, h, m, t, cloud = best
     alloc = np.zeros(L, np.int32)
     for layer in range(L - 1, -1, -1):
