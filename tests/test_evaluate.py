@@ -1,0 +1,115 @@
+"""splitrl-eval: one row per (policy, scenario), numbers from the env's info, common random numbers,
+confidence intervals, tables, claims and plots."""
+
+import json
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from splitrl.agents.baselines import CloudOnly
+from splitrl.config import ConfigError
+from splitrl.env import Action
+from splitrl.evaluate import (
+    EvalConfig,
+    claims,
+    episode_keys,
+    evaluate,
+    plot_all,
+    scenario_spec,
+    t_interval,
+    typed_config,
+    write_tables,
+)
+
+POLICIES = ("cloud_only", "edge_only", "static_split", "random")
+
+
+@pytest.fixture(scope="module")
+def small():
+    cfg = EvalConfig(policies=POLICIES, runs=(), scenarios=("default",), seeds=2, episodes=2, steps=6,
+                     splitllm_sla_factor=1.0, chen_lam=1.0, chen_timesteps=640, plot_policies=())
+    rows, raw = evaluate(cfg, log=lambda *_: None)
+    return cfg, rows, raw
+
+
+def test_one_row_per_policy_and_scenario(small):
+    cfg, rows, _ = small
+    assert [(r["scenario"], r["policy"]) for r in rows] == [("default", p) for p in POLICIES]
+    for r in rows:
+        assert all(math.isfinite(r[k]) for k in r if isinstance(r[k], float))
+        assert r["latency_p50"] <= r["latency_p95"] <= r["latency_p99"]
+
+
+def test_numbers_come_from_the_envs_info(small):
+    """cloud_only's row equals statistics of info["latency"] from a hand-written loop over env.step_env
+    with the same keys."""
+    _, rows, raw = small
+    env, params, spec = scenario_spec("default")
+    lat, q = [], []
+    for seed in range(2):
+        ek, _ = episode_keys("default", seed, 2)
+        for k in ek:
+            k_reset, k_steps = jax.random.split(k)
+            _, state = env.reset_env(k_reset, params)
+            for t in range(6):
+                a = Action(boundary=np.int32(0), fmt=np.int32(0), units=np.zeros(env.n_units, np.int32))
+                _, state, _, _, info = env.step_env(jax.random.fold_in(k_steps, t), state, a, params)
+                lat.append(float(info["latency"]))
+                q.append(float(info["backlog"]))
+    np.testing.assert_allclose(raw["default", "cloud_only"]["latency"].ravel(), lat, rtol=1e-5)
+    row = rows[0]
+    assert row["latency_mean"] == pytest.approx(np.mean(lat), rel=1e-5)
+    assert row["backlog_max"] == pytest.approx(np.mean([max(q[:12]), max(q[12:])]), rel=1e-5)
+
+
+def test_every_policy_meets_the_same_channel_and_arrivals(small):
+    _, _, raw = small
+    ref = raw["default", "cloud_only"]
+    for p in POLICIES[1:]:
+        np.testing.assert_array_equal(raw["default", p]["bandwidth"], ref["bandwidth"])
+        np.testing.assert_array_equal(raw["default", p]["arrivals"], ref["arrivals"])
+    assert not np.array_equal(raw["default", "edge_only"]["latency"], ref["latency"])
+
+
+def test_t_interval_by_hand():
+    mean, half = t_interval(np.array([1.0, 2.0, 3.0]))
+    assert mean == 2.0 and half == pytest.approx(4.302652729911275 * 1.0 / math.sqrt(3))
+    assert t_interval(np.array([5.0])) == (5.0, 0.0)
+
+
+def test_tables_claims_and_plots_are_written(small, tmp_path):
+    _, rows, raw = small
+    paths = write_tables(rows, tmp_path)
+    assert len(paths["csv"].read_text().strip().splitlines()) == len(rows) + 1
+    assert len(json.loads(paths["json"].read_text())) == len(rows)
+    md = paths["md"].read_text()
+    assert all(f"| {p}" in md for p in POLICIES)
+    pngs = plot_all(rows, raw, tmp_path / "plots")
+    assert {p.name for p in pngs} == {"latency_cdf_default.png", "partition_default.png", "objective_by_scenario.png"}
+    assert all(p.stat().st_size > 10_000 for p in pngs)
+
+
+def test_claims_ratios():
+    base = {"model": "m", "edge": "e"}
+    rows = [base | {"scenario": "splitwise_x", "policy": p, "latency_mean": lat, "latency_p95": p95, "energy": en}
+            for p, lat, p95, en in (("hppo", 1.0, 2.0, 6.0), ("static_split", 2.0, 3.0, 10.0),
+                                    ("splitllm_dp", 1.5, 3.0, 8.0), ("cloud_only", 3.0, 5.0, 4.0))]
+    (c,) = claims(rows)
+    assert c["latency_ratio_min"] == 1.5 and c["latency_ratio_max"] == 2.0
+    assert c["energy_saving_max"] == pytest.approx(0.4) and c["energy_saving_vs"] == "static_split"
+    assert c["p95_reduction_vs_cloud"] == pytest.approx(0.6)
+
+
+def test_config_errors_name_the_field(tmp_path):
+    good = {"policies": ["cloud_only"], "runs": [], "scenarios": ["default"], "seeds": 1, "episodes": 1, "steps": 0,
+            "splitllm_sla_factor": 1.0, "chen_lam": 1.0, "chen_timesteps": 640, "plot_policies": []}
+    assert typed_config(good).policies == ("cloud_only",)
+    with pytest.raises(ConfigError, match="unknown"):
+        typed_config(good | {"policies": ["neurosurgeon"]})
+    with pytest.raises(ConfigError, match="not a splitrl-train run dir"):
+        typed_config(good | {"runs": [str(tmp_path)]})
+    with pytest.raises(ConfigError, match="unknown key"):
+        typed_config(good | {"episode": 3})
+    assert CloudOnly().name == "cloud_only"
