@@ -167,3 +167,25 @@ def test_hierarchical_ppo_learns_the_fake_optimum():
     assert float(random_policy["reward"]) < 1.3
     assert float(metrics["reward_mean"][-5:].mean()) > 1.9
     assert float(greedy["reward"]) > 1.95     # the optimum is 2.0 a slot
+
+
+@pytest.mark.parametrize("shape", [(17, 64), (64, 64), (64, 3), (64, 1), (5, 200)])
+def test_orthogonal_init_is_jax_orthogonal_without_lapack(shape):
+    """Same matrix as jax's QR-based orthogonal init, and no LAPACK call even under vmap (jaxlib 0.10.2's
+    batched QR deadlocks at random on 2 CPU cores: see splitrl.agents.networks.orthogonal)."""
+    from splitrl.agents.networks import orthogonal
+
+    key = jax.random.PRNGKey(3)
+    ours = orthogonal(1.4)(key, shape)
+    np.testing.assert_allclose(ours, jax.nn.initializers.orthogonal(1.4)(key, shape), atol=1e-5)
+    small = min(shape)
+    gram = ours.T @ ours if shape[0] >= shape[1] else ours @ ours.T
+    np.testing.assert_allclose(gram, 1.96 * np.eye(small), atol=1e-5)
+
+
+def test_vmapped_policy_init_has_no_linear_algebra_custom_call():
+    env = fakes.FakeSplitEnv(num_layers=2, num_units=2)
+    policy = HierarchicalPolicy(env.num_boundaries, env.num_formats, env.num_units, (16, 16), "separate")
+    obs = tiny_obs(jax.random.PRNGKey(1), env)
+    hlo = jax.jit(jax.vmap(lambda k: policy.init(k, obs))).lower(jax.random.split(jax.random.PRNGKey(0), 2)).as_text()
+    assert "custom_call" not in hlo and "lapack" not in hlo.lower()

@@ -27,18 +27,49 @@ from splitrl.agents import distributions as D
 CRITIC_MODES = ("separate", "shared")
 
 
+def orthogonal(scale: float = 1.0):
+    """Orthogonal kernel init (Saxe et al.; PPO's usual init), the same matrix as
+    `jax.nn.initializers.orthogonal(scale)` gives for a 2-D kernel, computed by Gram-Schmidt with
+    re-orthogonalisation in plain XLA ops instead of LAPACK QR.
+
+    Why: under `vmap` (one init per seed, PureJaxRL-style) the LAPACK QR becomes a batched custom
+    call that jaxlib 0.10.2 spreads over its CPU thread pool, and on a 2-core host that program
+    deadlocks at random (gdb: jax::ParallelBatchMap waiting on a BlockingCounter inside
+    lapack_sgeqrf_ffi, every other thread idle). QR with a positive R diagonal is unique, so Gram-
+    Schmidt gives the same Haar-distributed Q up to rounding."""
+
+    def init(key, shape, dtype=jnp.float32):
+        if len(shape) != 2:
+            raise ValueError(f"orthogonal init is for 2-D kernels, got shape {shape}")
+        rows, cols = shape
+        tall = (rows, cols) if rows >= cols else (cols, rows)
+        a = jax.random.normal(key, tall, jnp.float32)
+
+        def column(j, q):
+            v = a[:, j]
+            for _ in range(2):                    # twice is enough (Giraud et al., "CGS2")
+                v = v - q @ (q.T @ v)             # columns not yet filled are zero
+            return q.at[:, j].set(v / jnp.linalg.norm(v))
+
+        q = jax.lax.fori_loop(0, tall[1], column, jnp.zeros(tall, jnp.float32))
+        q = q if rows >= cols else q.T
+        return (scale * q).astype(dtype)
+
+    return init
+
+
 class MLP(nn.Module):
     hidden: Sequence[int]
 
     @nn.compact
     def __call__(self, x):
         for width in self.hidden:
-            x = nn.tanh(nn.Dense(width, kernel_init=nn.initializers.orthogonal(np.sqrt(2.0)))(x))
+            x = nn.tanh(nn.Dense(width, kernel_init=orthogonal(np.sqrt(2.0)))(x))
         return x
 
 
 def head(width: int, scale: float) -> nn.Dense:
-    return nn.Dense(width, kernel_init=nn.initializers.orthogonal(scale))
+    return nn.Dense(width, kernel_init=orthogonal(scale))
 
 
 class HierarchicalNet(nn.Module):
