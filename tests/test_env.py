@@ -293,3 +293,33 @@ def test_bench_env_writes_json_with_the_cartpole_ratio(tmp_path, env_data):
     main(["env", "--envs", "4", "--steps", "10", "--repeats", "1", "--out", str(tmp_path / "b.json")])
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
     assert rows[0]["envs"] == 4 and rows[0]["split_steps_per_s"] > 0 and rows[0]["ratio"] > 0
+
+
+def test_drift_telescopes_so_swinging_the_energy_earns_nothing(default):
+    """Σ drift = L(Θ_T) - L(Θ_0) >= 0 for any actions, so the summed objective is never below V·Σ penalty.
+    Alternating edge-only and cloud-only is what PPO found to farm Neely's linear bound Z·(E - budget):
+    that bound's sum goes negative on the same trajectory."""
+    from splitrl.env.split_env import lyapunov
+
+    env, params = default
+    obs, state0 = env.reset(jax.random.PRNGKey(0), params)
+    edge = int(np.flatnonzero(np.asarray(obs.boundary_mask)).max())
+    steps = 64
+    actions = jax.vmap(lambda i: _action(env, jnp.where(i % 2 == 0, edge, 0)))(jnp.arange(steps))
+
+    def step(state, xs):
+        key, a = xs
+        _, new, _, _, info = env.step_env(key, state, a, params)
+        r = params.reward
+        linear = (state.backlog * (info["arrivals"] - info["served"]) / params.workload.q_max**2
+                  + state.z_energy * (info["energy"] - r.energy_budget_j) / r.energy_ref_j
+                  + state.z_acc * (info["delta_ppl"] - r.acc_budget) / r.acc_ref)
+        return new, (info["drift"], info["objective"], info["penalty"], linear)
+
+    keys = jax.random.split(jax.random.PRNGKey(1), steps)
+    last, (drift, objective, penalty, linear) = jax.lax.scan(step, state0, (keys, actions))
+    lyap = lambda s: float(lyapunov(params, s.backlog, s.z_energy, s.z_acc))  # noqa: E731
+    assert float(drift.sum()) == pytest.approx(lyap(last) - lyap(state0), abs=1e-4)
+    assert float(drift.sum()) >= -1e-5
+    assert float(objective.sum()) >= float(params.reward.V * penalty.sum()) - 1e-4
+    assert float(linear.sum()) < 0.0    # the old reward paid this policy for swinging

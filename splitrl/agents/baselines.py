@@ -42,7 +42,7 @@ import numpy as np
 import yaml
 
 from splitrl.env.cost import action_cost
-from splitrl.env.split_env import SplitEnv
+from splitrl.env.split_env import SplitEnv, slot_penalty, slot_queues
 from splitrl.env.types import Action, EnvParams, EnvState
 
 
@@ -139,20 +139,13 @@ _candidate_costs_jit = jax.jit(candidate_costs)
 
 def penalty(env_params: EnvParams, m: dict) -> jax.Array:
     """The drift-plus-penalty's penalty V·(w_lat lat/lat_ref + w_en E/E_ref + w_acc ΔPPL/acc_ref)."""
-    r = env_params.reward
-    return r.V * (r.w_lat * m["latency"] / r.lat_ref_s + r.w_en * m["energy"] / r.energy_ref_j
-                  + r.w_acc * m["delta_ppl"] / r.acc_ref)
+    return env_params.reward.V * slot_penalty(env_params, m)
 
 
 def dpp_objective(env_params: EnvParams, state: EnvState, m: dict, arrivals) -> jax.Array:
-    """The env's per-slot objective (split_env.SplitEnv._step, `info["objective"]`) from a request's
-    metrics `m` and the slot's arrivals; a test checks it equals the env's."""
-    r, w = env_params.reward, env_params.workload
-    served = jnp.minimum(state.backlog, env_params.slot_s / jnp.maximum(m["latency"], 1e-9))
-    drift = ((state.backlog / w.q_max) * (arrivals - served) / w.q_max
-             + state.z_energy * (m["energy"] - r.energy_budget_j) / r.energy_ref_j
-             + state.z_acc * (m["delta_ppl"] - r.acc_budget) / r.acc_ref)
-    return penalty(env_params, m) + drift
+    """The env's per-slot objective (`info["objective"]`) from a request's metrics `m` and the slot's
+    arrivals: the same function the env's step calls (splitrl.env.split_env.slot_queues)."""
+    return slot_queues(env_params, state, m, arrivals)["objective"]
 
 
 def mean_bandwidth(env: SplitEnv, env_params: EnvParams) -> float:

@@ -11,14 +11,20 @@ profile tables (splitrl/env/cost.py), requests are served and arrive, and the qu
   served  = min(Q, slot_s / latency)                      (fluid service, one request at a time)
   Q'      = min(max(Q - served, 0) + arrivals, q_max)     (arrivals beyond q_max are dropped)
   Z_E'    = clip(Z_E + (E - E_budget) / E_ref, 0, z_max)   Z_A' likewise with ΔPPL
-Reward (drift-plus-penalty, Neely 2010), all terms normalised to O(1):
-  r = -scale * [V (w_lat lat/lat_ref + w_en E/E_ref + w_acc ΔPPL/acc_ref)
-                + (Q/q_max)(arrivals - served)/q_max + Z_E (E - E_budget)/E_ref + Z_A (ΔPPL - budget)/acc_ref]
-Observation: `Observation(features f32[16], boundary_mask bool[L+1], format_mask bool[3],
+Reward (drift-plus-penalty, Neely 2010), all terms normalised to O(1), with the *exact* one-slot
+Lyapunov drift of L(Θ) = ½[(Q/q_max)² + Z_E² + Z_A²]:
+  r = -scale * [V (w_lat lat/lat_ref + w_en E/E_ref + w_acc ΔPPL/acc_ref) + L(Θ') - L(Θ)]
+Why exact and not Neely's linear bound Q(a - s) + Z_E(E - E_budget) + ...: a controller that
+minimises one slot at a time may use either, but an RL agent maximises the *sum*, and the linear
+terms sum to ½Z_T² - ½Σ(E_t - E_budget)² (unclipped): they pay for swinging the energy, which PPO
+found (alternating edge-only and cloud-only, 7x the energy of cloud-only at a "better" objective).
+The exact drift telescopes: its (discounted) sum is a non-negative combination of L(Θ_t), so the
+only way to lower it is to keep the queues short. See docs/environment.md.
+Observation: `Observation(features f32[17], boundary_mask bool[L+1], format_mask bool[3],
 unit_mask bool[L+1, U])`; feature order is FEATURES. Episodes end by time limit only (truncated).
 info: latency, energy, delta_ppl, backlog, bytes_sent (up), bytes_recv, served, arrivals, drops,
-failed, timed_out, queue_delay, objective (the bracket above, unscaled), bandwidth, boundary, fmt,
-edge_frac.
+failed, timed_out, queue_delay, objective (the bracket above, unscaled), penalty (the bracket's
+weighted cost before V), drift (L(Θ') - L(Θ)), bandwidth, cloud_load, boundary, fmt, edge_frac.
 """
 
 from __future__ import annotations
@@ -48,6 +54,35 @@ def _uniforms(key: jax.Array, n: int) -> jax.Array:
 
 def _logit(x):
     return jnp.log(x) - jnp.log1p(-x)
+
+
+def lyapunov(params: EnvParams, backlog, z_energy, z_acc) -> jax.Array:
+    """L(Θ) = ½[(Q/q_max)² + Z_E² + Z_A²]: the quadratic Lyapunov function of the normalised queues."""
+    return 0.5 * ((backlog / params.workload.q_max) ** 2 + z_energy**2 + z_acc**2)
+
+
+def slot_penalty(params: EnvParams, m: dict) -> jax.Array:
+    """The penalty of the drift-plus-penalty (before V): w_lat lat/lat_ref + w_en E/E_ref + w_acc ΔPPL/acc_ref."""
+    r = params.reward
+    return r.w_lat * m["latency"] / r.lat_ref_s + r.w_en * m["energy"] / r.energy_ref_j + r.w_acc * m["delta_ppl"] / r.acc_ref
+
+
+def slot_queues(params: EnvParams, state: EnvState, m: dict, arrivals) -> dict:
+    """One slot of the queues and the drift-plus-penalty objective, from a request's priced metrics
+    `m` (splitrl.env.cost.request_cost) and the slot's arrivals. The env's step and the DPP baselines
+    both call this, so a controller that minimises it minimises exactly what the env charges."""
+    r, w = params.reward, params.workload
+    served = jnp.minimum(state.backlog, params.slot_s / jnp.maximum(m["latency"], 1e-9))
+    q_next = jnp.maximum(state.backlog - served, 0.0) + arrivals
+    drops = jnp.maximum(q_next - w.q_max, 0.0)
+    q_next = jnp.minimum(q_next, w.q_max)
+    z_energy = jnp.clip(state.z_energy + (m["energy"] - r.energy_budget_j) / r.energy_ref_j, 0.0, r.z_max)
+    z_acc = jnp.clip(state.z_acc + (m["delta_ppl"] - r.acc_budget) / r.acc_ref, 0.0, r.z_max)
+    penalty = slot_penalty(params, m)
+    drift = (lyapunov(params, q_next, z_energy, z_acc)
+             - lyapunov(params, state.backlog, state.z_energy, state.z_acc))
+    return {"served": served, "backlog": q_next, "drops": drops, "z_energy": z_energy, "z_acc": z_acc,
+            "penalty": penalty, "drift": drift, "objective": r.V * penalty + drift}
 
 
 class SplitEnv(environment.Environment[EnvState, EnvParams]):
@@ -181,33 +216,23 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
         m = request_cost(params, b, fmt, edge_units, state.prompt_len, state.output_len, bw, rtt, loss_p, snr_db,
                          cloud_load)
 
-        # queues
         arrivals = self._poisson(w.arrival_rate * params.slot_s, u[1])
-        served = jnp.minimum(state.backlog, params.slot_s / jnp.maximum(m["latency"], 1e-9))
-        q_next = jnp.maximum(state.backlog - served, 0.0) + arrivals
-        drops = jnp.maximum(q_next - w.q_max, 0.0)
-        q_next = jnp.minimum(q_next, w.q_max)
-        e_n = (m["energy"] - r.energy_budget_j) / r.energy_ref_j
-        a_n = (m["delta_ppl"] - r.acc_budget) / r.acc_ref
-        penalty = (r.w_lat * m["latency"] / r.lat_ref_s + r.w_en * m["energy"] / r.energy_ref_j
-                   + r.w_acc * m["delta_ppl"] / r.acc_ref)
-        drift = (state.backlog / w.q_max) * (arrivals - served) / w.q_max + state.z_energy * e_n + state.z_acc * a_n
-        objective = r.V * penalty + drift
-        reward = -r.scale * objective
+        q = slot_queues(params, state, m, arrivals)
+        reward = -r.scale * q["objective"]
 
         prompt, output = self._draw_request(w, u[2:5])
         new = EnvState(
             bw=bw, bw_est=bw * jnp.exp(p.bw_est_log_std * z[6]), log_bw=log_bw, regime=regime, trace_pos=trace_pos,
             rtt=rtt, log_sigma_h=log_sigma_h, loss_p=loss_p, snr_db=snr_db, cloud_logit=cloud_logit,
-            cloud_load=cloud_load, backlog=q_next,
-            z_energy=jnp.clip(state.z_energy + e_n, 0.0, r.z_max), z_acc=jnp.clip(state.z_acc + a_n, 0.0, r.z_max),
+            cloud_load=cloud_load, backlog=q["backlog"], z_energy=q["z_energy"], z_acc=q["z_acc"],
             prompt_len=prompt, output_len=output, last_boundary=b, last_fmt=fmt,
             last_edge_frac=jnp.mean(edge_units), time=state.time + 1)
         info = {
-            "latency": m["latency"], "energy": m["energy"], "delta_ppl": m["delta_ppl"], "backlog": q_next,
-            "bytes_sent": m["bytes_up"], "bytes_recv": m["bytes_down"], "served": served, "arrivals": arrivals,
-            "drops": drops, "failed": m["failed"] * served, "timed_out": m["timed_out"],
-            "queue_delay": q_next * m["latency"], "objective": objective, "bandwidth": bw, "cloud_load": cloud_load,
+            "latency": m["latency"], "energy": m["energy"], "delta_ppl": m["delta_ppl"], "backlog": q["backlog"],
+            "bytes_sent": m["bytes_up"], "bytes_recv": m["bytes_down"], "served": q["served"], "arrivals": arrivals,
+            "drops": q["drops"], "failed": m["failed"] * q["served"], "timed_out": m["timed_out"],
+            "queue_delay": q["backlog"] * m["latency"], "objective": q["objective"], "penalty": q["penalty"],
+            "drift": q["drift"], "bandwidth": bw, "cloud_load": cloud_load,
             "boundary": b.astype(jnp.float32), "fmt": fmt.astype(jnp.float32), "edge_frac": jnp.mean(edge_units),
         }
         return self.get_obs(new, params), new, reward, jnp.bool_(False), info
