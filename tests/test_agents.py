@@ -51,15 +51,18 @@ def test_log_prob_and_entropy_match_brute_force_enumeration():
     p_f /= p_f.sum()
     joint, total, brute_entropy, expected_entropy = {}, 0.0, 0.0, 0.0
     for b, f in itertools.product(range(3), range(3)):
-        two_way = np.asarray(policy.net.apply(params, obs, b, f, method=HierarchicalNet.worker))
+        gate, two_way = (np.asarray(x) for x in policy.net.apply(params, obs, b, f, method=HierarchicalNet.worker))
+        p_split = float(jax.nn.sigmoid(gate[1] - gate[0])) if obs.unit_mask[b].any() else 0.0
         p_edge = np.where(obs.unit_mask[b], np.asarray(jax.nn.sigmoid(two_way[:, 1] - two_way[:, 0])), 0.0)
+        joint[(b, f, 0, (0, 0))] = p_b[b] * p_f[f] * (1 - p_split)      # whole layers: every unit on the cloud
         for units in itertools.product((0, 1), repeat=2):
             p_u = np.prod([p_edge[i] if u else 1 - p_edge[i] for i, u in enumerate(units)])
-            joint[(b, f, units)] = p_b[b] * p_f[f] * p_u
-        a = D.HierarchicalAction(boundary=jnp.int32(b), fmt=jnp.int32(f), units=jnp.zeros(2, jnp.int32))
+            joint[(b, f, 1, units)] = p_b[b] * p_f[f] * p_split * p_u
+        a = D.HierarchicalAction(boundary=jnp.int32(b), fmt=jnp.int32(f), split=jnp.int32(0), units=jnp.zeros(2, jnp.int32))
         expected_entropy += p_b[b] * p_f[f] * float(policy.evaluate(params, obs, a)[1])
-    for (b, f, units), p in joint.items():
-        action = D.HierarchicalAction(boundary=jnp.int32(b), fmt=jnp.int32(f), units=jnp.array(units, jnp.int32))
+    for (b, f, g, units), p in joint.items():
+        action = D.HierarchicalAction(boundary=jnp.int32(b), fmt=jnp.int32(f), split=jnp.int32(g),
+                                      units=jnp.array(units, jnp.int32))
         log_p, _, _ = policy.evaluate(params, obs, action)
         assert np.isfinite(float(log_p))
         np.testing.assert_allclose(np.exp(float(log_p)), p, atol=1e-6)
@@ -85,6 +88,8 @@ def test_masked_actions_are_never_sampled():
         allowed = obs.unit_mask[rows, action.boundary]
         assert bool(jnp.all(~allowed <= (action.units == 0)))      # not allowed -> cloud
         assert bool(jnp.any(action.units == 1))                     # the edge does get used
+        assert bool(jnp.all((action.split == 0) <= jnp.all(action.units == 0, axis=-1)))   # whole -> all cloud
+        assert bool(jnp.all((action.split == 1) <= jnp.any(allowed, axis=-1)))           # split needs an edge unit
     flat_env = fakes.FlatSplitEnv(env, env.default_params)
     fobs, _ = jax.vmap(flat_env.reset, (0, None))(obs_keys, env.default_params)
     flat = FlatPolicy(flat_env.num_actions, (16,), "separate")

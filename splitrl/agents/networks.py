@@ -84,7 +84,7 @@ class HierarchicalNet(nn.Module):
         self.boundary_head = head(self.num_boundaries, 0.01)
         self.format_head = head(self.num_formats, 0.01)
         self.worker_torso = MLP(self.hidden)
-        self.unit_head = head(self.num_units, 0.01)
+        self.unit_head = head(self.num_units + 1, 0.01)   # [split gate, one edge logit per unit]
         if self.critic == "separate":
             self.critic_torso = MLP(self.hidden)
         self.value_head = head(1, 1.0)
@@ -98,11 +98,13 @@ class HierarchicalNet(nn.Module):
         return boundary, fmt, self.value_head(zv)[0]
 
     def worker(self, obs, boundary, fmt):
-        """Per-unit [cloud, edge] logits for the boundary layer, conditioned on the manager's (b, f)."""
+        """[whole, split] logits and per-unit [cloud, edge] logits for the boundary layer, conditioned
+        on the manager's (b, f)."""
         allowed = obs.unit_mask[boundary]
         x = jnp.concatenate([obs.features, jax.nn.one_hot(boundary, self.num_boundaries),
                              jax.nn.one_hot(fmt, self.num_formats), allowed.astype(jnp.float32)])
-        return D.unit_logits_two_way(self.unit_head(self.worker_torso(x)), allowed)
+        out = self.unit_head(self.worker_torso(x))
+        return D.split_logits(out[0], allowed), D.unit_logits_two_way(out[1:], allowed)
 
     def __call__(self, obs):   # used by init only: touches every parameter
         boundary, fmt, value = self.manager(obs)
@@ -123,18 +125,19 @@ class HierarchicalPolicy:
         return self.net.init(key, obs)
 
     def _logits(self, params, obs, boundary, fmt, boundary_logits, fmt_logits):
-        units = self.net.apply(params, obs, boundary, fmt, method=HierarchicalNet.worker)
-        return D.HierarchicalLogits(boundary=boundary_logits, fmt=fmt_logits, units=units)
+        split, units = self.net.apply(params, obs, boundary, fmt, method=HierarchicalNet.worker)
+        return D.HierarchicalLogits(boundary=boundary_logits, fmt=fmt_logits, split=split, units=units)
 
     def sample(self, params, obs, key):
-        kb, kf, ku = jax.random.split(key, 3)
+        kb, kf, kg, ku = jax.random.split(key, 4)
         b_logits, f_logits, value = self.net.apply(params, obs, method=HierarchicalNet.manager)
         boundary = jax.random.categorical(kb, b_logits)
         fmt = jax.random.categorical(kf, f_logits)
         logits = self._logits(params, obs, boundary, fmt, b_logits, f_logits)
-        units = jax.random.categorical(ku, logits.units).astype(jnp.int32)
+        split = jax.random.categorical(kg, logits.split).astype(jnp.int32)
+        units = split * jax.random.categorical(ku, logits.units).astype(jnp.int32)
         action = D.HierarchicalAction(boundary=boundary.astype(jnp.int32), fmt=fmt.astype(jnp.int32),
-                                      units=units)
+                                      split=split, units=units)
         return action, D.log_prob(logits, action), value
 
     def evaluate(self, params, obs, action):
@@ -146,13 +149,15 @@ class HierarchicalPolicy:
         return self.net.apply(params, obs, method=HierarchicalNet.manager)[2]
 
     def sample_uniform(self, obs, key):
+        """Uniform over boundary, format and each unit's place (the gate is implied: split iff a unit
+        is on the edge), so the random baseline is the same as before the gate existed."""
         kb, kf, ku = jax.random.split(key, 3)
         boundary = jax.random.categorical(kb, D.mask_logits(jnp.zeros(obs.boundary_mask.shape), obs.boundary_mask))
         fmt = jax.random.categorical(kf, D.mask_logits(jnp.zeros(obs.format_mask.shape), obs.format_mask))
         units = jax.random.categorical(
-            ku, D.unit_logits_two_way(jnp.zeros(self.num_units), obs.unit_mask[boundary]))
+            ku, D.unit_logits_two_way(jnp.zeros(self.num_units), obs.unit_mask[boundary])).astype(jnp.int32)
         return D.HierarchicalAction(boundary=boundary.astype(jnp.int32), fmt=fmt.astype(jnp.int32),
-                                    units=units.astype(jnp.int32))
+                                    split=jnp.any(units > 0).astype(jnp.int32), units=units)
 
     def update_scale(self, params, manager_scale):
         """Per-parameter step-size factors: `manager_scale` on the manager (torso and heads), 1 elsewhere
@@ -165,9 +170,10 @@ class HierarchicalPolicy:
     def greedy(self, params, obs):
         b_logits, f_logits, _ = self.net.apply(params, obs, method=HierarchicalNet.manager)
         boundary, fmt = jnp.argmax(b_logits), jnp.argmax(f_logits)
-        units = self.net.apply(params, obs, boundary, fmt, method=HierarchicalNet.worker)
+        split, units = self.net.apply(params, obs, boundary, fmt, method=HierarchicalNet.worker)
+        split = jnp.argmax(split).astype(jnp.int32)
         return D.HierarchicalAction(boundary=boundary.astype(jnp.int32), fmt=fmt.astype(jnp.int32),
-                                    units=jnp.argmax(units, axis=-1).astype(jnp.int32))
+                                    split=split, units=split * jnp.argmax(units, axis=-1).astype(jnp.int32))
 
 
 def flat_features_and_mask(obs, num_actions: int):

@@ -9,8 +9,10 @@ ONNX inputs  (N = batch):  features f32[N, 17], boundary_mask bool[N, L+1], form
                            unit_mask bool[N, L+1, U]
 ONNX outputs:              boundary_logits f32[N, L+1], format_logits f32[N, 3] (masked, -1e9),
                            unit_logits f32[N, U, 2] (cloud, edge) for the greedy (boundary, format),
-                           boundary i64[N], format i64[N], units i64[N, U] (the greedy action),
-                           value f32[N]
+                           boundary i64[N], format i64[N], units i64[N, U] (the greedy action:
+                           all 0 when the worker's gate keeps the boundary layer whole),
+                           value f32[N], split_logits f32[N, 2] (whole, split; split masked when
+                           no unit of the boundary layer may go to the edge)
 Metadata (`metadata_props`): splitrl.version, splitrl.model, splitrl.scenario, splitrl.features (the
 observation layout), splitrl.obs_norm (the constants the runtime needs to build features),
 splitrl.masks, splitrl.units, splitrl.member. The runtime refuses a policy built for another model.
@@ -30,7 +32,7 @@ from torch import nn
 METADATA_PREFIX = "splitrl."
 MASKED_LOGIT = -1e9
 INPUTS = ("features", "boundary_mask", "format_mask", "unit_mask")
-OUTPUTS = ("boundary_logits", "format_logits", "unit_logits", "boundary", "format", "units", "value")
+OUTPUTS = ("boundary_logits", "format_logits", "unit_logits", "boundary", "format", "units", "value", "split_logits")
 
 
 class ExportError(RuntimeError):
@@ -67,7 +69,7 @@ class TorchHierarchical(nn.Module):
         self.boundary_head = nn.Linear(h, num_boundaries)
         self.format_head = nn.Linear(h, num_formats)
         self.worker_torso = TorchMLP(obs_dim + num_boundaries + num_formats + num_units, hidden)
-        self.unit_head = nn.Linear(h, num_units)
+        self.unit_head = nn.Linear(h, num_units + 1)          # [split gate, one edge logit per unit]
         self.critic_torso = TorchMLP(obs_dim, hidden) if critic == "separate" else None
         self.value_head = nn.Linear(h, 1)
 
@@ -83,11 +85,14 @@ class TorchHierarchical(nn.Module):
         f_1h = (torch.arange(self.nf, device=f.device)[None, :] == f[:, None]).to(features.dtype)
         allowed = (b_1h[:, :, None] * unit_mask.to(features.dtype)).sum(dim=1) > 0.5          # unit_mask[b]
         x = torch.cat([features, b_1h, f_1h, allowed.to(features.dtype)], dim=-1)
-        edge = self.unit_head(self.worker_torso(x))
+        out = self.unit_head(self.worker_torso(x))
+        gate, edge = out[:, 0], out[:, 1:]
+        gate = torch.where(allowed.any(dim=-1), gate, torch.full_like(gate, MASKED_LOGIT))
+        s_logits = torch.stack([torch.zeros_like(gate), gate], dim=-1)
         edge = torch.where(allowed, edge, torch.full_like(edge, MASKED_LOGIT))
         u_logits = torch.stack([torch.zeros_like(edge), edge], dim=-1)
-        units = torch.argmax(u_logits, dim=-1)
-        return b_logits, f_logits, u_logits, b, f, units, value
+        units = torch.argmax(u_logits, dim=-1) * torch.argmax(s_logits, dim=-1)[:, None]
+        return b_logits, f_logits, u_logits, b, f, units, value, s_logits
 
 
 def _copy_dense(lin: nn.Linear, p: dict) -> None:
@@ -235,8 +240,9 @@ def jax_outputs(agent: dict, env, params, features, boundary_mask, format_mask, 
         obs = Observation(features=f, boundary_mask=bm, format_mask=fm, unit_mask=um)
         b_logits, f_logits, value = pol.net.apply(params, obs, method=HierarchicalNet.manager)
         b, fmt = jnp.argmax(b_logits), jnp.argmax(f_logits)
-        u_logits = pol.net.apply(params, obs, b, fmt, method=HierarchicalNet.worker)
-        return b_logits, f_logits, u_logits, b, fmt, jnp.argmax(u_logits, -1), value
+        s_logits, u_logits = pol.net.apply(params, obs, b, fmt, method=HierarchicalNet.worker)
+        units = jnp.argmax(u_logits, -1) * jnp.argmax(s_logits)
+        return b_logits, f_logits, u_logits, b, fmt, units, value, s_logits
     params = jax.tree.map(jnp.asarray, params)
     return [np.asarray(x) for x in jax.jit(jax.vmap(one))(jnp.asarray(features), jnp.asarray(boundary_mask),
                                                           jnp.asarray(format_mask), jnp.asarray(unit_mask))]
@@ -278,12 +284,12 @@ def parity(onnx_path: Path, agent: dict, env, params, batches) -> dict[str, floa
     """Max |onnxruntime - JAX| per output over the batches; greedy actions must agree exactly."""
     import onnxruntime as ort
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    worst = dict.fromkeys(("boundary_logits", "format_logits", "unit_logits", "value"), 0.0)
+    worst = dict.fromkeys(("boundary_logits", "format_logits", "unit_logits", "value", "split_logits"), 0.0)
     mismatched = 0
     for f, bm, fm, um in batches:
         got = sess.run(None, {"features": f, "boundary_mask": bm, "format_mask": fm, "unit_mask": um})
         want = jax_outputs(agent, env, params, f, bm, fm, um)
-        for i, name in ((0, "boundary_logits"), (1, "format_logits"), (2, "unit_logits"), (6, "value")):
+        for i, name in ((0, "boundary_logits"), (1, "format_logits"), (2, "unit_logits"), (6, "value"), (7, "split_logits")):
             worst[name] = max(worst[name], float(np.max(np.abs(got[i] - want[i]))))
         mismatched += sum(int(np.sum(np.asarray(got[i]) != np.asarray(want[i]))) for i in (3, 4, 5))
     return worst | {"greedy_mismatches": float(mismatched)}
