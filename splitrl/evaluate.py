@@ -277,13 +277,16 @@ def plot_all(rows: list[dict], raw: dict, out_dir: Path, partition_policies: tup
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     scenarios = list(dict.fromkeys(r["scenario"] for r in rows))
+    all_pols = list(dict.fromkeys(r["policy"] for r in rows))
+    cmap = plt.get_cmap("tab20")
+    color = {p: cmap(i % 20) for i, p in enumerate(all_pols)}   # one colour per policy in every plot
     for scen in scenarios:
         pols = [p for (s, p) in raw if s == scen]
         # latency CDF
         fig, ax = plt.subplots(figsize=(7, 4.2))
         for p in pols:
             lat = np.sort(raw[scen, p]["latency"].ravel())
-            ax.plot(lat, np.arange(1, lat.size + 1) / lat.size, label=p, lw=2.2 if p == "hppo" else 1.3,
+            ax.plot(lat, np.arange(1, lat.size + 1) / lat.size, label=p, lw=2.2 if p == "hppo" else 1.3, color=color[p],
                     ls="--" if p == "oracle_dpp" else "-")
         ax.set_xscale("log")
         ax.set_xlabel("request latency (s, log scale)")
@@ -306,7 +309,7 @@ def plot_all(rows: list[dict], raw: dict, out_dir: Path, partition_policies: tup
         for ax, p in zip(axes[1:], shown, strict=True):
             o = raw[scen, p]
             depth = o["boundary"][0, 0] + o["edge_frac"][0, 0]
-            ax.step(np.arange(depth.size), depth, where="post", lw=1.2)
+            ax.step(np.arange(depth.size), depth, where="post", lw=1.2, color=color[p])
             ax.set_ylim(-0.5, n_layers + 0.5)
             ax.set_ylabel(p, fontsize=7, rotation=0, ha="right", va="center")
             ax.tick_params(labelsize=7)
@@ -328,7 +331,7 @@ def plot_all(rows: list[dict], raw: dict, out_dir: Path, partition_policies: tup
                 xs.append(j + (i - len(pols) / 2 + 0.5) * width)
                 ys.append(r["objective"])
                 es.append(r["objective_ci"])
-        ax.bar(xs, ys, width, yerr=es, label=p, capsize=1.5, hatch="//" if p == "oracle_dpp" else None)
+        ax.bar(xs, ys, width, yerr=es, label=p, capsize=1.5, color=color[p], hatch="//" if p == "oracle_dpp" else None)
     ax.set_yscale("symlog", linthresh=0.1)
     ax.set_xticks(range(len(scenarios)))
     ax.set_xticklabels([s.removeprefix("splitwise_") for s in scenarios], rotation=30, ha="right", fontsize=8)
