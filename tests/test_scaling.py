@@ -167,3 +167,24 @@ def test_optuna_sweep_over_the_learning_rate_through_ray(tmp_path, ray_cluster):
     returns = [json.loads((d / "summary.json").read_text())["curve"][-1]["episode_return"]
                for d in tmp_path.iterdir() if (d / "summary.json").exists()]
     assert len(returns) == 2 and best["best_value"] == pytest.approx(max(returns))
+
+
+# ----------------------------------------------------------------------------- bench
+def test_bench_device_flags_fail_clearly_when_the_device_is_absent(capsys):
+    import jax
+
+    from splitrl.bench import main
+    platforms = {d.platform for d in jax.devices()}
+    if "gpu" not in platforms:
+        with pytest.raises(SystemExit) as e:
+            main(["train", "--device", "gpu"])
+        assert e.value.code == 2 and "--device gpu: JAX has no such device here" in capsys.readouterr().err
+        with pytest.raises(SystemExit):
+            main(["env", "--device", "gpu"])
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--devices", "3", "--seed-counts", "1,4"])
+    assert e.value.code == 2 and "--devices 3 must be >= 1 and divide every seed count" in capsys.readouterr().err
+    if len(jax.devices()) < 64:
+        with pytest.raises(SystemExit) as e:
+            main(["train", "--devices", "64", "--seed-counts", "64", "--skip", "hppo,rejax,sb3", "--env-counts", "4"])
+        assert "only" in capsys.readouterr().err

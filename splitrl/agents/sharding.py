@@ -93,14 +93,14 @@ class Placement:
 ENV_FIELDS = ("env_state", "obs", "running_return")   # LearnerState fields with an env axis
 
 
-def place(devices: int | str, shard: str, num_members: int, num_envs: int) -> Placement:
-    """The Placement for `devices` (a count or "all") and `shard` (auto | members | envs), or a
-    ConfigError naming the field and the fix."""
+def place(devices: int | str, shard: str, num_members: int, num_envs: int, platform: str | None = None) -> Placement:
+    """The Placement for `devices` (a count or "all") of `platform` (default: JAX's default backend)
+    and `shard` (auto | members | envs), or a ConfigError naming the field and the fix."""
     if jax.process_count() > 1:
         raise ConfigError("splitrl-train runs in one process: multi-host JAX (jax.distributed, "
                           f"{jax.process_count()} processes) is not supported; scale across hosts with a Hydra "
                           "sweep through hydra/launcher=ray (docs/scaling.md)")
-    available = jax.devices()
+    available = jax.devices(platform)
     platform = available[0].platform
     n = len(available) if devices == "all" else int(devices)
     if n > len(available):
