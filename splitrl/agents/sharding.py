@@ -4,9 +4,8 @@ split over a 1-D `jax.sharding.Mesh` with axis "data".
 Two layouts, one per batch axis:
   - `members`: each device trains `members / devices` whole policies (`jax.shard_map` of the vmapped
     function, every array split on its leading member axis). Nothing crosses devices, and each
-    device compiles the program of `members / devices` policies, so one policy per device compiles
-    like a one-policy run (the split env compiles very slowly under a member vmap axis of size > 1,
-    docs/training.md). Equal to the one-device run bit for bit on CPU (tests/test_scaling.py).
+    device compiles the program of `members / devices` policies. Equal to the one-device run up to
+    float32 rounding (XLA compiles the partitioned program differently; tests/test_scaling.py).
   - `envs`: every device holds all parameters (replicated) and `num_envs / devices` of each
     policy's environments; `jax.jit` with input/output shardings, XLA (GSPMD) partitions the program
     and inserts the collectives (gradient and statistics sums over the env axis). For one large policy.
