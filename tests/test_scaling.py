@@ -3,6 +3,7 @@ XLA reads its flags once per process), sweeps through a local Ray cluster, an Op
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -117,25 +118,35 @@ def test_bad_device_settings_are_clear_errors(tmp_path):
 # ----------------------------------------------------------------------------- Ray
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A Ray cluster on this machine with 2 CPUs (2 jobs at once), loopback only; always shut down."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")   # bind to 127.0.0.1, not the host address
-    ray = pytest.importorskip("ray", reason="the `scale` extra (ray) is not installed")
+    """A Ray cluster on this machine with 2 CPUs (2 jobs at once), loopback only, with its own auth
+    token (in the environment, which the sweep subprocesses inherit; nothing written to ~/.ray);
+    always shut down."""
+    saved = {k: os.environ.get(k) for k in ("RAY_USAGE_STATS_ENABLED", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
+                                             "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    os.environ.update({"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+                       "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})   # bind to 127.0.0.1, not the host address
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")   # short: Ray's unix socket paths are length-limited
     try:
-        context = ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
-        yield {"address": context.address_info["gcs_address"], "node_id": ray.get_runtime_context().get_node_id()}
+        ray = pytest.importorskip("ray", reason="the `scale` extra (ray) is not installed")
+        try:
+            context = ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
+            yield {"address": context.address_info["gcs_address"],
+                   "node_id": ray.get_runtime_context().get_node_id()}
+        finally:
+            ray.shutdown()
     finally:
-        ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def sweep(tmp_path: Path, *overrides: str, timeout: int = 240) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-c", "from splitrl.train import main; main()", "--multirun", *TINY, *overrides,
            f"hydra.sweep.dir={tmp_path}"]
-    return subprocess.run(cmd, cwd=tmp_path, env=env_with_repo(RAY_USAGE_STATS_ENABLED="0",
-                                                                RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0"),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=tmp_path, env=env_with_repo(), capture_output=True, text=True, timeout=timeout)
 
 
 def test_two_job_sweep_runs_through_a_local_ray_cluster(tmp_path, ray_cluster):
