@@ -47,8 +47,8 @@ FOUR_DEVICES = textwrap.dedent("""
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             cfg = compose(config_name="train", overrides=[*tiny, "logger.console=false", *over])
         summary = run(cfg, out_dir / name)
-        params = serialization.msgpack_restore((out_dir / name / "final_params.msgpack").read_bytes())
-        return summary, params
+        final = out_dir / name / "final_params.msgpack"
+        return summary, serialization.msgpack_restore(final.read_bytes()) if final.exists() else None
 
     members = ["num_seeds=2", "lr_grid=[1.0e-4,3.0e-4]"]                # 4 policies
     one, p1 = train("one", "devices=1", *members)
@@ -61,6 +61,12 @@ FOUR_DEVICES = textwrap.dedent("""
                                  "shapes_equal": jax.tree.structure(p1) == jax.tree.structure(p),
                                  "curve": s["curve"], "members": s["members"]}
     result["curve_one"] = one["curve"]
+    # interrupted on 4 devices, resumed on 1: devices and shard are not part of the checkpoint's identity
+    train("moved", "devices=all", "shard=members", "checkpoint_every=2", "stop_after=4", *members)
+    moved, pm = train("moved", "devices=1", "checkpoint_every=2", "resume=true", *members)
+    result["moved"] = {"updates": moved["updates"], "devices": moved["devices"],
+                       "max_abs_diff": max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))),
+                                                                        p1, pm)))}
     errors = {}
     for name, over in (("members", ["shard=members", "num_seeds=3"]), ("envs", ["shard=envs", "agent.num_envs=6",
                                                                                "agent.num_minibatches=3"])):
@@ -83,7 +89,8 @@ def test_four_forced_host_devices_match_the_one_device_run(tmp_path):
     fuses and vectorises it differently, so float32 rounding differs in the last bits (measured after
     one update: 1.5e-8 on weights of order 0.1-1; after the 8 updates here ~4e-7; envs also sums
     over devices in another order). Same structure, same PRNG streams, same episodes: we check the
-    parameters to 1e-5 and the learning curves to 1e-4 relative."""
+    parameters to 1e-5 and the learning curves to 1e-4 relative. Also: a run interrupted on 4 devices
+    resumes on 1 (to the same tolerance)."""
     env = env_with_repo(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, "-c", FOUR_DEVICES, json.dumps(TINY), str(tmp_path)], cwd=tmp_path,
                          env=env, capture_output=True, text=True, timeout=300)
@@ -97,6 +104,8 @@ def test_four_forced_host_devices_match_the_one_device_run(tmp_path):
         for a, b in zip(result["curve_one"], r["curve"], strict=True):
             assert a["update"] == b["update"]
             assert a["episode_return"] == pytest.approx(b["episode_return"], rel=1e-4, nan_ok=True), (shard, a, b)
+    moved = result["moved"]
+    assert moved["updates"] == 8 and moved["devices"]["devices"] == 1 and moved["max_abs_diff"] <= PARAM_ATOL
     assert "shard = members" in result["errors"]["members"] and "3 policies" in result["errors"]["members"]
     assert "agent.num_envs = 6" in result["errors"]["envs"] and "devices = 4" in result["errors"]["envs"]
 
