@@ -84,7 +84,12 @@ class RayLauncher(Launcher):
             # a private instance serves this machine only: bind it to loopback, not the host's address
             # (read by ray when it is first imported; inherited by the processes it starts)
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        import ray
+        try:
+            import ray
+        except ImportError as e:
+            raise ImportError("hydra/launcher=ray needs ray, which is not installed: pip install -c "
+                              "requirements.lock -e '.[scale]' (scripts/setup does), or pick another launcher "
+                              "(hydra/launcher=basic | parallel)") from e
         if not ray.is_initialized():
             kwargs: dict[str, Any] = dict(self.init)
             if self.runtime_env:
@@ -128,10 +133,14 @@ class RayLauncher(Launcher):
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             i = index[done[0]]
-            ret, where = ray.get(done[0])
-            results[i] = ret
-            log.info(f"\t#{initial_job_idx + i} {ret.status.name.lower()} after {time.monotonic() - start:.0f} s "
-                     f"on ray node {where['node_id']} ({where['node_ip']}, pid {where['pid']})")
+            try:
+                ret, where = ray.get(done[0])
+                on = f"on ray node {where['node_id']} ({where['node_ip']}, pid {where['pid']})"
+            except ray.exceptions.RayError as e:   # the task itself died (node lost, OOM-killed, retries spent)
+                ret = JobReturn(overrides=list(job_overrides[i]), status=JobStatus.FAILED)
+                ret.return_value, on = e, f"in Ray: {type(e).__name__}"
+            results[i] = ret   # the other jobs go on; the sweeper reports failures when all are back
+            log.info(f"\t#{initial_job_idx + i} {ret.status.name.lower()} after {time.monotonic() - start:.0f} s {on}")
         return results  # type: ignore[return-value]
 
 
