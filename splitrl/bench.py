@@ -21,6 +21,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -31,7 +32,8 @@ import yaml  # noqa: E402
 
 from splitrl.agents import make_policy, ppo  # noqa: E402
 from splitrl.agents.config import PPOConfig  # noqa: E402
-from splitrl.config import build  # noqa: E402
+from splitrl.agents.sharding import place  # noqa: E402
+from splitrl.config import ConfigError, build  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -53,8 +55,23 @@ def time_compiled(fn, *args, repeats: int = 3) -> float:
     return best
 
 
-def ours_steps_per_s(cfg: PPOConfig, env, env_params, num_seeds: int, updates: int) -> float:
-    """Whole-training steps/s of jit(vmap(train)) over `num_seeds` seeds for `updates` updates."""
+def resolve_device(name: str | None):
+    """The first JAX device of platform `name` (cpu, gpu, cuda, rocm, tpu), or of the default backend;
+    exits with the platforms present when there is none."""
+    if not name:
+        return jax.devices()[0]
+    try:
+        return jax.devices(name)[0]
+    except RuntimeError as e:
+        print(f"splitrl-bench: --device {name}: JAX has no such device here ({e}). For a GPU install a CUDA "
+              "jaxlib (pip install 'jax[cuda12]' with the same jax version), or drop --device.", file=sys.stderr)
+        sys.exit(2)
+
+
+def ours_steps_per_s(cfg: PPOConfig, env, env_params, num_seeds: int, updates: int, devices: int = 1,
+                     platform: str | None = None) -> float:
+    """Whole-training steps/s of jit(vmap(train)) over `num_seeds` seeds for `updates` updates; with
+    `devices` > 1 the seeds are split over that many devices (splitrl.agents.sharding, `members`)."""
     cfg = PPOConfig(**{**cfg.__dict__, "total_timesteps": cfg.batch_size * updates})
     policy = make_policy(cfg, env, env_params)
     train = ppo.make_train(cfg, env, env_params, policy)
@@ -63,6 +80,10 @@ def ours_steps_per_s(cfg: PPOConfig, env, env_params, num_seeds: int, updates: i
                      reward_v=jnp.ones(num_seeds))
     if num_seeds == 1:   # one policy: no vmap axis (what a single-seed user runs)
         seconds = time_compiled(train, keys[0], jax.tree.map(lambda x: x[0], hp))
+    elif devices > 1:
+        placement = place(devices, "members", num_seeds, cfg.num_envs, platform)
+        keys, hp = placement.put(keys, placement.batch_sharding), placement.put(hp, placement.batch_sharding)
+        seconds = time_compiled(placement.map_members(train), keys, hp)
     else:
         seconds = time_compiled(jax.vmap(train), keys, hp)
     return num_seeds * cfg.batch_size * updates / seconds
@@ -133,9 +154,27 @@ def add_train(subparsers) -> None:
     p.add_argument("--sb3-timesteps", type=int, default=4096, help="env steps timed for SB3")
     p.add_argument("--out", default="bench_train.json", help="JSON output path")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: hppo,cartpole,rejax,sb3")
+    p.add_argument("--device", default=None, help="jax platform to measure on (cpu, gpu); default: jax's default")
+    p.add_argument("--devices", type=int, default=1, help="split the vmapped seeds of our PPO over this many "
+                   "devices of that platform (a divisor of every seed count > 1; docs/scaling.md)")
 
 
 def run_train(args) -> dict[str, Any]:
+    device = resolve_device(args.device)
+    counts = [int(x) for x in f"{args.seed_counts},{args.hppo_seed_counts}".split(",") if x]
+    if args.devices < 1 or any(n > 1 and n % args.devices for n in counts):
+        print(f"splitrl-bench: --devices {args.devices} must be >= 1 and divide every seed count > 1 "
+              f"(--seed-counts {args.seed_counts}, --hppo-seed-counts {args.hppo_seed_counts})", file=sys.stderr)
+        sys.exit(2)
+    with jax.default_device(device):
+        try:
+            return _run_train(args, device)
+        except ConfigError as e:   # more --devices than the platform has
+            print(f"splitrl-bench --devices {args.devices}: {e}", file=sys.stderr)
+            sys.exit(2)
+
+
+def _run_train(args, device) -> dict[str, Any]:
     import gymnax
     env_counts = [int(x) for x in args.env_counts.split(",")]
     seed_counts = [int(x) for x in args.seed_counts.split(",")]
@@ -143,8 +182,9 @@ def run_train(args) -> dict[str, Any]:
     skip = set(filter(None, args.skip.split(",")))
     rows: list[dict[str, Any]] = []
     out: dict[str, Any] = {"host": {"machine": platform.machine(), "cpus": os.cpu_count(),
-                                    "jax": jax.__version__, "devices": [str(d) for d in jax.devices()]},
-                           "updates_timed": args.updates, "rows": rows}
+                                    "jax": jax.__version__, "device": str(device),
+                                    "devices": [str(d) for d in jax.devices(device.platform)]},
+                           "updates_timed": args.updates, "devices_used": args.devices, "rows": rows}
     split = None
     if "hppo" not in skip or "sb3" not in skip:
         try:
@@ -154,16 +194,24 @@ def run_train(args) -> dict[str, Any]:
             out["split_env_unavailable"] = f"{type(e).__name__}: {e}"
     cp_env, cp_params = gymnax.make("CartPole-v1")
     hppo_cfg, cp_cfg = agent_config("hppo"), agent_config("ppo_cartpole")
+
+    def devices_for(num_seeds: int) -> int:   # one seed is the unvmapped single-device program
+        return args.devices if num_seeds > 1 else 1
+
     for num_envs in env_counts:
         for num_seeds in hppo_seed_counts if split and "hppo" not in skip else ():
             cfg = PPOConfig(**{**hppo_cfg.__dict__, "num_envs": num_envs})
             rows.append({"what": f"HPPO ({args.scenario})", "num_envs": num_envs, "num_seeds": num_seeds,
-                         "steps_per_s": ours_steps_per_s(cfg, *split, num_seeds, args.updates)})
+                         "devices": devices_for(num_seeds),
+                         "steps_per_s": ours_steps_per_s(cfg, *split, num_seeds, args.updates, devices_for(num_seeds),
+                                                         device.platform)})
         for num_seeds in seed_counts:
             if "cartpole" not in skip:
                 cfg = PPOConfig(**{**cp_cfg.__dict__, "num_envs": num_envs})
                 rows.append({"what": "flat PPO (CartPole-v1)", "num_envs": num_envs, "num_seeds": num_seeds,
-                             "steps_per_s": ours_steps_per_s(cfg, cp_env, cp_params, num_seeds, args.updates)})
+                             "devices": devices_for(num_seeds),
+                             "steps_per_s": ours_steps_per_s(cfg, cp_env, cp_params, num_seeds, args.updates,
+                                                             devices_for(num_seeds), device.platform)})
         if "rejax" not in skip:
             cfg = PPOConfig(**{**cp_cfg.__dict__, "num_envs": num_envs})
             rate = rejax_steps_per_s(cfg, cp_env, cp_params, args.updates)
@@ -211,12 +259,13 @@ def ratios(rows, scenario: str) -> dict[str, float]:
 def print_table(out: dict[str, Any], path: str) -> None:
     from rich.console import Console
     from rich.table import Table
-    table = Table(title=f"training steps/s ({out['host']['cpus']} CPUs, {out['host']['devices'][0]}, "
+    table = Table(title=f"training steps/s ({out['host']['cpus']} CPUs, {out['host']['device']}, "
                         f"{out['updates_timed']} updates timed, compile excluded)")
-    for col in ("what", "envs", "seeds", "steps/s"):
+    for col in ("what", "envs", "seeds", "devices", "steps/s"):
         table.add_column(col, justify="left" if col == "what" else "right")
     for r in out["rows"]:
-        table.add_row(r["what"], str(r["num_envs"]), str(r["num_seeds"]), f"{r['steps_per_s']:,.0f}")
+        table.add_row(r["what"], str(r["num_envs"]), str(r["num_seeds"]), str(r.get("devices", 1)),
+                      f"{r['steps_per_s']:,.0f}")
     console = Console()
     console.print(table)
     for k, v in out["ratios"].items():
@@ -241,6 +290,7 @@ def run_env(args) -> dict[str, Any]:
     from rich.table import Table
 
     from splitrl.env.bench import bench_env
+    resolve_device(args.device)   # a clear error before any work when the platform is absent
     rows = bench_env(args.scenario, tuple(args.envs), args.steps, args.repeats, args.out, args.device)
     table = Table(title=f"split env ({args.scenario}) vs gymnax CartPole-v1, random policy, jit+vmap+scan")
     for col in ("envs", "split steps/s", "CartPole steps/s", "ratio", "peak RSS MB"):

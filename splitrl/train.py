@@ -36,13 +36,15 @@ from splitrl.agents import make_policy, ppo  # noqa: E402
 from splitrl.agents.checkpoint import Checkpointer, CheckpointError  # noqa: E402
 from splitrl.agents.config import LoggerConfig, PPOConfig, TrainConfig  # noqa: E402
 from splitrl.agents.logger import RunLogger  # noqa: E402
+from splitrl.agents.sharding import Placement, place  # noqa: E402
 from splitrl.config import ConfigError, build  # noqa: E402
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 TRAIN_KEYS = [f.name for f in dataclasses.fields(TrainConfig)]
 # config fields that may change between an interrupted run and its resume
+# (devices and shard too: a run may resume on another device count; the result is the same)
 NOT_IDENTITY = ("logger", "resume", "progress", "stop_after", "eval_episodes_envs", "keep_checkpoints",
-                "checkpoint_every")
+                "checkpoint_every", "devices", "shard")
 
 
 # ----------------------------------------------------------------------------- build
@@ -161,21 +163,27 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         raise ConfigError(f"config reward_v_field = {train.reward_v_field!r}: not a field of "
                           f"{type(env_params).__name__} ({e}); the split env's V is reward.V") from e
     members = member_grid(train, agent, default_v)
+    placement = place(train.devices, train.shard, len(members), agent.num_envs)
+    if placement.num_devices > 1 and setup.logger.console:
+        info = placement.describe()
+        print(f"training {len(members)} policies on {info['devices']} {info['platform']} devices, "
+              f"split by {info['shard']}", flush=True)
     policy = make_policy(agent, env, env_params)
     v_field = train.reward_v_field if train.reward_v_grid else None
-    init = jax.jit(jax.vmap(ppo.make_init(agent, env, env_params, policy, v_field)))
     update = ppo.make_update(agent, env, env_params, policy, v_field)
     keys, hps = batch_inputs(members)
-    state = init(keys, hps)
+    keys, hps = placement.put(keys, placement.batch_sharding), placement.put(hps, placement.batch_sharding)
+    state = make_initial_state(placement, ppo.make_init(agent, env, env_params, policy, v_field), keys, hps)
 
     ckpt = Checkpointer(run_dir / "checkpoints", train.keep_checkpoints) if train.checkpoint_every or train.resume else None
     done_updates = 0
     if train.resume:
         if ckpt.latest() is not None:
             state, done_updates = ckpt.restore(state, setup.identity)
+            state = placement.put(state, placement.state_sharding)
         # else: nothing saved yet: a fresh start (a job that died before its first checkpoint)
     logger = RunLogger(run_dir, setup.logger, setup.run_name, members, setup.identity, resume=train.resume)
-    evaluate = make_evaluator(policy, env, env_params, train.eval_episodes_envs, eval_steps(env_params))
+    evaluate = make_evaluator(placement, policy, env, env_params, train.eval_episodes_envs, eval_steps(env_params))
     random_eval = jax.device_get(evaluate["uniform"](state.params, keys)) if evaluate else None
     total, last = agent.num_updates, agent.num_updates
     if setup.stop_after:
@@ -188,7 +196,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         while done_updates < last:
             n = min(train.updates_per_chunk, total - done_updates)
             if n not in compiled:   # compile ahead of time so the timing below is pure training
-                compiled[n] = jax.jit(jax.vmap(partial(ppo.run_updates, update, n))).lower(state, hps).compile()
+                chunk = placement.map_members(partial(ppo.run_updates, update, n),
+                                              in_shardings=(placement.state_sharding(state),
+                                                            placement.batch_sharding(hps)),
+                                              out_shardings=(placement.state_sharding(state),
+                                                             placement.batch_sharding(hps).lr))
+                compiled[n] = chunk.lower(state, hps).compile()
             start = time.perf_counter()
             state, metrics = compiled[n](state, hps)
             metrics = jax.device_get(metrics)
@@ -206,20 +219,28 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 print(f"update {done_updates}/{total}  return {mean_return:.4g}  {rate:,.0f} steps/s", flush=True)
             if ckpt and train.checkpoint_every and done_updates % train.checkpoint_every == 0:
                 ckpt.save(done_updates, state, setup.identity)
-    summary = finish(setup, state, members, keys, evaluate, random_eval, curve, done_updates, total, logger)
+    summary = finish(setup, state, members, keys, evaluate, random_eval, curve, done_updates, total, logger,
+                     placement)
     if ckpt:
         ckpt.close()
     logger.close()
     return summary
 
 
-def make_evaluator(policy, env, env_params, num_envs: int, num_steps: int):
-    """{mode: jitted, vmapped evaluate_returns(params[B], keys[B])} for greedy and uniform (the random
-    baseline); {} when num_envs = 0 (no evaluation: each mode is one more compile)."""
+def make_initial_state(placement: Placement, init, keys, hps):
+    """The member batch's LearnerState, created where the placement keeps it."""
+    out = placement.state_sharding(jax.eval_shape(jax.vmap(init), keys, hps))
+    return placement.map_members(init, in_shardings=(placement.batch_sharding(keys), placement.batch_sharding(hps)),
+                                 out_shardings=out)(keys, hps)
+
+
+def make_evaluator(placement: Placement, policy, env, env_params, num_envs: int, num_steps: int):
+    """{mode: jitted evaluate_returns(params[B], keys[B]) over the member batch} for greedy and uniform
+    (the random baseline); {} when num_envs = 0 (no evaluation: each mode is one more compile)."""
     if num_envs == 0:
         return {}
-    return {mode: jax.jit(jax.vmap(partial(ppo.evaluate_returns, policy, env, env_params, num_envs=num_envs,
-                                           num_steps=num_steps, mode=mode)))
+    return {mode: placement.map_members(partial(ppo.evaluate_returns, policy, env, env_params, num_envs=num_envs,
+                                                num_steps=num_steps, mode=mode))
             for mode in ("greedy", "uniform")}
 
 
@@ -229,10 +250,11 @@ def eval_steps(env_params) -> int:
 
 
 # ----------------------------------------------------------------------------- finish
-def finish(setup: Setup, state, members, keys, evaluate, random_eval, curve, done_updates, total, logger):
+def finish(setup: Setup, state, members, keys, evaluate, random_eval, curve, done_updates, total, logger,
+           placement: Placement):
     run_dir = setup.run_dir
     summary: dict[str, Any] = {"run_name": setup.run_name, "updates": done_updates, "total_updates": total,
-                               "members": members, "curve": curve}
+                               "members": members, "devices": placement.describe(), "curve": curve}
     if random_eval is not None:
         summary["random_policy_return"] = random_eval["episode_return"].tolist()
         summary["random_env_metrics"] = {k: v.tolist() for k, v in random_eval.items() if k != "episodes"}
@@ -283,11 +305,20 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------- Hydra
+def objective(summary: dict[str, Any]) -> float:
+    """The number a sweeper maximises (hydra/sweeper=tune): the mean greedy evaluation return over
+    the run's policies, or without evaluation (eval_episodes_envs=0, or a run stopped early) the mean
+    training return of the last chunk; NaN when neither exists."""
+    if "greedy_return" in summary:
+        return float(np.mean(summary["greedy_return"]))
+    return float(summary["curve"][-1]["episode_return"]) if summary["curve"] else float("nan")
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def _hydra_main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
     try:
-        run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        return objective(run(cfg, Path(HydraConfig.get().runtime.output_dir)))
     except (ConfigError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

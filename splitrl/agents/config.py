@@ -11,6 +11,7 @@ POLICIES = ("hierarchical", "flat")
 ENVS = ("split", "split_flat", "gymnax")
 CRITICS = ("separate", "shared")
 LOGGER_MODES = ("online", "offline", "disabled")
+SHARD_AXES = ("auto", "members", "envs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,8 +109,15 @@ class TrainConfig:
     resume: bool              # continue from the last checkpoint in the run dir
     progress: bool            # rich progress bar
     eval_episodes_envs: int   # envs for the final greedy / random-policy evaluation
+    devices: int | str        # devices to train on: a count, or "all" (every device of jax's default backend)
+    shard: str                # auto | members | envs: the batch axis split over the devices
 
     def check(self, where: str) -> None:
+        if self.devices != "all" and (isinstance(self.devices, bool) or not isinstance(self.devices, int)
+                                      or self.devices < 1):
+            raise ConfigError(f"config {where}devices = {self.devices!r}: must be a positive integer or 'all'")
+        if self.shard not in SHARD_AXES:
+            raise ConfigError(f"config {where}shard = {self.shard!r}: must be one of {SHARD_AXES}")
         if self.num_seeds < 1:
             raise ConfigError(f"config {where}num_seeds = {self.num_seeds}: must be >= 1")
         if self.updates_per_chunk < 1:
