@@ -6,8 +6,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from splitrl.profiles.formats import WEIGHT_FORMATS
-
 
 class ConfigError(ValueError):
     pass
@@ -25,23 +23,3 @@ def build(cls, data: dict[str, Any], where: str):
     if hasattr(obj, "check"):
         obj.check(where)
     return obj
-
-
-@dataclasses.dataclass(frozen=True)
-class ProfileConfig:
-    model: str
-    edge: str
-    cloud: str | None
-    edge_weight_format: str
-    cloud_weight_format: str
-    context: int
-    table_kind: str
-
-    def check(self, where: str) -> None:
-        for key in ("edge_weight_format", "cloud_weight_format"):
-            if getattr(self, key) not in WEIGHT_FORMATS:
-                raise ConfigError(f"config {where}.{key} = {getattr(self, key)!r}: must be one of {WEIGHT_FORMATS}")
-        if not isinstance(self.context, int) or self.context < 1:
-            raise ConfigError(f"config {where}.context = {self.context!r}: must be a positive integer")
-        if self.table_kind not in ("best", "measured", "analytic"):
-            raise ConfigError(f"config {where}.table_kind = {self.table_kind!r}: must be best, measured or analytic")

@@ -14,7 +14,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "profiles_data"
+DATA = REPO / "splitrl" / "profiles_data"
+CONF = REPO / "splitrl" / "conf"
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ def tiny_split_model():
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from splitrl.harness.split_model import SplitModel
+    from splitrl.runtime.split_model import SplitModel
 
     torch.manual_seed(0)
     torch.set_num_threads(1)

@@ -11,26 +11,36 @@ import numpy as np
 import pytest
 import yaml
 
-from splitrl.agents import splitllm
-from splitrl.agents.baselines import (
-    BASELINES,
-    ChenPPO,
-    SplitLLMDP,
-    Trained,
-    all_actions,
-    candidate_actions,
-    dpp_objective,
-    make_baseline,
-    oracle_objectives,
-)
-from splitrl.agents.chen import fit_surrogate, interior_splits, train_chen
 from splitrl.agents.networks import FlatPolicy, HierarchicalPolicy
+from splitrl.baselines import BASELINES, Trained, make_baseline, splitllm
+from splitrl.baselines.base import candidate_actions, dpp_objective
+from splitrl.baselines.chen import ChenPPO, fit_surrogate, train_chen
+from splitrl.baselines.dpp import Oracle
+from splitrl.baselines.splitllm import SplitLLMDP
 from splitrl.env import Action, make
+from splitrl.env.chen import interior_splits
 from splitrl.env.scenario import SCENARIO_DIR, load_scenario_dict
-from splitrl.evaluate import scenario_spec
+from splitrl.evaluation.run import scenario_spec
 
 SCENARIOS = sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml"))
 CAUSAL = [n for n in BASELINES if n != "oracle_dpp"]
+
+
+# ----------------------------------------------------------------------------- test-only references
+def all_actions(env, env_params) -> Action:
+    """Every allowed (b, fmt, unit subset): 2^U per boundary. For tests (exactness of the above)."""
+    c = env_params.costs
+    U = env.n_units
+    bmask, umask = np.asarray(c.boundary_mask), np.asarray(c.unit_mask)
+    subsets = ((np.arange(2**U)[:, None] >> np.arange(U)) & 1).astype(np.int32)
+    rows = [(b, f, s) for b in np.flatnonzero(bmask) for f in range(env.num_formats) for s in subsets
+            if not (s.astype(bool) & ~umask[b]).any()]
+    return Action(boundary=jnp.asarray([r[0] for r in rows], jnp.int32), fmt=jnp.asarray([r[1] for r in rows], jnp.int32),
+                  units=jnp.asarray(np.stack([r[2] for r in rows]), jnp.int32))
+
+
+def oracle_objectives(env, env_params, state, step_key, actions: Action) -> jax.Array:
+    return Oracle(env=env).objectives(actions, state, env_params, step_key)
 
 
 def _bound(env, params, spec):
@@ -97,7 +107,7 @@ def default():
 
 def _states(env, params, n=6, seed=0):
     """n (state, step key) pairs after a few random slots."""
-    from splitrl.env.bench import random_split_action
+    from splitrl.bench.env import random_split_action
     key = jax.random.PRNGKey(seed)
     obs, state = env.reset_env(key, params)
     out = []

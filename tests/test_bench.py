@@ -2,7 +2,7 @@
 
 import json
 
-from splitrl.bench import main
+from splitrl.bench.cli import main
 
 
 def test_bench_train_writes_json(tmp_path, capsys):

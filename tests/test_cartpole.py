@@ -12,11 +12,11 @@ from splitrl.agents import make_policy, ppo
 from splitrl.agents.config import PPOConfig
 from splitrl.config import build
 
-from .conftest import REPO
+from .conftest import CONF
 
 
 def test_flat_ppo_solves_cartpole():
-    data = yaml.safe_load((REPO / "conf/agent/ppo_cartpole.yaml").read_text())
+    data = yaml.safe_load((CONF / "agent" / "ppo_cartpole.yaml").read_text())
     cfg = build(PPOConfig, data | {"hidden": tuple(data["hidden"])}, "agent")
     env, env_params = gymnax.make(cfg.gymnax_id)
     policy = make_policy(cfg, env, env_params)

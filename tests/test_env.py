@@ -9,8 +9,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from splitrl.bench.env import random_rollout
 from splitrl.env import Action, ScenarioError, check_params, make, make_with_info
-from splitrl.env.bench import random_rollout
 from splitrl.env.cost import request_cost, transfer_time
 from splitrl.env.scenario import SCENARIO_DIR, load_trace
 from splitrl.env.tables import MODEL_ROWS
@@ -289,7 +289,7 @@ def test_default_scenario_uses_the_shipped_measured_tables(monkeypatch):
 def test_bench_env_writes_json_with_the_cartpole_ratio(tmp_path, env_data):
     import json
 
-    from splitrl.bench import main
+    from splitrl.bench.cli import main
     main(["env", "--envs", "4", "--steps", "10", "--repeats", "1", "--out", str(tmp_path / "b.json")])
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
     assert rows[0]["envs"] == 4 and rows[0]["split_steps_per_s"] > 0 and rows[0]["ratio"] > 0

@@ -8,20 +8,13 @@ import jax
 import numpy as np
 import pytest
 
-from splitrl.agents.baselines import CloudOnly
+from splitrl.baselines import CloudOnly
 from splitrl.config import ConfigError
 from splitrl.env import Action
-from splitrl.evaluate import (
-    EvalConfig,
-    claims,
-    episode_keys,
-    evaluate,
-    plot_all,
-    scenario_spec,
-    t_interval,
-    typed_config,
-    write_tables,
-)
+from splitrl.evaluation.plots import plot_all
+from splitrl.evaluation.report import claims, write_tables
+from splitrl.evaluation.run import EvalConfig, episode_keys, evaluate, scenario_spec, typed_config
+from splitrl.evaluation.stats import t_interval
 
 POLICIES = ("cloud_only", "edge_only", "random")
 

@@ -19,11 +19,11 @@ def exported(tmp_path_factory):
 
     from splitrl.agents.networks import HierarchicalPolicy
     from splitrl.env import make
-    from splitrl.harness import export as E
-    from tests.conftest import REPO
+    from splitrl.export import onnx as E
+    from tests.conftest import CONF
 
     run = tmp_path_factory.mktemp("run")
-    scenario = yaml.safe_load((REPO / "conf" / "scenario" / "default.yaml").read_text())
+    scenario = yaml.safe_load((CONF / "scenario" / "default.yaml").read_text())
     env, ep = make(scenario)
     pol = HierarchicalPolicy(env.num_boundaries, env.num_formats, env.num_units, (32, 32), "separate")
     params = pol.init(jax.random.PRNGKey(1), env.reset(jax.random.PRNGKey(0), ep)[0])
@@ -49,7 +49,7 @@ def test_parity_on_random_and_env_observations(exported):
 def test_dynamic_batch_and_metadata(exported):
     import onnxruntime as ort
 
-    from splitrl.harness import export as E
+    from splitrl.export import onnx as E
     run, report, env, ep, agent, params = exported
     sess = ort.InferenceSession(report["onnx"], providers=["CPUExecutionProvider"])
     for n in (1, 7, 300):
@@ -65,7 +65,7 @@ def test_dynamic_batch_and_metadata(exported):
 
 
 def test_runtime_refuses_a_policy_for_another_model(exported):
-    from splitrl.harness.onnx_policy import OnnxPolicy, PolicyMismatch
+    from splitrl.runtime.policy import OnnxPolicy, PolicyMismatch
     _, report, *_ = exported
     with pytest.raises(PolicyMismatch, match="smollm2-135m"):
         OnnxPolicy(report["onnx"], model_name="llama-2-7b")
@@ -76,6 +76,6 @@ def test_runtime_refuses_a_policy_for_another_model(exported):
 
 
 def test_export_errors_name_the_fix(tmp_path):
-    from splitrl.harness import export as E
+    from splitrl.export import onnx as E
     with pytest.raises(E.ExportError, match="resolved_config.yaml"):
         E.load_run(tmp_path)

@@ -9,10 +9,10 @@ import subprocess
 
 import pytest
 
-from splitrl.harness import protocol as P
-from splitrl.harness.cloud import CloudServer
-from splitrl.harness.edge import EdgeClient, Request, RetryPolicy
-from splitrl.harness.faults import DOWN, UP, LinkProxy, Rule
+from splitrl.runtime import protocol as P
+from splitrl.runtime.cloud import CloudServer
+from splitrl.runtime.edge import EdgeClient, Request, RetryPolicy
+from splitrl.runtime.faults import DOWN, UP, LinkProxy, Rule
 from tests.harness_tiny import PROMPT, reference_tokens, tiny_split_model
 
 N_REQ, N_TOK = 3, 5
@@ -161,8 +161,8 @@ def test_netem_namespace_or_skip():
 
 def test_simulator_prediction_for_a_runtime_plan():
     """measure's prediction: the env's cost model for the same partition and link (SmolLM2 plans)."""
-    from splitrl.harness.measure import predict, simulator
-    from splitrl.harness.split_model import Plan
+    from splitrl.runtime.measure import predict, simulator
+    from splitrl.runtime.split_model import Plan
     _, params = simulator("default")
     split = Plan(8, "int8", (1, 0, 1, 0, 1, 1, 0), n_layers=30, attn_units=3)
     fast, slow = (predict(params, split, 32, 8, bw, 0.04) for bw in (1.25e6, 1.25e5))

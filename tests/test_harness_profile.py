@@ -1,4 +1,4 @@
-"""`splitrl-profile` end to end on a tiny random Llama (built here, no download), and its parts."""
+"""`splitrl-profiles measure` end to end on a tiny random Llama (built here, no download), and its parts."""
 
 import json
 import math
@@ -10,12 +10,12 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from splitrl.harness import damage as dmg  # noqa: E402
-from splitrl.harness.profile_cli import main  # noqa: E402
 from splitrl.profiles.calibration import load_calibration  # noqa: E402
 from splitrl.profiles.cli import validate_tree  # noqa: E402
 from splitrl.profiles.formats import tx_bytes_per_token  # noqa: E402
 from splitrl.profiles.store import load_costs_file, load_model, load_ppl  # noqa: E402
+from splitrl.profiling.cli import main  # noqa: E402
+from splitrl.lm import damage as dmg  # noqa: E402
 
 TEXT = " ".join(f"the {w} of line {i} runs to the {v} and back" for i, (w, v) in
                 enumerate(zip(["edge", "cloud", "model", "layer", "head"] * 60, ["sea", "hill", "town"] * 100, strict=False)))
@@ -85,11 +85,11 @@ def test_both_commands_write_tables_that_validate(profiled):
 
 
 def test_undamaged_split_equals_unsplit(tiny, corpus):
-    from splitrl.harness.corpus import token_windows
-    from splitrl.harness.model import load_causal_lm
-    from splitrl.harness.profile_ppl import SplitEvaluator
-    from splitrl.harness.units import arch_dict
+    from splitrl.lm.model import load_causal_lm
+    from splitrl.lm.units import arch_dict
     from splitrl.profiles.schema import ModelArch
+    from splitrl.profiling.corpus import token_windows
+    from splitrl.profiling.ppl import SplitEvaluator
 
     lm = load_causal_lm(tiny)
     arch = ModelArch.from_dict(arch_dict(lm.model.config, "tiny-llama", "test"))
@@ -199,10 +199,10 @@ def test_shipped_measured_tables_validate_and_agree():
 def test_units_add_up_to_the_layer(tiny):
     """The units the cost command times compute the layer: prefill and decode partial sums merge to
     the framework's own decoder layer output."""
-    from splitrl.harness.model import load_causal_lm
-    from splitrl.harness.profile_cost import CostProbe, _SliceCache
-    from splitrl.harness.units import arch_dict, attn_unit_decode, attn_unit_prefill, ffn_unit
+    from splitrl.lm.model import load_causal_lm
+    from splitrl.lm.units import arch_dict, attn_unit_decode, attn_unit_prefill, ffn_unit
     from splitrl.profiles.schema import ModelArch
+    from splitrl.profiling.cost import CostProbe, _SliceCache
 
     lm = load_causal_lm(tiny)
     arch = ModelArch.from_dict(arch_dict(lm.model.config, "tiny-llama", "test"))

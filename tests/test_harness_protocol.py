@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from splitrl.harness import protocol as P
-from splitrl.harness.cloud import CloudServer
-from splitrl.harness.edge import EdgeClient, Request
+from splitrl.runtime import protocol as P
+from splitrl.runtime.cloud import CloudServer
+from splitrl.runtime.edge import EdgeClient, Request
 from tests.harness_tiny import PROMPT, reference_tokens, tiny_split_model
 
 TOKEN = b"correct horse battery staple"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from splitrl.harness import wire
-from splitrl.harness.damage import quant_dequant
-from splitrl.harness.split_model import generate_split
+from splitrl.lm.damage import quant_dequant
 from splitrl.profiles.formats import tx_bytes_per_token
+from splitrl.runtime import wire
+from splitrl.runtime.split_model import generate_split
 from tests.harness_tiny import CASES, PROMPT, reference_tokens, tiny_split_model
 
 
@@ -71,10 +71,10 @@ def test_quantised_formats_change_little_but_something(sm, ref):
 def test_smollm2_split_equals_unsplit_over_the_wire():
     """The embedded SmolLM2-135M: split at the middle with mixed units, fp16 over a real loopback
     connection, gives transformers' greedy tokens."""
-    from splitrl.harness.cloud import CloudServer
-    from splitrl.harness.edge import EdgeClient, Request
-    from splitrl.harness.model import ModelLoadError, load_causal_lm
-    from splitrl.harness.split_model import SplitModel
+    from splitrl.lm.model import ModelLoadError, load_causal_lm
+    from splitrl.runtime.cloud import CloudServer
+    from splitrl.runtime.edge import EdgeClient, Request
+    from splitrl.runtime.split_model import SplitModel
     try:
         lm = load_causal_lm(None)
     except ModelLoadError as e:

@@ -133,7 +133,7 @@ def _ppl_doc():
                            "mean": [[0.0, 0.1, 1.0]] * 3, "std": [[0.0, 0.0, 0.1]] * 3},
                 "loss": {"axes": {"boundary": [1, 15, 29], "loss": [0.0, 0.1]}, "fixed": {"format": "fp16"},
                          "mean": [[0.0, 1.0]] * 3, "std": [[0.0, 0.1]] * 3}},
-            "provenance": {"kind": "measured", "command": "splitrl-profile ppl"}}
+            "provenance": {"kind": "measured", "command": "splitrl-profiles measure ppl"}}
 
 
 def test_ppl_table_schema(data_copy, tmp_path):
@@ -156,7 +156,7 @@ def test_ppl_table_schema(data_copy, tmp_path):
     bad = _ppl_doc()
     del bad["sweeps"]["format"]
     _raises(lambda: PPLTable.from_dict(bad, model, "p.json"), "sweeps.format", "missing required sweep")
-    _raises(lambda: load_ppl(model, path=tmp_path / "none.json"), "none.json", "splitrl-profile ppl")
+    _raises(lambda: load_ppl(model, path=tmp_path / "none.json"), "none.json", "splitrl-profiles measure ppl")
 
 
 def test_yaml_floats_without_exponent_sign_are_numbers(data_copy):

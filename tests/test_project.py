@@ -30,14 +30,24 @@ def test_ci_runs_the_readme_test_command():
     assert "scripts/setup" in test_script and "pytest" in test_script and '"$status" -eq 5' in test_script
 
 
-def test_main_job_prints_the_default_profile(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "splitrl.main", f"hydra.run.dir={tmp_path}"], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
+def test_bare_splitrl_lists_every_command():
+    from splitrl.cli import COMMANDS
+    out = subprocess.run([sys.executable, "-c", "from splitrl.cli import main; main()"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for name, (module, what) in COMMANDS.items():
+        assert name in out.stdout and what in out.stdout
+        assert hasattr(__import__(module, fromlist=["main"]), "main"), module
+
+
+def test_profiles_show_prints_the_default_scenario_profile():
+    out = subprocess.run([sys.executable, "-c", "from splitrl.cli import profiles; profiles()", "show", "--scenario",
+                          "default"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "SmolLM2-135M-Instruct" in out.stdout and "Memory fit" in out.stdout
 
 
-def test_main_job_rejects_a_bad_config_clearly(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "splitrl.main", f"hydra.run.dir={tmp_path}",
-                          "profile.edge_weight_format=fp8"], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and "profile.edge_weight_format" in out.stderr and "fp8" in out.stderr
+def test_profiles_show_rejects_a_bad_format_clearly():
+    out = subprocess.run([sys.executable, "-c", "from splitrl.cli import profiles; profiles()", "show", "smollm2-135m",
+                          "this-host", "--weight-format", "fp8"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "--weight-format" in out.stderr and "fp8" in out.stderr

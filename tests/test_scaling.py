@@ -16,7 +16,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from splitrl.config import ConfigError
-from splitrl.train import CONF_DIR, run
+from splitrl.training.train import CONF_DIR, run
 
 from .conftest import REPO
 
@@ -40,7 +40,7 @@ FOUR_DEVICES = textwrap.dedent("""
     from flax import serialization
     from hydra import compose, initialize_config_dir
     from splitrl.config import ConfigError
-    from splitrl.train import CONF_DIR, run
+    from splitrl.training.train import CONF_DIR, run
 
     tiny, out_dir = json.loads(sys.argv[1]), Path(sys.argv[2])
     def train(name, *over):
@@ -153,7 +153,7 @@ def ray_cluster():
 
 
 def sweep(tmp_path: Path, *overrides: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-c", "from splitrl.train import main; main()", "--multirun", *TINY, *overrides,
+    cmd = [sys.executable, "-c", "from splitrl.training.train import main; main()", "--multirun", *TINY, *overrides,
            f"hydra.sweep.dir={tmp_path}"]
     return subprocess.run(cmd, cwd=tmp_path, env=env_with_repo(), capture_output=True, text=True, timeout=timeout)
 
@@ -193,7 +193,7 @@ def test_optuna_sweep_over_the_learning_rate_through_ray(tmp_path, ray_cluster):
 def test_bench_device_flags_fail_clearly_when_the_device_is_absent(capsys):
     import jax
 
-    from splitrl.bench import main
+    from splitrl.bench.cli import main
     platforms = {d.platform for d in jax.devices()}
     if "gpu" not in platforms:
         with pytest.raises(SystemExit) as e:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from splitrl.agents.checkpoint import CheckpointError
 from splitrl.config import ConfigError
-from splitrl.train import CONF_DIR, run
+from splitrl.training.checkpoint import CheckpointError
+from splitrl.training.train import CONF_DIR, run
 
 from .conftest import REPO
 
@@ -98,7 +98,7 @@ def test_wandb_offline_writes_one_grouped_run_per_seed_without_network(tmp_path,
 
 def test_multirun_writes_two_run_dirs(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, "-m", "splitrl.train", "--multirun", "agent=ppo_cartpole", *TINY, "seed=0,1",
+    out = subprocess.run([sys.executable, "-m", "splitrl.training.train", "--multirun", "agent=ppo_cartpole", *TINY, "seed=0,1",
                           f"hydra.sweep.dir={tmp_path}"], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -23,8 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from splitrl.agents import distributions as D
-
-CRITIC_MODES = ("separate", "shared")
+from splitrl.agents.config import CRITICS
 
 
 def orthogonal(scale: float = 1.0):
@@ -116,8 +115,8 @@ class HierarchicalPolicy:
 
     def __init__(self, num_boundaries: int, num_formats: int, num_units: int,
                  hidden: Sequence[int], critic: str):
-        if critic not in CRITIC_MODES:
-            raise ValueError(f"critic = {critic!r}: must be one of {CRITIC_MODES}")
+        if critic not in CRITICS:
+            raise ValueError(f"critic = {critic!r}: must be one of {CRITICS}")
         self.net = HierarchicalNet(num_boundaries, num_formats, num_units, tuple(hidden), critic)
         self.num_units = num_units
 
@@ -202,8 +201,8 @@ class FlatPolicy:
     """One masked categorical over Discrete(num_actions)."""
 
     def __init__(self, num_actions: int, hidden: Sequence[int], critic: str):
-        if critic not in CRITIC_MODES:
-            raise ValueError(f"critic = {critic!r}: must be one of {CRITIC_MODES}")
+        if critic not in CRITICS:
+            raise ValueError(f"critic = {critic!r}: must be one of {CRITICS}")
         self.net = FlatNet(num_actions, tuple(hidden), critic)
         self.num_actions = num_actions
 

@@ -2,7 +2,7 @@
 
 Reading order: the records (`Transition`, `LearnerState`, `HParams`), the rollout step, GAE, the loss,
 the minibatch step, then `make_update` (one whole PPO update: rollout scan -> GAE -> epochs of
-minibatches, all pure) and `make_train` (init + a scan of updates). The host loop in `splitrl.train`
+minibatches, all pure) and `make_train` (init + a scan of updates). The host loop in `splitrl.training.train`
 runs `run_updates` in jitted chunks and logs between them.
 
 Conventions: trajectories are time-major [T, N]; `_t` is the step, `next_value_t` the bootstrap value

@@ -25,8 +25,9 @@ from splitrl.env.types import ChannelParams, CostParams, EnvParams, PPLParams, R
 from splitrl.profiles import load_costs, load_device, load_model, load_ppl
 from splitrl.profiles.formats import WEIGHT_FORMATS
 from splitrl.profiles.store import data_root
+from splitrl.resources import config_dir
 
-SCENARIO_DIR = Path(__file__).resolve().parents[2] / "conf" / "scenario"
+SCENARIO_DIR = config_dir() / "scenario"
 MBPS = 1e6 / 8  # bytes/s per Mbit/s
 
 

@@ -169,7 +169,7 @@ def build_ppl_arrays(table: PPLTable, src_model: ModelArch, model: ModelArch) ->
     order = [list(fs.axes["format"]).index(f) if f in fs.axes["format"] else -1 for f in TX_FORMATS]
     if min(order) < 0:
         raise ProfileError(table.path, "sweeps.format.axes.format", list(fs.axes["format"]),
-                           f"must include every transmission format {list(TX_FORMATS)}", "re-run `splitrl-profile ppl`")
+                           f"must include every transmission format {list(TX_FORMATS)}", "re-run `splitrl-profiles measure ppl`")
     fmt = _over_boundaries(fs, L, src_model.n_layers)[:, order]
 
     def sweep(name: str, default_grid: float):

@@ -1,6 +1,6 @@
 """Calibration of the analytic (roofline) model by a measurement: `calibration/<device>.json`.
 
-`splitrl-profile cost` times a real model on a host and divides each unit kind's measured time by
+`splitrl-profiles measure cost` times a real model on a host and divides each unit kind's measured time by
 what the roofline predicts for the same unit on the same host, with the host's peak FLOP/s scaled to
 the threads the measurement used (so the ratio is a software-efficiency factor, not a core count).
 The ratio (geometric mean over the context grid) per unit kind and phase is stored here, with the

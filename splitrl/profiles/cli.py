@@ -1,4 +1,14 @@
-"""`splitrl-profiles`: show, validate, build and describe-host for profile files."""
+"""`splitrl-profiles`: everything about profiles, one command.
+
+    show MODEL DEVICE [--cloud C] | show --scenario NAME    per-layer / per-sub-block cost, memory fit, bytes
+    validate [PATH]                                         check every profile file against its schema
+    build MODEL DEVICE | build --shipped                    write analytic (roofline) cost tables
+    host [--out FILE]                                       describe this machine as a device file
+    list                                                    known models and devices
+    measure cost|ppl [...]                                  measure a real model on this host (PyTorch;
+                                                            splitrl.profiling, `measure cost --help`)
+    plot [...]                                              ΔPPL vs boundary of a measured table (PNG)
+"""
 
 from __future__ import annotations
 
@@ -108,12 +118,28 @@ def build(model: str, device: str, weight_format: str, root=None) -> Path:
     return write_json(costs_path(table.model, table.device, weight_format, "analytic", root), table.to_dict())
 
 
+def show(a, parser, console) -> None:
+    from splitrl.profiles.report import show_profile
+    if a.scenario:
+        from splitrl.env.scenario import load_scenario_dict
+        d, _ = load_scenario_dict(a.scenario)
+        a.model, a.device, a.cloud, a.weight_format = d["model"], d["edge"], d["cloud"], d["edge_weight_format"]
+        a.cloud_weight_format, a.context, a.kind = d["cloud_weight_format"], d["context"], d["table_kind"]
+    elif not (a.model and a.device):
+        parser.error("show needs MODEL DEVICE or --scenario NAME")
+    show_profile(load_model(a.model), load_device(a.device), load_device(a.cloud) if a.cloud else None,
+                 a.weight_format, a.cloud_weight_format, a.context, a.kind, console)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="splitrl-profiles", description=__doc__)
+    p = argparse.ArgumentParser(prog="splitrl-profiles", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("show", help="per-layer and per-sub-block cost, memory fit and bytes crossing each boundary")
-    s.add_argument("model")
-    s.add_argument("device", help="the edge device")
+    s.add_argument("model", nargs="?")
+    s.add_argument("device", nargs="?", help="the edge device")
+    s.add_argument("--scenario", help="take model, devices, weight formats, context and table kind from a scenario "
+                   "(a name in splitrl/conf/scenario or a YAML path)")
     s.add_argument("--cloud", help="the cloud device (default: none, edge-only)")
     s.add_argument("--weight-format", default="fp16", choices=WEIGHT_FORMATS, help="edge weight format")
     s.add_argument("--cloud-weight-format", default="fp16", choices=WEIGHT_FORMATS)
@@ -132,14 +158,18 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--power-idle-per-core", type=float, default=1.0)
     h.add_argument("--radio-tx", type=float, default=1.0)
     sub.add_parser("list", help="list known models and devices")
+    sub.add_parser("measure", add_help=False, help="measure a real model's cost (measure cost) or PPL degradation "
+                   "(measure ppl) on this host; `splitrl-profiles measure cost --help`")
+    sub.add_parser("plot", add_help=False, help="PNG of ΔPPL vs boundary of a measured PPL table")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["measure"], ["plot"]):   # the measuring CLI has its own parser (and needs torch)
+        from splitrl.profiling.cli import main as measure_main
+        return measure_main(argv[1:] if argv[0] == "measure" else argv)
     a = p.parse_args(argv)
     console = make_console()
     try:
         if a.cmd == "show":
-            from splitrl.profiles.report import show_profile
-
-            show_profile(load_model(a.model), load_device(a.device), load_device(a.cloud) if a.cloud else None,
-                         a.weight_format, a.cloud_weight_format, a.context, a.kind, console)
+            show(a, p, console)
         elif a.cmd == "validate":
             return 1 if validate_tree(a.path, console) else 0
         elif a.cmd == "build":

@@ -1,7 +1,7 @@
 """Describe the machine we run on as a Device: facts read from /proc, memory bandwidth measured.
 
 What cannot be read from inside a VM (power draw) is an explicit, labelled assumption that the user
-can override on the command line; `splitrl-profile cost` then calibrates the efficiencies by
+can override on the command line; `splitrl-profiles measure cost` then calibrates the efficiencies by
 measuring a real model on this host.
 """
 
@@ -111,7 +111,7 @@ def describe_host(power_active_per_core: float = 3.75, power_idle_per_core: floa
                         "efficiency.memory = 1 because the measured figure is already achieved bandwidth",
             "assumed": f"power cannot be read inside a VM: {power_active_per_core} W/core active (a 360 W, 96-core "
                        f"server CPU's TDP share) + {power_idle_per_core} W/core idle; radio {radio_tx} W (a Wi-Fi NIC); "
-                       "kernel overhead and compute efficiency until `splitrl-profile cost` calibrates them",
+                       "kernel overhead and compute efficiency until `splitrl-profiles measure cost` calibrates them",
             "command": "splitrl-profiles host --out profiles_data/devices/this-host.yaml",
         },
     }

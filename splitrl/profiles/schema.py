@@ -351,7 +351,7 @@ class PPLTable:
         baseline = r.float("baseline_ppl", 1.0)
         sw = r.sub("sweeps")
         if "format" not in sw.data:
-            raise sw.fail("format", None, "missing required sweep", "measure it with `splitrl-profile ppl`")
+            raise sw.fail("format", None, "missing required sweep", "measure it with `splitrl-profiles measure ppl`")
         sweeps = {}
         for key in list(sw.data):
             if key not in cls.SWEEPS:

@@ -1,6 +1,6 @@
 """Where profile files live and how to load them by name.
 
-Layout of a profiles directory (default: `profiles_data/` in the checkout; override with the
+Layout of a profiles directory (default: the shipped `splitrl/profiles_data/`; override with the
 `SPLITRL_PROFILES_DATA` environment variable or a `root=` argument):
     models/<model>.yaml                               architecture (ModelArch)
     devices/<device>.yaml                             datasheet or host facts (Device)
@@ -12,25 +12,21 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from pathlib import Path
 
 from splitrl.profiles.errors import ProfileError
 from splitrl.profiles.reader import read_document
 from splitrl.profiles.schema import PROVENANCE_KINDS, CostTable, Device, ModelArch, PPLTable
+from splitrl.resources import DATA_ENV, data_dir
 
 
 def data_root(root: Path | str | None = None) -> Path:
-    if root is not None:
-        return Path(root)
-    env = os.environ.get("SPLITRL_PROFILES_DATA")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve().parents[2] / "profiles_data"
-    if not here.is_dir():
-        raise ProfileError(here, "<dir>", None, "profiles directory not found",
-                           "install splitrl editable from a checkout, or set SPLITRL_PROFILES_DATA")
-    return here
+    """`root`, else $SPLITRL_PROFILES_DATA, else the shipped profiles (splitrl.resources.data_dir)."""
+    path = Path(root) if root is not None else data_dir()
+    if not path.is_dir():
+        raise ProfileError(path, "<dir>", None, "profiles directory not found",
+                           f"point {DATA_ENV} (or --out / root=) at a directory with models/ and devices/")
+    return path
 
 
 def _names(root: Path, sub: str, suffix: str) -> list[str]:
@@ -112,7 +108,7 @@ def load_ppl(model: ModelArch, root=None, path: Path | str | None = None) -> PPL
     path = Path(path) if path is not None else data_root(root) / "ppl" / f"{model.name}.json"
     if not path.is_file():
         raise ProfileError(path, "<file>", None, f"no PPL-degradation table for model {model.name}",
-                           "run `splitrl-profile ppl --model ...` to measure one (see docs/profiles.md)")
+                           "run `splitrl-profiles measure ppl --model ...` to measure one (see docs/profiles.md)")
     return PPLTable.from_dict(read_document(path), model, path)
 
 

@@ -1,0 +1,287 @@
+"""SplitLLM-style allocation of layers between edge and cloud by dynamic programming.
+
+SplitLLM allocates layers between client and server to maximise server throughput under a latency
+SLA, by dynamic programming; the paper gives no DP, so this is ours. Per layer l the allocation
+k_l in 0..U puts the first k_l units of the layer (table order: attention head groups, then FFN
+chunks: the order the memory mask fills) on the edge and the rest on the cloud. Minimise the
+cloud's compute seconds per request (server load) subject to
+
+    edge memory  sum_l mem[l, k_l] (+ the head if everything ends on the edge) <= budget
+    latency      sum of the per-layer times and hidden-state crossings        <= SLA
+
+The hidden state's holder is tracked through the layers: E0 (edge, nothing computed yet: going up
+sends token ids), E (edge), C0 (cloud, no edge compute: cloud-only so far, tokens stream back), C
+(cloud after edge compute: every generated token returns to the edge). A whole-edge layer needs the
+hidden state on the edge, a whole-cloud layer on the cloud; a mixed layer runs both sides in parallel
+and merges partial sums on the cloud.
+
+DP state (layer, holder, memory bucket, latency bucket) -> least cloud compute; memory and latency
+increments are rounded *up* to buckets (conservative: a bucketed-feasible allocation is feasible).
+`solve` is exact on the bucketed problem (tests/test_baselines.py checks it against brute force).
+
+The env runs a layer prefix on the edge plus one split boundary layer, so the DP's allocation is
+projected onto that: b = the number of leading whole-edge layers, and layer b's first k_b units on
+the edge (transmission in fp16: SplitLLM does not compress activations). Layer costs and crossings
+are priced from the env's tables at the mean request, mean RTT, loss and cloud load, on a grid of
+bandwidths; at run time the policy looks up the bin of the bandwidth estimate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax.numpy as jnp
+import numpy as np
+
+from splitrl.baselines.base import PolicyBase, nominal_conditions
+from splitrl.env.cost import lerp_index, transfer_time
+from splitrl.env.tables import MODEL_ROWS, layer_row_offsets
+from splitrl.env.types import Action
+
+E0, E, C0, C = 0, 1, 2, 3
+HOLDERS = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerProblem:
+    """One request's allocation problem (seconds and bytes per request)."""
+    edge_s: np.ndarray     # [L, U+1] edge seconds of layer l when its first k units run on the edge
+    cloud_s: np.ndarray    # [L, U+1] cloud seconds of the other units
+    mem: np.ndarray        # [L, U+1] edge bytes of the first k units
+    x_hidden: float        # seconds of one hidden-state crossing (prompt in prefill + one per generated token)
+    x_ids: float           # seconds to send the prompt's token ids (start of cloud-only)
+    x_tokens: float        # seconds to return every generated token to the edge (split inference)
+    x_stream: float        # seconds to stream tokens back from the cloud (cloud-only)
+    head_edge_s: float
+    head_cloud_s: float
+    head_mem: float        # edge bytes of the head (edge-only)
+    mem_budget: float      # edge bytes available to the layers
+    sla_s: float
+
+
+def transition(p: LayerProblem, layer: int, h: int, k: int) -> tuple[int, float, float, float]:
+    """(holder after, seconds, edge bytes, cloud seconds) of running layer `layer` with k edge units
+    from holder h."""
+    U = p.edge_s.shape[1] - 1
+    e, c, X = p.edge_s[layer, k], p.cloud_s[layer, k], p.x_hidden
+    on_edge = h in (E0, E)
+    if k == U:
+        return E, e + (0.0 if on_edge else X), p.mem[layer, k], c
+    if k == 0:
+        up = p.x_ids if h == E0 else (X if h == E else 0.0)
+        return (C0 if h in (E0, C0) else C), up + c, p.mem[layer, k], c
+    t = (max(e, X + c) if on_edge else max(X + e, c)) + X
+    return C, t, p.mem[layer, k], c
+
+
+def finish(p: LayerProblem, h: int) -> tuple[float, float, float]:
+    """(seconds, edge bytes, cloud seconds) after the last layer, by holder."""
+    if h == E:
+        return p.head_edge_s, p.head_mem, 0.0
+    if h == C0:
+        return p.head_cloud_s + p.x_stream, 0.0, p.head_cloud_s
+    return p.head_cloud_s + p.x_tokens, 0.0, p.head_cloud_s  # C (E0 is unreachable after >= 1 layer)
+
+
+@dataclasses.dataclass(frozen=True)
+class Buckets:
+    mem: float      # bytes per memory bucket
+    lat: float      # seconds per latency bucket
+    n_mem: int
+    n_lat: int      # latency buckets covered (the SLA is bucket `sla`)
+    sla: int
+
+    def m(self, x: float) -> int:
+        return math.ceil(x / self.mem - 1e-9) if x > 0 else 0
+
+    def t(self, x: float) -> int:
+        return math.ceil(x / self.lat - 1e-9) if x > 0 else 0
+
+
+def make_buckets(p: LayerProblem, n_mem: int = 64, n_lat: int = 64, lat_range: float = 4.0) -> Buckets:
+    """n_lat buckets up to the SLA, and the range extended to lat_range x SLA (for the fallback)."""
+    return Buckets(mem=p.mem_budget / n_mem, lat=p.sla_s / n_lat, n_mem=n_mem, n_lat=int(n_lat * lat_range), sla=n_lat)
+
+
+def solve(p: LayerProblem, bk: Buckets) -> tuple[np.ndarray | None, float, bool]:
+    """The allocation k[L] of least cloud compute within memory and the SLA (bucketed), its cloud
+    compute, and whether the SLA was met; if no allocation meets the SLA, the one of least latency
+    (within lat_range x SLA), and if none, (None, inf, False)."""
+    L, U1 = p.edge_s.shape
+    M, T = bk.n_mem, bk.n_lat
+    V = np.full((HOLDERS, M + 1, T + 1), np.inf)
+    V[E0, 0, 0] = 0.0
+    choice = np.full((L, HOLDERS, M + 1, T + 1), -1, np.int32)
+    inc = {}
+    for layer in range(L):
+        new = np.full_like(V, np.inf)
+        for h in range(HOLDERS):
+            if not np.isfinite(V[h]).any():
+                continue
+            for k in range(U1):
+                h2, dt, dm, dc = transition(p, layer, h, k)
+                di, dmi = bk.t(dt), bk.m(dm)
+                inc[layer, h, k] = (h2, di, dmi, dc)
+                if di > T or dmi > M:
+                    continue
+                cand = V[h, : M + 1 - dmi, : T + 1 - di] + dc
+                tgt = new[h2, dmi:, di:]
+                better = cand < tgt
+                tgt[better] = cand[better]
+                choice[layer, h2, dmi:, di:][better] = h * U1 + k
+        V = new
+    best = None  # ((sla missed, first criterion, second criterion), h, m, t, cloud)
+    tt_grid = np.arange(T + 1)
+    for h in (E, C0, C):
+        ft, fm, fc = finish(p, h)
+        fti, fmi = bk.t(ft), bk.m(fm)
+        v = V[h, : M + 1 - fmi] + fc                        # [m, t]
+        tt = np.broadcast_to(tt_grid + fti, v.shape)
+        ok = np.isfinite(v)
+        for missed, mask in ((0, ok & (tt <= bk.sla)), (1, ok & (tt <= T))):
+            if not mask.any():
+                continue
+            first, second = (v, tt) if missed == 0 else (tt, v)
+            idx = np.flatnonzero(mask)
+            j = idx[np.lexsort((second.ravel()[idx], first.ravel()[idx]))[0]]
+            m, t = divmod(int(j), T + 1)
+            key = (missed, float(first.ravel()[j]), float(second.ravel()[j]))
+            if best is None or key < best[0]:
+                best = (key, h, m, t, float(v[m, t]))
+            break
+    if best is None:
+        return None, math.inf, False
+    key, h, m, t, cloud = best
+    alloc = np.zeros(L, np.int32)
+    for layer in range(L - 1, -1, -1):
+        code = int(choice[layer, h, m, t])
+        hp, k = divmod(code, U1)
+        _, di, dmi, _ = inc[layer, hp, k]
+        alloc[layer] = k
+        h, m, t = hp, m - dmi, t - di
+    return alloc, float(cloud), key[0] == 0
+
+
+def evaluate(p: LayerProblem, bk: Buckets, alloc) -> tuple[float, int, int]:
+    """(cloud compute, latency buckets, memory buckets) of an allocation under the bucketed model
+    (what `solve` optimises); memory/latency beyond the range are returned as they are."""
+    h, t, m, cloud = E0, 0, 0, 0.0
+    for layer, k in enumerate(alloc):
+        h, dt, dm, dc = transition(p, layer, h, int(k))
+        t, m, cloud = t + bk.t(dt), m + bk.m(dm), cloud + dc
+    ft, fm, fc = finish(p, h)
+    return cloud + fc, t + bk.t(ft), m + bk.m(fm)
+
+
+def project(alloc: np.ndarray, n_units: int) -> tuple[int, np.ndarray]:
+    """(boundary, units[U]) of the env action closest to a DP allocation: the leading whole-edge
+    layers, then layer b's first k_b units on the edge; later edge units are dropped (cloud)."""
+    full = alloc == n_units
+    b = int(np.argmin(full)) if not full.all() else len(alloc)
+    units = np.zeros(n_units, np.int32)
+    if b < len(alloc):
+        units[: alloc[b]] = 1
+    return b, units
+
+
+# ----------------------------------------------------------------------------- from the env's tables
+def problem_from_env(env_params, unit_bytes: np.ndarray, norm_bytes: float, head_bytes: float, mem_budget: float,
+                     prompt: float, output: float, bw: float, rtt: float, loss_p: float, load: float,
+                     sla_s: float) -> LayerProblem:
+    """The allocation problem of the mean request at bandwidth `bw`, priced from the env's tables.
+    unit_bytes: [U] edge bytes of each work unit (weights + KV cache at the scenario's context)."""
+    c, ch = env_params.costs, env_params.channel
+    rows = np.asarray(c.layer_rows)              # [L+1, G, 2, K]
+    grid = np.asarray(c.ctx_grid)
+    L = rows.shape[0] - 1
+    U = int(np.asarray(c.unit_is_attn).shape[0])
+    o = layer_row_offsets(U)
+    slow = 1.0 / (1.0 - load)
+
+    def at_ctx(a, ctx):  # interpolate along the grid axis (axis 1)
+        i, w = (float(v) for v in lerp_index(jnp.asarray(grid), jnp.float32(ctx)))
+        i = int(i)
+        return a[:, i] * (1 - w) + a[:, i + 1] * w
+
+    pre, dec = at_ctx(rows[:L, :, 0], prompt), at_ctx(rows[:L, :, 1], prompt + output / 2)   # [L, K]
+    per_req = prompt * pre + output * dec
+    te, tc = per_req[:, o["edge"]:o["edge"] + U], slow * per_req[:, o["cloud"]:o["cloud"] + U]
+    ne, nc = per_req[:, o["norm_edge"]:o["norm_edge"] + 2].sum(1), slow * per_req[:, o["norm_cloud"]:o["norm_cloud"] + 2].sum(1)
+    cum_e = np.concatenate([np.zeros((L, 1)), np.cumsum(te, 1)], 1)          # [L, U+1]
+    cum_c = np.concatenate([np.cumsum(tc[:, ::-1], 1)[:, ::-1], np.zeros((L, 1))], 1)
+    k = np.arange(U + 1)
+    edge_s = cum_e + (k > 0) * ne[:, None]
+    cloud_s = cum_c + (k < U) * nc[:, None]
+    mem = np.broadcast_to(np.concatenate([[0.0], np.cumsum(unit_bytes)]) + (k > 0) * norm_bytes, (L, U + 1)).copy()
+
+    mr = np.asarray(c.model_rows)                # [2, M, G]
+    i_pre, w_pre = lerp_index(jnp.asarray(grid), jnp.float32(prompt))
+    i_dec, w_dec = lerp_index(jnp.asarray(grid), jnp.float32(prompt + output / 2))
+    tot = np.stack([mr[0, :, int(i_pre)] * (1 - float(w_pre)) + mr[0, :, int(i_pre) + 1] * float(w_pre),
+                    mr[1, :, int(i_dec)] * (1 - float(w_dec)) + mr[1, :, int(i_dec) + 1] * float(w_dec)])
+    head_e = float(tot[1, MODEL_ROWS["edge_head"]]) * (1 + output)
+    head_c = slow * float(tot[1, MODEL_ROWS["cloud_head"]]) * (1 + output)
+    hidden = float(np.asarray(c.tx_bytes)[0])
+
+    def tx(nbytes):
+        return float(transfer_time(jnp.float32(nbytes), bw, rtt, loss_p, ch.packet_bytes, ch.max_retx))
+
+    return LayerProblem(edge_s=edge_s, cloud_s=cloud_s, mem=mem, x_hidden=tx(prompt * hidden) + output * tx(hidden),
+                        x_ids=tx(prompt * 4.0), x_tokens=(output + 1) * tx(4.0), x_stream=rtt / 2,
+                        head_edge_s=head_e, head_cloud_s=head_c, head_mem=head_bytes, mem_budget=mem_budget,
+                        sla_s=sla_s)
+
+
+def edge_memory(spec) -> tuple[np.ndarray, float, float, float]:
+    """(work-unit bytes [U], norm bytes per layer, head bytes, layer budget) on the scenario's edge
+    device, computed as splitrl.env.tables does (weights + KV cache at the scenario's context)."""
+    from splitrl.profiles import load_device, load_model
+    data = spec.data
+    model, edge = load_model(data["model"]), load_device(data["edge"])
+    bpp = model.bytes_per_param[data["edge_weight_format"]]
+    kinds = np.array(model.unit_kinds)
+    b = (model.unit_params() * bpp + model.unit_kv_values_per_token() * model.kv_bytes_per_value * data["context"])
+    bp = model.block_params()
+    head = (bp["final_norm"] + bp["lm_head"]) * bpp
+    budget = edge.memory_bytes - bp["embedding"] * bpp
+    return b[kinds != "norm"], float(b[kinds == "norm"].sum()), float(head), float(budget)
+
+
+# ----------------------------------------------------------------------------- the policy
+@dataclasses.dataclass(frozen=True)
+class SplitLLMDP(PolicyBase):
+    """SplitLLM-style: the layer/unit allocation of least cloud compute (server load) within the edge
+    memory and a latency SLA (`sla_factor` x the scenario's typical latency lat_ref_s), by dynamic
+    programming over layers (splitrl/baselines/splitllm.py), solved offline for the mean request on a
+    grid of `n_bins` bandwidths and projected onto the env's action space; at run time the policy
+    looks up the bin of the bandwidth estimate."""
+    sla_factor: float = 1.0
+    n_bins: int = 24
+    n_buckets: int = 64              # memory and latency buckets of the DP (latency: up to the SLA)
+    name: str = "splitllm_dp"
+
+    def init(self, env, env_params, spec=None, key=None):
+        if spec is None:
+            raise ValueError("splitllm_dp needs the scenario spec (edge memory comes from the profiles)")
+        unit_bytes, norm_bytes, head_bytes, budget = edge_memory(spec)
+        n = nominal_conditions(env, env_params)
+        bw_grid = np.geomspace(max(n["bw"] / 300, float(env_params.channel.bw_min)), n["bw"] * 30, self.n_bins)
+        sla = self.sla_factor * float(env_params.reward.lat_ref_s)
+        b_tab, u_tab, met = [], [], []
+        for bw in bw_grid:
+            prob = problem_from_env(env_params, unit_bytes, norm_bytes, head_bytes, budget, n["prompt"],
+                                             n["output"], float(bw), n["rtt"], n["loss_p"], n["load"], sla)
+            alloc, _, ok = solve(prob, make_buckets(prob, self.n_buckets, self.n_buckets))
+            b, units = (0, np.zeros(env.n_units, np.int32)) if alloc is None else project(alloc, env.n_units)
+            b_tab.append(b)
+            u_tab.append(units)
+            met.append(ok)
+        edges = np.sqrt(bw_grid[1:] * bw_grid[:-1])   # geometric midpoints between grid points
+        return {"edges": jnp.asarray(edges, jnp.float32), "boundary": jnp.asarray(b_tab, jnp.int32),
+                "units": jnp.asarray(np.stack(u_tab), jnp.int32), "sla_met": jnp.asarray(met)}
+
+    def __call__(self, pparams, key, obs, state, env_params, step_key):
+        i = jnp.searchsorted(pparams["edges"], state.bw_est)
+        return Action(boundary=pparams["boundary"][i], fmt=jnp.int32(0), units=pparams["units"][i])
+

@@ -1,0 +1,91 @@
+"""A policy trained by `splitrl-train` (HPPO or flat PPO), loaded from its run directory and run greedily."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import yaml
+
+from splitrl.baselines.base import PolicyBase
+from splitrl.env.types import Action
+
+
+# ----------------------------------------------------------------------------- trained checkpoints
+@dataclasses.dataclass(frozen=True)
+class Trained(PolicyBase):
+    """A policy trained by `splitrl-train` (HPPO or flat PPO), run greedily (argmax). `init` loads
+    `<run_dir>/final_params.msgpack` (member `member` of the vmapped batch) and checks the run was
+    trained on this scenario (by id) with this env's shapes."""
+    name: str
+    run_dir: str
+    policy: str = "hierarchical"     # hierarchical | flat (from the run's resolved_config.yaml)
+    hidden: tuple = (64, 64)
+    critic: str = "separate"
+    member: int = 0
+    flat_env: Any = None             # set by bind() for flat policies (the FlatSplitEnv action subset)
+
+    @staticmethod
+    def from_run_dir(run_dir: str, name: str | None = None, member: int = 0) -> Trained:
+        cfg_path = Path(run_dir) / "resolved_config.yaml"
+        if not cfg_path.is_file():
+            raise ValueError(f"{run_dir}: no resolved_config.yaml; pass the run dir of a finished splitrl-train run")
+        cfg = yaml.safe_load(cfg_path.read_text())
+        a = cfg["agent"]
+        return Trained(name=name or a["name"], run_dir=str(run_dir), policy=a["policy"], hidden=tuple(a["hidden"]),
+                       critic=a["critic"], member=member)
+
+    def scenario_id(self) -> str:
+        return yaml.safe_load((Path(self.run_dir) / "resolved_config.yaml").read_text())["scenario"]["id"]
+
+    def _net_from_obs(self, obs):
+        from splitrl.agents.networks import HierarchicalPolicy
+        L1, F, U = obs.boundary_mask.shape[0], obs.format_mask.shape[0], obs.unit_mask.shape[1]
+        return HierarchicalPolicy(L1, F, U, self.hidden, self.critic)
+
+    def _net(self, env):
+        from splitrl.agents.networks import FlatPolicy, HierarchicalPolicy
+        if self.policy == "hierarchical":
+            return HierarchicalPolicy(env.num_boundaries, env.num_formats, env.num_units, self.hidden, self.critic)
+        from splitrl.env.flat import PATTERNS
+        return FlatPolicy(env.num_boundaries * env.num_formats * len(PATTERNS), self.hidden, self.critic)
+
+    def init(self, env, env_params, spec=None, key=None):
+        from flax import serialization
+        path = Path(self.run_dir) / "final_params.msgpack"
+        if not path.is_file():
+            raise ValueError(f"{path}: missing; the run did not finish (summary.json says how far it got)")
+        if spec is not None and spec.info.id != self.scenario_id():
+            raise ValueError(f"{self.run_dir} was trained on scenario {self.scenario_id()!r}, not {spec.info.id!r}")
+        raw = serialization.msgpack_restore(path.read_bytes())
+        params = jax.tree.map(lambda x: jnp.asarray(x[self.member]), raw)
+        # shape check against a fresh init on this env
+        obs, _ = env.reset_env(jax.random.PRNGKey(0), env_params)
+        if self.policy == "flat":
+            from splitrl.env.flat import FlatSplitEnv
+            obs = FlatSplitEnv(env, env_params)._obs(obs, env_params)
+        ref = self._net(env).init(jax.random.PRNGKey(0), obs)
+        if jax.tree.structure(ref) != jax.tree.structure(params) or any(
+                a.shape != b.shape for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(params), strict=True)):
+            raise ValueError(f"{path}: parameters do not fit this env's shapes (trained on another model?)")
+        return params
+
+    def bind(self, env, env_params) -> Trained:
+        if self.policy != "flat":
+            return self
+        from splitrl.env.flat import FlatSplitEnv
+        return dataclasses.replace(self, flat_env=FlatSplitEnv(env, env_params))
+
+    def __call__(self, pparams, key, obs, state, env_params, step_key):
+        if self.policy == "hierarchical":
+            net = self._net_from_obs(obs)
+            a = net.greedy(pparams, obs)
+            return Action(boundary=a.boundary, fmt=a.fmt, units=a.units)
+        flat = self.flat_env
+        net = self._net(flat.env)
+        a = net.greedy(pparams, flat._obs(obs, env_params))
+        return flat.to_action(a)
+

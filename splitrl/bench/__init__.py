@@ -1,0 +1,1 @@
+"""Throughput benchmarks beside reference implementations in the same process (`splitrl-bench`)."""

@@ -1,0 +1,214 @@
+"""`splitrl-eval`: every policy on the same held-out scenarios -> tables (CSV, JSON, Markdown) and plots.
+
+Four parts, top to bottom: the rollout (one module-level jitted function; common random numbers),
+the statistics (per seed, then mean and a 95 % t-interval over seeds), the writers (tables, claims
+table, plots) and a thin `@hydra.main`.
+
+Common random numbers: the env's keys depend only on (scenario, seed, episode), never on the
+policy, so every policy meets the same bandwidth, fading, cloud load, requests and arrivals (the
+channel and the workload are exogenous: actions move only the queues). Policies draw from a separate
+key stream. Every number in the tables is computed from the env's `info` (latency, energy,
+delta_ppl, backlog, objective, ...): nothing is recomputed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+import zlib
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from splitrl.baselines import ScenarioSpec, Trained, make_baseline
+from splitrl.evaluation.plots import plot_all
+from splitrl.evaluation.report import claims, claims_markdown, fmt_number, write_tables
+from splitrl.evaluation.stats import LABELS, seed_stats, summarise
+from splitrl.resources import config_dir
+
+CONF_DIR = str(config_dir())
+# info entries recorded per slot (all f32 scalars of the env's info)
+RECORD = ("latency", "energy", "delta_ppl", "backlog", "objective", "served", "arrivals", "drops", "failed",
+          "timed_out", "bandwidth", "boundary", "fmt", "edge_frac", "bytes_sent")
+
+
+# ----------------------------------------------------------------------------- rollout
+def episode_keys(scenario: str, seed: int, n_episodes: int) -> tuple[jax.Array, jax.Array]:
+    """(env keys [N], policy keys [N]) of a scenario's episodes for one seed. The env keys depend only
+    on (scenario, seed, episode): every policy meets the same randomness (common random numbers)."""
+    root = jax.random.fold_in(jax.random.PRNGKey(seed), zlib.crc32(scenario.encode()) & 0x7FFFFFFF)
+    env_root, pol_root = jax.random.split(root)
+    eps = jnp.arange(n_episodes)
+    return (jax.vmap(lambda e: jax.random.fold_in(env_root, e))(eps),
+            jax.vmap(lambda e: jax.random.fold_in(pol_root, e))(eps))
+
+
+@partial(jax.jit, static_argnames=("env", "policy", "n_steps"))
+def rollout(env, policy, env_params, pparams, env_keys, policy_keys, n_steps: int) -> dict[str, jax.Array]:
+    """Episodes of `policy` in `env` (no auto-reset; vmapped over the keys' leading axis N).
+    Returns {info key: f32[N, n_steps]} for RECORD plus "reward". Compiled once per (env structure,
+    policy, n_steps): params, policy params and keys are data."""
+
+    def episode(env_key, pol_key):
+        k_reset, k_steps = jax.random.split(env_key)
+        obs, state = env.reset_env(k_reset, env_params)
+
+        def step(carry, t):
+            obs, state = carry
+            step_key = jax.random.fold_in(k_steps, t)
+            action = policy(pparams, jax.random.fold_in(pol_key, t), obs, state, env_params, step_key)
+            obs, state, reward, _, info = env.step_env(step_key, state, action, env_params)
+            out = {k: jnp.asarray(info[k], jnp.float32) for k in RECORD}
+            return (obs, state), out | {"reward": reward}
+
+        return jax.lax.scan(step, (obs, state), jnp.arange(n_steps))[1]
+
+    return jax.vmap(episode)(env_keys, policy_keys)
+
+
+# ----------------------------------------------------------------------------- statistics
+# ----------------------------------------------------------------------------- evaluation
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    policies: tuple[str, ...]   # baseline names (splitrl.baselines.BASELINES)
+    runs: tuple[str, ...]       # splitrl-train run dirs (HPPO, flat PPO): evaluated on their scenario
+    scenarios: tuple[str, ...]  # conf/scenario names or YAML paths
+    seeds: int                  # seeds (CI over seeds)
+    episodes: int               # episodes per seed
+    steps: int                  # slots per episode (0: the scenario's episode length)
+    splitllm_sla_factor: float  # SplitLLM's SLA = this x the scenario's typical latency
+    chen_lam: float             # Chen et al.'s UE-cost weight λ
+    chen_timesteps: int         # PPO env steps to train Chen et al.'s agent per scenario
+    plot_policies: tuple[str, ...]  # policies drawn in the partition-over-time plot (empty: all)
+
+
+def scenario_spec(name: str) -> tuple[Any, Any, ScenarioSpec]:
+    from splitrl.env.scenario import load_scenario_dict, make_with_info
+    env, params, info = make_with_info(name)
+    data, _ = load_scenario_dict(name)
+    return env, params, ScenarioSpec(name=Path(name).stem, data=data, info=info)
+
+
+def evaluate(cfg: EvalConfig, log=print) -> tuple[list[dict], dict]:
+    """Rows (one per evaluated (policy, scenario)) and raw per-slot outputs {(scenario, policy): {k: [S, N, T]}}."""
+    rows, raw = [], {}
+    trained = [Trained.from_run_dir(r) for r in cfg.runs]
+    for scen in cfg.scenarios:
+        env, params, spec = scenario_spec(scen)
+        n_steps = cfg.steps or int(params.max_steps_in_episode)
+        policies = [make_baseline(n, **_baseline_kwargs(n, cfg)) for n in cfg.policies]
+        policies += [t for t in trained if t.scenario_id() == spec.info.id]
+        for policy in policies:
+            policy = policy.bind(env, params)
+            t0 = time.perf_counter()
+            pparams = policy.init(env, params, spec, jax.random.PRNGKey(0))
+            t_init = time.perf_counter() - t0
+            per_seed, outs = [], []
+            for seed in range(cfg.seeds):
+                ek, pk = episode_keys(spec.name, seed, cfg.episodes)
+                out = jax.device_get(rollout(env, policy, params, pparams, ek, pk, n_steps))
+                per_seed.append(seed_stats(out))
+                outs.append(out)
+            raw[spec.name, policy.name] = {k: np.stack([o[k] for o in outs]) for k in outs[0]}
+            row = {"scenario": spec.name, "policy": policy.name, "model": spec.info.model, "edge": spec.info.edge,
+                   "edge_fits": bool(params.costs.boundary_mask[-1]), "seeds": cfg.seeds, "episodes": cfg.episodes,
+                   "steps": n_steps} | summarise(per_seed)
+            rows.append(row)
+            log(f"{spec.name:40s} {policy.name:15s} objective {row['objective']:8.4f} ± {row['objective_ci']:.4f}  "
+                f"latency {row['latency_mean']:8.3f} s  p95 {row['latency_p95']:8.3f}  ({t_init:.1f} s init, "
+                f"{time.perf_counter() - t0 - t_init:.1f} s eval)")
+    return rows, raw
+
+
+def _baseline_kwargs(name: str, cfg: EvalConfig) -> dict:
+    if name == "splitllm_dp":
+        return {"sla_factor": cfg.splitllm_sla_factor}
+    if name == "chen_ppo":
+        return {"lam": cfg.chen_lam, "total_timesteps": cfg.chen_timesteps}
+    return {}
+
+
+# ----------------------------------------------------------------------------- writers
+# ----------------------------------------------------------------------------- Hydra
+def typed_config(data: dict) -> EvalConfig:
+    from splitrl.config import ConfigError, build
+    data = dict(data)
+    for k in ("policies", "runs", "scenarios", "plot_policies"):
+        if not isinstance(data.get(k, ()), list | tuple):
+            raise ConfigError(f"config {k} = {data.get(k)!r}: must be a list")
+        data[k] = tuple(data.get(k) or ())
+    cfg = build(EvalConfig, data, "eval")
+    from splitrl.baselines import BASELINES
+    unknown = [p for p in cfg.policies if p not in BASELINES]
+    if unknown:
+        raise ConfigError(f"config policies: {unknown} unknown; baselines are {sorted(BASELINES)}; trained policies "
+                          "go in runs (splitrl-train run dirs)")
+    for r in cfg.runs:
+        if not (Path(r) / "resolved_config.yaml").is_file():
+            raise ConfigError(f"config runs: {r} is not a splitrl-train run dir (no resolved_config.yaml)")
+    if cfg.seeds < 1 or cfg.episodes < 1 or cfg.steps < 0:
+        raise ConfigError(f"config seeds = {cfg.seeds}, episodes = {cfg.episodes}, steps = {cfg.steps}: need >= 1, >= 1, >= 0")
+    return cfg
+
+
+def run(cfg: EvalConfig, out_dir: Path) -> list[dict]:
+    t0 = time.perf_counter()
+    rows, raw = evaluate(cfg)
+    paths = write_tables(rows, out_dir)
+    cl = claims(rows)
+    if cl:
+        (out_dir / "claims.json").write_text(json.dumps(cl, indent=1))
+        (out_dir / "claims.md").write_text(claims_markdown(cl))
+    plots = plot_all(rows, raw, out_dir / "plots", cfg.plot_policies)
+    print_table(rows)
+    if cl:
+        print(claims_markdown(cl))
+    print(f"tables: {paths['md']} (and .csv, .json); plots: {out_dir / 'plots'} ({len(plots)} PNG); "
+          f"{time.perf_counter() - t0:.0f} s")
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    console = Console(width=200)
+    for scen in dict.fromkeys(r["scenario"] for r in rows):
+        t = Table(title=f"{scen}: mean ± 95 % CI over seeds (lower is better)")
+        t.add_column("policy")
+        for c in ("objective", "latency_mean", "latency_p95", "energy", "delta_ppl", "backlog_mean", "backlog_growth"):
+            t.add_column(LABELS[c], justify="right")
+        for r in rows:
+            if r["scenario"] == scen:
+                t.add_row(r["policy"], *(f"{fmt_number(r[c])} ± {fmt_number(r[c + '_ci'])}" for c in
+                                         ("objective", "latency_mean", "latency_p95", "energy", "delta_ppl",
+                                          "backlog_mean", "backlog_growth")))
+        console.print(t)
+
+
+def _hydra_main_impl(cfg) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from splitrl.config import ConfigError
+    from splitrl.env.scenario import ScenarioError
+    try:
+        ecfg = typed_config(OmegaConf.to_container(cfg, resolve=True))
+        run(ecfg, Path(HydraConfig.get().runtime.output_dir))
+    except (ConfigError, ScenarioError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    import hydra
+    hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")(_hydra_main_impl)()
+
+
+if __name__ == "__main__":
+    main()

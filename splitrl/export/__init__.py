@@ -1,0 +1,1 @@
+"""`splitrl-export`: a trained HPPO run as an ONNX policy (torch twin, metadata, parity check)."""

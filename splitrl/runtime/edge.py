@@ -1,0 +1,436 @@
+"""`splitrl-edge`: the edge half of split inference, with partition checkpoints, retries and fallback.
+
+For each request the edge asks the policy for a partition (with its own bandwidth/RTT estimates),
+runs its share step by step, and keeps a **partition checkpoint**: the exact bytes of every tensor it
+sent up so far (and of the step in flight). When a transfer fails (reset, timeout, bad frame, the
+cloud gone), it retries with exponential backoff and jitter: reconnect, OPEN the request again and
+replay the checkpoint, so the cloud rebuilds its KV caches and the step continues where it stopped.
+After `attempts` failures on an endpoint it moves to the next endpoint, and after the last one it
+runs the cloud's share itself from the same checkpoint (`fallback="edge"`) or fails the request
+with the reason (`fallback="none"`). The answer is delivered once; the cloud refuses a CLOSEd id.
+
+Because the replayed bytes are the bytes the cloud saw, a recovered request gives the same tokens
+as an undisturbed one (the fault tests check this).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import logging
+import random
+import socket
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+from splitrl.runtime import protocol as P
+from splitrl.runtime import wire
+from splitrl.runtime.split_model import CloudSession, EdgeSession, Plan, SplitModel
+
+log = logging.getLogger("splitrl.edge")
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    rid: int
+    prompt: tuple[int, ...]
+    max_new: int
+
+
+@dataclasses.dataclass
+class Result:
+    rid: int
+    status: str                     # "ok" | "failed"
+    tokens: list[int]
+    plan: Plan | None
+    retries: int = 0                # failed attempts that were retried
+    fell_back: str = ""             # "" | "endpoint" (another cloud) | "edge" (ran the rest locally)
+    latency_s: float = 0.0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    error: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 3               # tries per endpoint before moving on
+    base_s: float = 0.05            # first backoff
+    factor: float = 2.0
+    cap_s: float = 1.0
+    jitter: float = 0.5             # backoff *= 1 + jitter * U(-1, 1)
+
+    def backoff(self, k: int, rng: random.Random) -> float:
+        return min(self.cap_s, self.base_s * self.factor**k) * (1.0 + self.jitter * rng.uniform(-1.0, 1.0))
+
+
+class LinkEstimator:
+    """Bandwidth and RTT as the edge measures them on its own transfers (EWMA)."""
+
+    def __init__(self, alpha: float = 0.3, bw0: float = 12.5e6, rtt0: float = 0.02):
+        self.alpha, self.bw, self.rtt = alpha, bw0, rtt0
+        self.bw_samples = self.rtt_samples = 0
+
+    def _ewma(self, old, new, n):
+        return new if n == 0 else (1 - self.alpha) * old + self.alpha * new
+
+    def rtt_sample(self, seconds: float) -> None:
+        self.rtt = self._ewma(self.rtt, max(seconds, 1e-6), self.rtt_samples)
+        self.rtt_samples += 1
+
+    def transfer(self, nbytes: int, seconds: float, crossings: int) -> None:
+        """A step's network time (wall time minus the cloud's compute) for `nbytes` in `crossings`
+        one-way transfers: large transfers give a bandwidth sample, small ones an RTT sample."""
+        if nbytes >= 16384:
+            t = seconds - crossings * self.rtt / 2
+            if t > 0:
+                self.bw = self._ewma(self.bw, nbytes / t, self.bw_samples)
+                self.bw_samples += 1
+        else:
+            self.rtt_sample(2 * max(seconds - nbytes / self.bw, 0.0) / max(crossings, 1))
+
+
+class Unreachable(Exception):
+    pass
+
+
+class RemoteLink:
+    """One connection to one cloud endpoint (reconnected lazily)."""
+
+    def __init__(self, host: str, port: int, token: bytes | None, timeout: float, est: LinkEstimator,
+                 max_payload: int = P.DEFAULT_MAX_PAYLOAD):
+        self.host, self.port, self.token, self.timeout, self.est = host, port, token, timeout, est
+        self.max_payload = max_payload
+        self.sock: socket.socket | None = None
+        self.bytes_up = self.bytes_down = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def connect(self) -> None:
+        if self.sock is not None:
+            return
+        sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            P.client_handshake(sock, self.token, self.timeout)
+            t0 = time.perf_counter()
+            self._send_on(sock, P.Frame(P.Kind.PING))
+            pong = P.read_frame(sock, self.timeout, self.max_payload)
+            if pong.kind != P.Kind.PONG:
+                raise P.FrameError("unexpected", f"expected PONG, got {pong.kind.name}")
+            self.est.rtt_sample(time.perf_counter() - t0)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def _send_on(self, sock, frame: P.Frame) -> None:
+        self.bytes_up += P.write_frame(sock, frame, self.timeout)
+
+    def send(self, frame: P.Frame) -> None:
+        self._send_on(self.sock, frame)
+
+    def read(self) -> P.Frame:
+        f = P.read_frame(self.sock, self.timeout, self.max_payload)
+        self.bytes_down += P.HEADER.size + len(f.payload)
+        if f.kind == P.Kind.ERROR:
+            raise P.FrameError("remote", f"the cloud says: {f.text()}")
+        return f
+
+    def expect(self, rid: int, seq: int, *kinds) -> P.Frame:
+        f = self.read()
+        if f.kind not in kinds or f.request_id != rid or f.seq != seq:
+            raise P.FrameError("unexpected", f"got {f.kind.name} rid {f.request_id} seq {f.seq}, expected "
+                               f"{[k.name for k in kinds]} rid {rid} seq {seq}")
+        return f
+
+    def open(self, rid: int, plan: Plan, max_new: int) -> None:
+        self.connect()
+        self.send(P.array_frame(P.Kind.OPEN, plan.to_ints() + [max_new], rid))
+        self.expect(rid, 0, P.Kind.OK)
+
+    def replay(self, rid: int, plan: Plan, history: list[dict[str, bytes]], d: int) -> None:
+        if not history:
+            return
+        n = sum(len(step["h"]) for step in history) // wire.row_bytes(d, plan.fmt)
+        for name in history[0]:
+            payload = b"".join(step[name] for step in history)
+            self.send(P.Frame(P.UP_KINDS[name], rid, P.REPLAY, P.ACT_DTYPES[plan.fmt], (1, n, d), payload))
+        self.send(P.Frame(P.Kind.REPLAY_END, rid, len(history)))
+        self.expect(rid, len(history), P.Kind.OK)
+
+    def step(self, rid: int, seq: int, plan: Plan, pending: dict[str, bytes], n_tok: int, d: int,
+             edge: EdgeSession) -> tuple[int, dict[str, bytes]]:
+        """Send a step's uplink, serve a DOWN_H1 if the plan needs it, return (token, extra uplink)."""
+        t0 = time.perf_counter()
+        sent = 0
+        for name in plan.up_names(0):
+            self.send(P.Frame(P.UP_KINDS[name], rid, seq, P.ACT_DTYPES[plan.fmt], (1, n_tok, d), pending[name]))
+            sent += len(pending[name])
+        extra: dict[str, bytes] = {}
+        crossings = 2
+        while True:
+            f = self.expect(rid, seq, P.Kind.TOKEN, P.Kind.DOWN_H1)
+            if f.kind == P.Kind.TOKEN:
+                tok, cloud_s, _load = f.array().tolist()
+                self.est.transfer(sent, time.perf_counter() - t0 - cloud_s, crossings)
+                return int(tok), extra
+            sent += len(f.payload)
+            pf = edge.down(f.activation())["pf"]
+            extra["pf"] = wire.encode(pf, plan.fmt)
+            self.send(P.Frame(P.Kind.UP_PF, rid, seq, P.ACT_DTYPES[plan.fmt], (1, n_tok, d), extra["pf"]))
+            sent += len(extra["pf"])
+            crossings += 2
+
+    def close_request(self, rid: int) -> None:
+        self.send(P.Frame(P.Kind.CLOSE, rid))
+        self.expect(rid, 0, P.Kind.OK)
+
+    def cloud_only(self, rid: int, plan: Plan, ids: list[int], seq0: int, n: int, eos: int | None,
+                   on_token: Callable[[int], None]) -> None:
+        self.open(rid, plan, n)
+        self.send(P.array_frame(P.Kind.IDS, ids, rid, seq0))
+        for s in range(n):
+            tok = int(self.expect(rid, seq0 + s, P.Kind.TOKEN).array()[0])
+            on_token(tok)
+            if eos is not None and tok == eos:
+                return
+
+
+class EdgeClient:
+    """Runs requests split with one or more cloud endpoints; counts what happened."""
+
+    def __init__(self, sm: SplitModel, endpoints: Sequence[tuple[str, int]], token: bytes | None = None,
+                 policy: Callable[[Request, LinkEstimator], Plan] | None = None, retry: RetryPolicy = RetryPolicy(),
+                 timeout: float = 10.0, fallback: str = "edge", eos: int | None = None, seed: int = 0):
+        if fallback not in ("edge", "none"):
+            raise ValueError(f"fallback = {fallback!r}: must be 'edge' or 'none'")
+        self.sm, self.retry, self.fallback, self.eos = sm, retry, fallback, eos
+        self.est = LinkEstimator()
+        self.links = [RemoteLink(h, p, token, timeout, self.est) for h, p in endpoints]
+        self.policy = policy
+        self.rng = random.Random(seed)
+        self.results: dict[int, Result] = {}
+        self.counts: collections.Counter = collections.Counter()
+        self.errors: collections.Counter = collections.Counter()
+
+    def close(self) -> None:
+        for link in self.links:
+            link.close()
+
+    # ---- driver ----
+    def run(self, requests: Sequence[Request], plan: Plan | None = None) -> list[Result]:
+        return [self.generate(r, plan) for r in requests]
+
+    def generate(self, req: Request, plan: Plan | None = None) -> Result:
+        if req.rid in self.results:
+            raise ValueError(f"request {req.rid} was already answered: request ids must be unique")
+        plan = plan or self.policy(req, self.est)
+        t0 = time.perf_counter()
+        up0 = sum(lk.bytes_up for lk in self.links)
+        down0 = sum(lk.bytes_down for lk in self.links)
+        res = Result(req.rid, "ok", [], plan)
+        try:
+            if plan.mode == "cloud_only":
+                self._cloud_only(req, plan, res)
+            else:
+                self._split(req, plan, res)
+        except Unreachable as e:
+            res.status, res.error = "failed", str(e)
+        res.latency_s = time.perf_counter() - t0
+        res.bytes_up = sum(lk.bytes_up for lk in self.links) - up0
+        res.bytes_down = sum(lk.bytes_down for lk in self.links) - down0
+        self.results[req.rid] = res
+        self.counts["submitted"] += 1
+        self.counts["completed" if res.status == "ok" else "failed"] += 1
+        self.counts["retried"] += res.retries > 0
+        if res.fell_back:
+            self.counts[f"fallback_{res.fell_back}"] += 1
+        return res
+
+    def summary(self) -> dict[str, int]:
+        c = dict(self.counts)
+        c["lost"] = c.get("submitted", 0) - c.get("completed", 0) - c.get("failed", 0)
+        return c
+
+    # ---- retries ----
+    def _with_retries(self, res: Result, state: dict, attempt_fn: Callable[[RemoteLink], object],
+                      local_fn: Callable[[], object]):
+        """Run attempt_fn on the current endpoint, retrying with backoff; then the next endpoint; then
+        local_fn (edge fallback) or Unreachable."""
+        while state["endpoint"] < len(self.links):
+            link = self.links[state["endpoint"]]
+            try:
+                return attempt_fn(link)
+            except (P.FrameError, OSError) as e:
+                link.close()
+                state["fresh"] = True
+                reason = e.reason if isinstance(e, P.FrameError) else type(e).__name__
+                self.errors[reason] += 1
+                state["failures"] += 1
+                log.info("request %d: attempt on %s failed (%s)", res.rid, link.name, e)
+                if state["failures"] >= self.retry.attempts:
+                    state["endpoint"] += 1
+                    state["failures"] = 0
+                    if state["endpoint"] < len(self.links):
+                        res.fell_back = "endpoint"
+                        res.retries += 1
+                        continue
+                    break
+                res.retries += 1
+                time.sleep(max(0.0, self.retry.backoff(state["failures"] - 1, self.rng)))
+        if self.fallback == "edge":
+            res.fell_back = "edge"
+            return local_fn()
+        raise Unreachable(f"request {res.rid}: no cloud endpoint answered after {self.retry.attempts} attempts each "
+                          f"({dict(self.errors)})")
+
+    # ---- split requests ----
+    def _split(self, req: Request, plan: Plan, res: Result) -> None:
+        sm, d = self.sm, self.sm.d_model
+        edge = EdgeSession(sm, plan)
+        history: list[dict[str, bytes]] = []      # the partition checkpoint: every step's uplink bytes
+        state = {"endpoint": 0, "failures": 0, "fresh": True, "local": None}
+        ids = list(req.prompt)
+        for seq in range(req.max_new):
+            up = edge.up(ids)
+            if "token" in up:                      # edge-only
+                tok = int(up["token"][0])
+            else:
+                pending = {k: wire.encode(v, plan.fmt) for k, v in up.items()}
+                n_tok = len(ids)
+
+                def attempt(link, seq=seq, pending=pending, n_tok=n_tok):
+                    if state["fresh"]:
+                        link.open(req.rid, plan, req.max_new)
+                        link.replay(req.rid, plan, history, d)
+                        state["fresh"] = False
+                    return link.step(req.rid, seq, plan, pending, n_tok, d, edge)
+
+                def local(pending=pending, n_tok=n_tok):
+                    return self._local_step(state, plan, history, pending, n_tok, edge)
+                tok, extra = (local() if state["local"] is not None else
+                              self._with_retries(res, state, attempt, local))
+                history.append({**pending, **extra})
+            res.tokens.append(tok)
+            if self.eos is not None and tok == self.eos:
+                break
+            ids = [tok]
+        if state["local"] is None and not state["fresh"] and plan.mode == "split":
+            try:
+                self.links[state["endpoint"]].close_request(req.rid)
+            except (P.FrameError, OSError) as e:   # the answer is complete; the cloud forgets it later
+                self.links[state["endpoint"]].close()
+                self.errors[f"close/{getattr(e, 'reason', type(e).__name__)}"] += 1
+
+    def _local_step(self, state, plan: Plan, history, pending, n_tok: int, edge: EdgeSession):
+        """The cloud's share run on the edge, rebuilt from the checkpoint on first use; the crossings
+        still go through the wire format so the tokens are those the cloud would have produced."""
+        d = self.sm.d_model
+        if state["local"] is None:
+            state["local"] = CloudSession(self.sm, plan)
+            if history:
+                n = sum(len(s["h"]) for s in history) // wire.row_bytes(d, plan.fmt)
+                merged = {k: wire.decode(b"".join(s[k] for s in history), plan.fmt, (1, n, d)) for k in history[0]}
+                state["local"].step(merged)
+        up = {k: wire.decode(v, plan.fmt, (1, n_tok, d)) for k, v in pending.items()}
+        extra: dict[str, bytes] = {}
+
+        def send_down(name, h1):
+            state["h1"] = wire.roundtrip(h1, plan.fmt)
+
+        def receive_up():
+            extra["pf"] = wire.encode(edge.down(state["h1"])["pf"], plan.fmt)
+            return {"pf": wire.decode(extra["pf"], plan.fmt, (1, n_tok, d))}
+        tok = state["local"].step(up, send_down, receive_up)
+        return tok, extra
+
+    # ---- cloud-only requests ----
+    def _cloud_only(self, req: Request, plan: Plan, res: Result) -> None:
+        state = {"endpoint": 0, "failures": 0, "fresh": True, "local": None}
+
+        def attempt(link):
+            link.cloud_only(req.rid, plan, list(req.prompt) + res.tokens, len(res.tokens),
+                            req.max_new - len(res.tokens), self.eos, res.tokens.append)
+            link.close_request(req.rid)
+
+        def local():
+            cloud = CloudSession(self.sm, plan)
+            ids = list(req.prompt) + res.tokens
+            while len(res.tokens) < req.max_new and not (self.eos is not None and res.tokens
+                                                         and res.tokens[-1] == self.eos):
+                res.tokens.append(cloud.step({"ids": torch.as_tensor(ids)}))
+                ids = [res.tokens[-1]]
+        self._with_retries(res, state, attempt, local)
+
+
+# ----------------------------------------------------------------------------- CLI
+def parse_plan(text: str, sm: SplitModel) -> Plan:
+    """'b,fmt,u1u2...' e.g. '12,int8,1010110' (units: attention units then FFN chunks, 1 = edge)."""
+    try:
+        b, fmt, units = text.split(",")
+        return sm.plan(int(b), fmt, [int(c) for c in units])
+    except ValueError as e:
+        raise SystemExit(f"--plan {text!r}: {e}; write boundary,format,units e.g. 12,int8,{'0' * sm.n_units}") from e
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="splitrl-edge", description="Run prompts split with a splitrl-cloud.")
+    ap.add_argument("--cloud", action="append", default=None, help="host:port (repeat for fallback endpoints)")
+    ap.add_argument("--policy", default=None, help="ONNX policy from splitrl-export (default: needs --plan)")
+    ap.add_argument("--plan", default=None, help="fixed partition 'b,fmt,units' instead of a policy")
+    ap.add_argument("--model", default=None, help="HF model directory or .gguf (default: the embedded SmolLM2)")
+    ap.add_argument("--token-file", default=None)
+    ap.add_argument("--prompt", action="append", default=None, help="prompt text (repeat for a conversation)")
+    ap.add_argument("--max-new", type=int, default=32)
+    ap.add_argument("--timeout", type=float, default=30.0)
+    ap.add_argument("--attempts", type=int, default=3)
+    ap.add_argument("--fallback", choices=("edge", "none"), default="edge")
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from splitrl.lm.model import load_causal_lm
+    torch.set_num_threads(a.threads)
+    lm = load_causal_lm(a.model)
+    sm = SplitModel(lm.model)
+    endpoints = [(c.rsplit(":", 1)[0], int(c.rsplit(":", 1)[1])) for c in (a.cloud or ["127.0.0.1:7341"])]
+    token = open(a.token_file, "rb").read().strip() if a.token_file else None
+    policy = None
+    if a.policy:
+        from splitrl.runtime.policy import OnnxPolicy
+        policy = OnnxPolicy(a.policy, model_name=lm.name, sm=sm).for_requests
+    elif not a.plan:
+        raise SystemExit("give --policy policy.onnx or --plan b,fmt,units")
+    client = EdgeClient(sm, endpoints, token, policy, RetryPolicy(attempts=a.attempts), a.timeout, a.fallback,
+                        eos=lm.tokenizer.eos_token_id)
+    fixed = parse_plan(a.plan, sm) if a.plan else None
+    history: list[dict] = []
+    for i, text in enumerate(a.prompt or ["What is the capital of France?"]):
+        history.append({"role": "user", "content": text})
+        ids = lm.tokenizer.apply_chat_template(history, add_generation_prompt=True)
+        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+        res = client.generate(Request(i, tuple(int(t) for t in ids), a.max_new), fixed)
+        answer = lm.tokenizer.decode(res.tokens, skip_special_tokens=True)
+        history.append({"role": "assistant", "content": answer})
+        p = res.plan
+        print(f"[{i}] plan b={p.boundary} fmt={p.fmt} units={''.join(map(str, p.units))} ({p.mode}); "
+              f"{res.status} in {res.latency_s:.2f} s, {res.bytes_up} B up, {res.bytes_down} B down, "
+              f"retries {res.retries}{', fell back to ' + res.fell_back if res.fell_back else ''}; "
+              f"est. bw {client.est.bw / 1e6:.1f} MB/s rtt {client.est.rtt * 1e3:.1f} ms")
+        print(f"user: {text}\nassistant: {answer}", flush=True)
+    client.close()
+    print(f"counts: {client.summary()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

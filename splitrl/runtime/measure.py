@@ -1,0 +1,151 @@
+"""`splitrl-harness measure`: real split inference under a shaped link beside the simulator's prediction.
+
+Edge and cloud run in this process (the cloud in a server thread, the edge as the client) over
+loopback through `LinkProxy`, which shapes each direction to `--mbps` with `--rtt-ms` (the user-space
+stand-in for tc netem). For each request and partition it records the measured end-to-end latency
+and what `splitrl.env.cost.request_cost` predicts for the same partition, prompt/output lengths,
+bandwidth and RTT, with the scenario's cost tables switched to this host on both sides (the cloud
+here is this CPU, not an A100). Writes `measure.jsonl`, `report.md` (table) and `gap.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DEFAULT_PLANS = ("0,fp16,0000000", "30,fp16,0000000", "8,fp16,0000000", "8,int8,1010110", "15,int4,1111000",
+                 "22,int8,0001111")
+
+
+def simulator(scenario: str = "default", host_cloud: bool = True):
+    """(env, params) of the scenario with the cloud's table replaced by this host's (fp32)."""
+    from splitrl.env.scenario import load_scenario_dict, make
+    data, _ = load_scenario_dict(scenario)
+    data = dict(data)
+    if host_cloud:
+        data.update(cloud=data["edge"], cloud_weight_format=data["edge_weight_format"])
+    return make(data)
+
+
+def predict(env_params, plan, prompt_len: int, output_len: int, bw_bytes_s: float, rtt_s: float) -> float:
+    import jax.numpy as jnp
+
+    from splitrl.env.cost import project_action, request_cost
+    b, f, units = project_action(env_params, jnp.int32(plan.boundary), jnp.int32(["fp16", "int8", "int4"].index(plan.fmt)),
+                                 jnp.asarray(plan.units, jnp.int32))
+    m = request_cost(env_params, b, f, units, jnp.float32(prompt_len), jnp.float32(output_len), jnp.float32(bw_bytes_s),
+                     jnp.float32(rtt_s), jnp.float32(0.0), jnp.float32(30.0), jnp.float32(0.0))
+    return float(m["latency"])
+
+
+def measure(sm, plans, prompts, max_new: int, mbps: float, rtt_ms: float, env_params, repeats: int = 1) -> list[dict]:
+    from splitrl.runtime.cloud import CloudServer
+    from splitrl.runtime.edge import EdgeClient, Request
+    from splitrl.runtime.faults import LinkProxy
+    bw = mbps * 1e6 / 8
+    cloud = CloudServer(sm, read_timeout=120).start()
+    rows = []
+    try:
+        with LinkProxy((cloud.host, cloud.port), bandwidth=bw, rtt_s=rtt_ms / 1e3) as proxy:
+            client = EdgeClient(sm, [proxy.address], timeout=120, fallback="none")
+            rid = 0
+            for plan in plans:          # warm-up: first-use costs (allocations, weight slicing) are not the link's
+                client.generate(Request(10**9 + rid, tuple(prompts[0]), max_new), plan)
+                rid += 1
+            for plan in plans:
+                for prompt in prompts:
+                    for _ in range(repeats):
+                        res = client.generate(Request(rid, tuple(prompt), max_new), plan)
+                        rid += 1
+                        rows.append({"plan": f"{plan.boundary},{plan.fmt},{''.join(map(str, plan.units))}",
+                                     "mode": plan.mode, "prompt": len(prompt), "output": len(res.tokens),
+                                     "measured_s": res.latency_s,
+                                     "predicted_s": predict(env_params, plan, len(prompt), len(res.tokens), bw,
+                                                            rtt_ms / 1e3),
+                                     "bytes_up": res.bytes_up, "bytes_down": res.bytes_down, "status": res.status,
+                                     "est_bw_mbps": client.est.bw * 8 / 1e6, "est_rtt_ms": client.est.rtt * 1e3})
+            client.close()
+    finally:
+        cloud.stop()
+    return rows
+
+
+def report(rows: list[dict], out: Path, mbps: float, rtt_ms: float) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "measure.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = [f"# Sim-to-real gap ({mbps} Mbit/s, RTT {rtt_ms} ms, loopback shaped by LinkProxy)", "",
+             "| plan (b,fmt,units) | mode | prompt | output | measured s | predicted s | ratio | up B | est. Mbit/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['plan']} | {r['mode']} | {r['prompt']} | {r['output']} | {r['measured_s']:.3f} | "
+                     f"{r['predicted_s']:.3f} | {r['measured_s'] / r['predicted_s']:.2f} | {r['bytes_up']} | "
+                     f"{r['est_bw_mbps']:.2f} |")
+    ratio = np.array([r["measured_s"] / r["predicted_s"] for r in rows])
+    err = np.array([abs(r["measured_s"] - r["predicted_s"]) / r["measured_s"] for r in rows])
+    lines += ["", f"measured / predicted: median {np.median(ratio):.2f}, range {ratio.min():.2f}-{ratio.max():.2f}; "
+              f"mean absolute relative error {100 * err.mean():.0f} %"]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    fig, ax = plt.subplots(figsize=(5, 5))
+    m, p = [r["measured_s"] for r in rows], [r["predicted_s"] for r in rows]
+    for mode in sorted({r["mode"] for r in rows}):
+        idx = [i for i, r in enumerate(rows) if r["mode"] == mode]
+        ax.scatter([p[i] for i in idx], [m[i] for i in idx], label=mode)
+    lim = [0, max(m + p) * 1.1]
+    ax.plot(lim, lim, "k--", lw=1, label="measured = predicted")
+    ax.set(xlabel="simulator latency (s)", ylabel="measured latency (s)", title=f"{mbps} Mbit/s, RTT {rtt_ms} ms")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "gap.png", dpi=120)
+    plt.close(fig)
+    return out / "report.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="splitrl-harness", description="Harness tools.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("measure", help="measured vs simulated end-to-end latency under a shaped link")
+    m.add_argument("--model", default=None, help="HF dir or .gguf (default: the embedded SmolLM2)")
+    m.add_argument("--scenario", default="default")
+    m.add_argument("--plan", action="append", default=None, help="b,fmt,units (repeat); default: a spread of plans")
+    m.add_argument("--policy", default=None, help="ONNX policy: its greedy plan at this link is added")
+    m.add_argument("--prompt-len", type=int, action="append", default=None)
+    m.add_argument("--max-new", type=int, default=8)
+    m.add_argument("--mbps", type=float, default=10.0)
+    m.add_argument("--rtt-ms", type=float, default=40.0)
+    m.add_argument("--repeats", type=int, default=1)
+    m.add_argument("--threads", type=int, default=1)
+    m.add_argument("--out", default="outputs/measure")
+    a = ap.parse_args(argv)
+    from splitrl.lm.model import load_causal_lm
+    from splitrl.runtime.edge import parse_plan
+    from splitrl.runtime.split_model import SplitModel
+    torch.set_num_threads(a.threads)
+    lm = load_causal_lm(a.model)
+    sm = SplitModel(lm.model)
+    plans = [parse_plan(p, sm) for p in (a.plan or DEFAULT_PLANS)]
+    if a.policy:
+        from splitrl.runtime.policy import OnnxPolicy
+        pol = OnnxPolicy(a.policy, model_name=lm.name, sm=sm)
+        b, f, units = pol.act(pol.observe(a.mbps * 1e6 / 8, a.rtt_ms / 1e3, (a.prompt_len or [32])[0], a.max_new))
+        plans.append(sm.plan(b, ("fp16", "int8", "int4")[f], units))
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(100, 20000, n).tolist() for n in (a.prompt_len or [32])]
+    _, env_params = simulator(a.scenario)
+    t0 = time.perf_counter()
+    rows = measure(sm, plans, prompts, a.max_new, a.mbps, a.rtt_ms, env_params, a.repeats)
+    path = report(rows, Path(a.out), a.mbps, a.rtt_ms)
+    print(path.read_text())
+    print(f"wrote {path}, {path.parent / 'gap.png'}, {path.parent / 'measure.jsonl'} in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

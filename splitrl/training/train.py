@@ -1,0 +1,330 @@
+"""`splitrl-train`: the Hydra entry point and the host loop.
+
+Four parts, top to bottom: build (typed config once, env, policy, the member batch of seeds ×
+vmapped hyperparameters), the host loop (jitted chunks of `updates_per_chunk` PPO updates; between
+chunks: log, progress, checkpoint), finish (evaluation, final parameters, summary), and a thin
+`@hydra.main`.
+
+Each run writes to its Hydra run dir: `.hydra/` and `resolved_config.yaml`, `metrics.jsonl`,
+`checkpoints/<update>/` (orbax), `final_params/` (orbax) and `final_params.msgpack`, `summary.json`,
+and with W&B on, `wandb_root/wandb/offline-run-*` (one run per member, grouped).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import hydra
+import jax
+import jax.numpy as jnp
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from splitrl.agents import make_policy, ppo
+from splitrl.agents.config import PPOConfig
+from splitrl.config import ConfigError, build
+from splitrl.resources import config_dir
+from splitrl.training.checkpoint import Checkpointer, CheckpointError
+from splitrl.training.config import LoggerConfig, TrainConfig
+from splitrl.training.logger import RunLogger
+from splitrl.training.sharding import Placement, place
+
+CONF_DIR = str(config_dir())
+TRAIN_KEYS = [f.name for f in dataclasses.fields(TrainConfig)]
+# config fields that may change between an interrupted run and its resume
+# (devices and shard too: a run may resume on another device count; the result is the same)
+NOT_IDENTITY = ("logger", "resume", "progress", "stop_after", "eval_episodes_envs", "keep_checkpoints",
+                "checkpoint_every", "devices", "shard")
+
+
+# ----------------------------------------------------------------------------- build
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    agent: PPOConfig
+    train: TrainConfig
+    logger: LoggerConfig
+    stop_after: int
+    run_dir: Path
+    run_name: str
+    identity: dict
+
+
+def typed_config(cfg: DictConfig, run_dir: Path) -> Setup:
+    """The Hydra tree, converted once into frozen dataclasses (nothing below sees a DictConfig)."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    agent = dict(data["agent"])
+    agent["hidden"] = tuple(agent.get("hidden", ()))
+    train = {k: data.get(k) for k in TRAIN_KEYS if k in data}
+    for key in ("lr_grid", "ent_coef_grid", "reward_v_grid"):
+        train[key] = tuple(train.get(key) or ())
+    known = set(TRAIN_KEYS) | {"agent", "logger", "scenario", "stop_after", "run_name"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"config: unknown top-level key(s) {unknown}; known: {sorted(known)}")
+    identity = {k: v for k, v in data.items() if k not in NOT_IDENTITY}
+    run_name = data.get("run_name") or f"{data['agent']['name']}-seed{data.get('seed')}"
+    return Setup(agent=build(PPOConfig, agent, "agent"), train=build(TrainConfig, train, ""),
+                 logger=build(LoggerConfig, data["logger"], "logger"), stop_after=int(data.get("stop_after", 0)),
+                 run_dir=run_dir, run_name=run_name, identity=identity)
+
+
+def make_env(agent: PPOConfig, scenario: Any):
+    """(env, env_params) for `agent.env`: gymnax ids through gymnax.make, split scenarios through
+    splitrl.env (imported lazily)."""
+    if agent.env == "gymnax":
+        import gymnax
+        try:
+            return gymnax.make(agent.gymnax_id)
+        except ValueError as e:
+            raise ConfigError(f"config agent.gymnax_id = {agent.gymnax_id!r}: {e}") from e
+    try:
+        import splitrl.env as split_env
+    except ImportError as e:
+        raise ConfigError(f"config agent.env = {agent.env!r} needs splitrl.env, which is not importable "
+                          f"({e}); train a gymnax env instead: agent=ppo_cartpole") from e
+    if scenario is None:
+        raise ConfigError("config scenario is missing: agent.env = split needs a scenario (conf/scenario/)")
+    try:
+        env, env_params = split_env.make(scenario)
+    except split_env.ScenarioError as e:
+        raise ConfigError(f"config scenario: {e}") from e
+    if agent.env == "split_flat":
+        from splitrl.env.flat import FlatSplitEnv
+        return FlatSplitEnv(env, env_params), env_params
+    return env, env_params
+
+
+def member_grid(train: TrainConfig, agent: PPOConfig, default_v: float) -> list[dict[str, Any]]:
+    """The policies trained together: seeds × learning rates × entropy coefficients × V values."""
+    seeds = range(train.seed, train.seed + train.num_seeds)
+    grid = itertools.product(seeds, train.lr_grid or (agent.lr,), train.ent_coef_grid or (agent.ent_coef,),
+                             train.reward_v_grid or (default_v,))
+    return [{"seed": s, "lr": float(lr), "ent_coef": float(e), "reward_v": float(v)} for s, lr, e, v in grid]
+
+
+def batch_inputs(members):
+    keys = jnp.stack([jax.random.PRNGKey(m["seed"]) for m in members])
+    hps = ppo.HParams(lr=jnp.array([m["lr"] for m in members], jnp.float32),
+                      ent_coef=jnp.array([m["ent_coef"] for m in members], jnp.float32),
+                      reward_v=jnp.array([m["reward_v"] for m in members], jnp.float32))
+    return keys, hps
+
+
+# ----------------------------------------------------------------------------- host loop
+def chunk_rows(metrics: dict[str, np.ndarray], steps_per_s: float) -> list[dict[str, float]]:
+    """Chunk means per member ([B, K] arrays in), namespaced train/ and env/."""
+    rows = []
+    for i in range(next(iter(metrics.values())).shape[0]):
+        episodes = metrics["episodes"][i].sum()
+        row = {"train/episode_return": float(metrics["episode_return_sum"][i].sum() / episodes) if episodes
+               else float("nan"), "train/episodes": float(episodes), "train/steps_per_s": steps_per_s}
+        for k, v in metrics.items():
+            if k not in ("episodes", "episode_return_sum"):
+                row[k if k.startswith("env/") else f"train/{k}"] = float(v[i].mean())
+        rows.append(row)
+    return rows
+
+
+def make_progress(enabled: bool, total: int):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("env steps"),
+                        TextColumn("{task.fields[rate]}"), TextColumn("return {task.fields[ret]}"),
+                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), disable=not enabled)
+    return progress, progress.add_task("train", total=total, rate="-", ret="-")
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    setup = typed_config(cfg, run_dir)
+    logging.getLogger("absl").setLevel(logging.WARNING)   # orbax logs every file it writes at INFO
+    agent, train = setup.agent, setup.train
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    env, env_params = make_env(agent, OmegaConf.to_container(cfg.scenario, resolve=True) if "scenario" in cfg else None)
+    try:
+        default_v = float(ppo.get_field(env_params, train.reward_v_field)) if train.reward_v_field else 1.0
+    except AttributeError as e:
+        raise ConfigError(f"config reward_v_field = {train.reward_v_field!r}: not a field of "
+                          f"{type(env_params).__name__} ({e}); the split env's V is reward.V") from e
+    members = member_grid(train, agent, default_v)
+    placement = place(train.devices, train.shard, len(members), agent.num_envs)
+    if placement.num_devices > 1 and setup.logger.console:
+        info = placement.describe()
+        print(f"training {len(members)} policies on {info['devices']} {info['platform']} devices, "
+              f"split by {info['shard']}", flush=True)
+    policy = make_policy(agent, env, env_params)
+    v_field = train.reward_v_field if train.reward_v_grid else None
+    update = ppo.make_update(agent, env, env_params, policy, v_field)
+    keys, hps = batch_inputs(members)
+    keys, hps = placement.put(keys, placement.batch_sharding), placement.put(hps, placement.batch_sharding)
+    state = make_initial_state(placement, ppo.make_init(agent, env, env_params, policy, v_field), keys, hps)
+
+    ckpt = Checkpointer(run_dir / "checkpoints", train.keep_checkpoints) if train.checkpoint_every or train.resume else None
+    done_updates = 0
+    if train.resume:
+        if ckpt.latest() is not None:
+            state, done_updates = ckpt.restore(state, setup.identity)
+            state = placement.put(state, placement.state_sharding)
+        # else: nothing saved yet: a fresh start (a job that died before its first checkpoint)
+    logger = RunLogger(run_dir, setup.logger, setup.run_name, members, setup.identity, resume=train.resume)
+    evaluate = make_evaluator(placement, policy, env, env_params, train.eval_episodes_envs, eval_steps(env_params))
+    random_eval = jax.device_get(evaluate["uniform"](state.params, keys)) if evaluate else None
+    total, last = agent.num_updates, agent.num_updates
+    if setup.stop_after:
+        last = min(total, done_updates + setup.stop_after)
+    curve = []
+    progress, task = make_progress(train.progress, total * agent.batch_size)
+    compiled: dict[int, Any] = {}
+    with progress:
+        progress.update(task, completed=done_updates * agent.batch_size)
+        while done_updates < last:
+            n = min(train.updates_per_chunk, total - done_updates)
+            if n not in compiled:   # compile ahead of time so the timing below is pure training
+                chunk = placement.map_members(partial(ppo.run_updates, update, n),
+                                              in_shardings=(placement.state_sharding(state),
+                                                            placement.batch_sharding(hps)),
+                                              out_shardings=(placement.state_sharding(state),
+                                                             placement.batch_sharding(hps).lr))
+                compiled[n] = chunk.lower(state, hps).compile()
+            start = time.perf_counter()
+            state, metrics = compiled[n](state, hps)
+            metrics = jax.device_get(metrics)
+            seconds = time.perf_counter() - start
+            done_updates += n
+            rate = len(members) * n * agent.batch_size / seconds
+            rows = chunk_rows(metrics, rate)
+            logger.log(done_updates, [r | {"train/env_steps": done_updates * agent.batch_size} for r in rows])
+            mean_return = float(np.nanmean([r["train/episode_return"] for r in rows]))
+            curve.append({"update": done_updates, "env_steps": done_updates * agent.batch_size,
+                          "episode_return": mean_return, "steps_per_s": rate})
+            progress.update(task, completed=done_updates * agent.batch_size, rate=f"{rate:,.0f}/s",
+                            ret=f"{mean_return:.3g}")
+            if setup.logger.console and not train.progress:
+                print(f"update {done_updates}/{total}  return {mean_return:.4g}  {rate:,.0f} steps/s", flush=True)
+            if ckpt and train.checkpoint_every and done_updates % train.checkpoint_every == 0:
+                ckpt.save(done_updates, state, setup.identity)
+    summary = finish(setup, state, members, keys, evaluate, random_eval, curve, done_updates, total, logger,
+                     placement)
+    if ckpt:
+        ckpt.close()
+    logger.close()
+    return summary
+
+
+def make_initial_state(placement: Placement, init, keys, hps):
+    """The member batch's LearnerState, created where the placement keeps it."""
+    out = placement.state_sharding(jax.eval_shape(jax.vmap(init), keys, hps))
+    return placement.map_members(init, in_shardings=(placement.batch_sharding(keys), placement.batch_sharding(hps)),
+                                 out_shardings=out)(keys, hps)
+
+
+def make_evaluator(placement: Placement, policy, env, env_params, num_envs: int, num_steps: int):
+    """{mode: jitted evaluate_returns(params[B], keys[B]) over the member batch} for greedy and uniform
+    (the random baseline); {} when num_envs = 0 (no evaluation: each mode is one more compile)."""
+    if num_envs == 0:
+        return {}
+    return {mode: placement.map_members(partial(ppo.evaluate_returns, policy, env, env_params, num_envs=num_envs,
+                                                num_steps=num_steps, mode=mode))
+            for mode in ("greedy", "uniform")}
+
+
+def eval_steps(env_params) -> int:
+    """Enough steps for every eval env to finish at least one episode."""
+    return int(getattr(env_params, "max_steps_in_episode", 500)) + 1
+
+
+# ----------------------------------------------------------------------------- finish
+def finish(setup: Setup, state, members, keys, evaluate, random_eval, curve, done_updates, total, logger,
+           placement: Placement):
+    run_dir = setup.run_dir
+    summary: dict[str, Any] = {"run_name": setup.run_name, "updates": done_updates, "total_updates": total,
+                               "members": members, "devices": placement.describe(), "curve": curve}
+    if random_eval is not None:
+        summary["random_policy_return"] = random_eval["episode_return"].tolist()
+        summary["random_env_metrics"] = {k: v.tolist() for k, v in random_eval.items() if k != "episodes"}
+    if done_updates < total:
+        summary["stopped_early"] = True
+    else:
+        save_final_params(run_dir, state.params)
+        if evaluate:
+            greedy = jax.device_get(evaluate["greedy"](state.params, keys))
+            summary |= {"greedy_return": greedy["episode_return"].tolist(),
+                        "greedy_env_metrics": {k: v.tolist() for k, v in greedy.items() if k != "episodes"}}
+            logger.summary([{"eval/greedy_return": g, "eval/random_policy_return": r}
+                            for g, r in zip(summary["greedy_return"], summary["random_policy_return"], strict=True)])
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    print_summary(summary)
+    return summary
+
+
+def save_final_params(run_dir: Path, params) -> None:
+    import orbax.checkpoint as ocp
+    from flax import serialization
+    target = (run_dir / "final_params").resolve()
+    with ocp.StandardCheckpointer() as saver:
+        saver.save(target, params, force=True)
+    (run_dir / "final_params.msgpack").write_bytes(serialization.to_bytes(jax.device_get(params)))
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """The learning-curve summary: about ten points of the curve, then the baseline and the evaluation."""
+    from rich.console import Console
+    from rich.table import Table
+    curve = summary["curve"]
+    table = Table(title=f"learning curve: {summary['run_name']} (mean over {len(summary['members'])} policies)")
+    for col in ("update", "env steps", "episode return", "steps/s"):
+        table.add_column(col, justify="right")
+    stride = max(1, len(curve) // 10)
+    shown = curve[::stride] + ([curve[-1]] if curve and (len(curve) - 1) % stride else [])
+    for point in shown:
+        table.add_row(str(point["update"]), f"{point['env_steps']:,}", f"{point['episode_return']:.4g}",
+                      f"{point['steps_per_s']:,.0f}")
+    console = Console()
+    console.print(table)
+    if "random_policy_return" in summary:
+        console.print(f"random policy return: {np.mean(summary['random_policy_return']):.4g}")
+    if "greedy_return" in summary:
+        console.print(f"trained policy return (greedy): {np.mean(summary['greedy_return']):.4g}; "
+                      f"last chunk (sampled): {curve[-1]['episode_return']:.4g}" if curve else "")
+
+
+# ----------------------------------------------------------------------------- Hydra
+def objective(summary: dict[str, Any]) -> float:
+    """The number a sweeper maximises (hydra/sweeper=tune): the mean greedy evaluation return over
+    the run's policies, or without evaluation (eval_episodes_envs=0, or a run stopped early) the mean
+    training return of the last chunk; NaN when neither exists."""
+    if "greedy_return" in summary:
+        return float(np.mean(summary["greedy_return"]))
+    return float(summary["curve"][-1]["episode_return"]) if summary["curve"] else float("nan")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def _hydra_main(cfg: DictConfig) -> float:
+    from hydra.core.hydra_config import HydraConfig
+    try:
+        return objective(run(cfg, Path(HydraConfig.get().runtime.output_dir)))
+    except (ConfigError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
