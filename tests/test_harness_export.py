@@ -79,3 +79,16 @@ def test_export_errors_name_the_fix(tmp_path):
     from splitrl.export import onnx as E
     with pytest.raises(E.ExportError, match="resolved_config.yaml"):
         E.load_run(tmp_path)
+
+
+def test_runtime_builds_the_env_features_from_the_exported_metadata(exported):
+    import jax
+
+    from splitrl.runtime.policy import OnnxPolicy
+    from tests.test_features import random_states
+    _, report, env, ep, *_ = exported
+    pol = OnnxPolicy(report["onnx"], model_name="smollm2-135m")
+    for state in random_states(env, ep, 8, seed=11):
+        want = np.asarray(env.get_obs(state, ep).features)
+        got = pol.features(jax.device_get(env.raw_features(state, ep)))
+        np.testing.assert_allclose(got, want, atol=1e-6)

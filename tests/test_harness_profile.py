@@ -10,12 +10,12 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from splitrl.lm import damage as dmg  # noqa: E402
 from splitrl.profiles.calibration import load_calibration  # noqa: E402
 from splitrl.profiles.cli import validate_tree  # noqa: E402
 from splitrl.profiles.formats import tx_bytes_per_token  # noqa: E402
 from splitrl.profiles.store import load_costs_file, load_model, load_ppl  # noqa: E402
 from splitrl.profiling.cli import main  # noqa: E402
-from splitrl.lm import damage as dmg  # noqa: E402
 
 TEXT = " ".join(f"the {w} of line {i} runs to the {v} and back" for i, (w, v) in
                 enumerate(zip(["edge", "cloud", "model", "layer", "head"] * 60, ["sea", "hill", "town"] * 100, strict=False)))

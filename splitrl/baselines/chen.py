@@ -19,6 +19,7 @@ import optax
 
 from splitrl.agents.config import PPOConfig
 from splitrl.baselines.base import PolicyBase
+from splitrl.env import features as F
 from splitrl.env.chen import ChenEnv, ChenParams, Surrogate, chen_features, interior_splits
 from splitrl.env.cost import request_cost
 from splitrl.env.split_env import SplitEnv
@@ -40,7 +41,7 @@ def surrogate_records(env: SplitEnv, env_params: EnvParams, key, n: int):
     U = env.n_units
     dppl = jax.vmap(lambda bb, sn, lp: request_cost(env_params, bb, 0, jnp.zeros(U), 256.0, 32.0, 1e9, p.rtt_mean_s,
                                                     lp, sn, 0.0)["delta_ppl"])(b, snr, loss)
-    x = jnp.stack([p.noise_on * (snr - 20.0) / 10.0, log_sigma, b / env.n_layers], -1)
+    x = jnp.stack([F.value("snr", snr, env_params, env.n_layers, jnp), log_sigma, b / env.n_layers], -1)
     return x.astype(jnp.float32), dppl.astype(jnp.float32)
 
 

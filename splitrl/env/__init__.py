@@ -1,8 +1,21 @@
-"""The pure-JAX edge/cloud split-inference environment (gymnax 1.x API)."""
+"""The pure-JAX edge/cloud split-inference environment (gymnax 1.x API).
 
-from splitrl.env.scenario import ScenarioError, ScenarioInfo, check_params, make, make_with_info
-from splitrl.env.split_env import FEATURES, TX_FORMATS, SplitEnv
-from splitrl.env.types import Action, EnvParams, EnvState, Observation
+Imports are lazy (PEP 562): `splitrl.env.features`, the observation contract, is used by the edge
+runtime, which must not pay for importing JAX."""
 
-__all__ = ["FEATURES", "TX_FORMATS", "Action", "EnvParams", "EnvState", "Observation", "ScenarioError",
-           "ScenarioInfo", "SplitEnv", "check_params", "make", "make_with_info"]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "ScenarioError": "scenario", "ScenarioInfo": "scenario", "check_params": "scenario", "make": "scenario",
+    "make_with_info": "scenario", "SplitEnv": "split_env", "Action": "types", "EnvParams": "types",
+    "EnvState": "types", "Observation": "types",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'splitrl.env' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"splitrl.env.{_EXPORTS[name]}"), name)

@@ -24,6 +24,7 @@ import numpy as np
 from flax import struct
 from gymnax.environments import environment, spaces
 
+from splitrl.env import features as F
 from splitrl.env.split_env import SplitEnv
 from splitrl.env.types import Action, EnvParams, EnvState
 
@@ -31,7 +32,7 @@ from splitrl.env.types import Action, EnvParams, EnvState
 # ----------------------------------------------------------------------------- features
 def chen_features(env_params: EnvParams, state: EnvState, split, n_layers: int) -> jax.Array:
     """Their state (noise, fading scale, split) from our env's observable state."""
-    noise = env_params.channel.noise_on * (state.snr_db - 20.0) / 10.0
+    noise = F.value("snr", state.snr_db, env_params, n_layers, jnp)
     return jnp.stack([noise, state.log_sigma_h, split / n_layers]).astype(jnp.float32)
 
 

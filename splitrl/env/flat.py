@@ -19,7 +19,8 @@ import numpy as np
 from flax import struct
 from gymnax.environments import environment, spaces
 
-from splitrl.env.split_env import FEATURE_BOUND, SplitEnv
+from splitrl.env.features import FEATURE_BOUND
+from splitrl.env.split_env import SplitEnv
 from splitrl.env.types import Action, EnvParams, EnvState
 
 PATTERNS = ("layer", "attn", "half_attn")

@@ -12,8 +12,9 @@ import gymnasium
 import jax
 import numpy as np
 
+from splitrl.env.features import FEATURE_BOUND
 from splitrl.env.flat import FlatSplitEnv
-from splitrl.env.split_env import FEATURE_BOUND, SplitEnv
+from splitrl.env.split_env import SplitEnv
 from splitrl.env.types import EnvParams
 
 

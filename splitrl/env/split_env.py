@@ -21,7 +21,7 @@ found (alternating edge-only and cloud-only, 7x the energy of cloud-only at a "b
 The exact drift telescopes: its (discounted) sum is a non-negative combination of L(Θ_t), so the
 only way to lower it is to keep the queues short. See docs/environment.md.
 Observation: `Observation(features f32[17], boundary_mask bool[L+1], format_mask bool[3],
-unit_mask bool[L+1, U])`; feature order is FEATURES. Episodes end by time limit only (truncated).
+unit_mask bool[L+1, U])`; the features are the observation contract (splitrl/env/features.py). Episodes end by time limit only (truncated).
 info: latency, energy, delta_ppl, backlog, bytes_sent (up), bytes_recv, served, arrivals, drops,
 failed, timed_out, queue_delay, objective (the bracket above, unscaled), penalty (the bracket's
 weighted cost before V), drift (L(Θ') - L(Θ)), bandwidth, cloud_load, boundary, fmt, edge_frac.
@@ -38,13 +38,10 @@ from gymnax.environments import environment, spaces
 from jax.scipy.special import gammaln, ndtri
 
 from splitrl.env import channel as ch
+from splitrl.env import features as F
 from splitrl.env.cost import project_action, request_cost
 from splitrl.env.types import Action, EnvParams, EnvState, Observation
-
-FEATURES = ("log_bw_est", "rtt", "loss_p", "snr", "cloud_load", "backlog", "z_energy", "z_acc", "prompt_len", "output_len",
-            "last_boundary", "last_fp16", "last_int8", "last_int4", "last_edge_frac", "time", "load")
-TX_FORMATS = ("fp16", "int8", "int4")
-FEATURE_BOUND = 10.0
+from splitrl.profiles.formats import TX_FORMATS
 
 
 def _uniforms(key: jax.Array, n: int) -> jax.Array:
@@ -112,7 +109,7 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
 
     @property
     def obs_dim(self) -> int:
-        return len(FEATURES)
+        return len(F.FEATURES)
 
     @property
     def default_params(self) -> EnvParams:
@@ -255,27 +252,17 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
         return jnp.minimum(jnp.sum(u > cdf), self.max_arrivals).astype(jnp.float32)
 
     def get_obs(self, state: EnvState, params: EnvParams, key=None) -> Observation:
-        p, w, c = params.channel, params.workload, params.costs
-        f = jnp.stack([
-            (jnp.log(state.bw_est) - p.bw_log_mean) / 2.0,
-            state.rtt / p.rtt_mean_s - 1.0,
-            state.loss_p,
-            p.noise_on * (state.snr_db - 20.0) / 10.0,
-            state.cloud_load,
-            state.backlog / w.q_max,
-            state.z_energy / params.reward.z_max,
-            state.z_acc / params.reward.z_max,
-            state.prompt_len / jnp.max(w.prompt_hi),
-            state.output_len / jnp.max(w.output_hi),
-            state.last_boundary / self.n_layers,
-            *(state.last_fmt == jnp.arange(3)).astype(jnp.float32),
-            state.last_edge_frac,
-            state.time / params.max_steps_in_episode,
-            w.arrival_rate * params.slot_s / 10.0,
-        ]).astype(jnp.float32)
-        f = jnp.clip(f, -FEATURE_BOUND, FEATURE_BOUND)  # bounded: a 0-Mbps outage must not blow up a network input
-        return Observation(features=f, boundary_mask=c.boundary_mask, format_mask=jnp.ones(3, dtype=bool),
+        shift, scale = F.normalisers(params, self.n_layers, jnp)
+        c = params.costs
+        return Observation(features=F.evaluate(F.FEATURES, shift, scale, self.raw_features(state, params), jnp),
+                           boundary_mask=c.boundary_mask, format_mask=jnp.ones(self.num_formats, dtype=bool),
                            unit_mask=c.unit_mask)
+
+    @staticmethod
+    def raw_features(state: EnvState, params: EnvParams) -> dict[str, jax.Array]:
+        """The raw quantities of the observation contract (splitrl.env.features.SOURCES) in this state."""
+        raw = {name: getattr(state, name) for name in F.SOURCES if name != "arrivals_per_slot"}
+        return raw | {"arrivals_per_slot": params.workload.arrival_rate * params.slot_s}
 
     def is_terminated(self, state: EnvState, params: EnvParams) -> jax.Array:
         return jnp.bool_(False)
@@ -287,7 +274,7 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
 
     def observation_space(self, params: EnvParams | None = None) -> spaces.Dict:
         return spaces.Dict({
-            "features": spaces.Box(-FEATURE_BOUND, FEATURE_BOUND, (self.obs_dim,), jnp.float32),
+            "features": spaces.Box(-F.FEATURE_BOUND, F.FEATURE_BOUND, (self.obs_dim,), jnp.float32),
             "boundary_mask": spaces.Box(0, 1, (self.num_boundaries,), jnp.bool_),
             "format_mask": spaces.Box(0, 1, (self.num_formats,), jnp.bool_),
             "unit_mask": spaces.Box(0, 1, (self.num_boundaries, self.n_units), jnp.bool_)})

@@ -5,7 +5,7 @@ manager and worker are re-created in PyTorch, the Flax weights copied (a flax De
 [in, out], a torch Linear weight [out, in]: transposed), and the model exported with a dynamic
 batch dimension given explicitly (the dynamo exporter freezes it otherwise).
 
-ONNX inputs  (N = batch):  features f32[N, 17], boundary_mask bool[N, L+1], format_mask bool[N, 3],
+ONNX inputs  (N = batch):  features f32[N, F] (the observation contract, splitrl/env/features.py), boundary_mask bool[N, L+1], format_mask bool[N, 3],
                            unit_mask bool[N, L+1, U]
 ONNX outputs:              boundary_logits f32[N, L+1], format_logits f32[N, 3] (masked, -1e9),
                            unit_logits f32[N, U, 2] (cloud, edge) for the greedy (boundary, format),
@@ -13,9 +13,9 @@ ONNX outputs:              boundary_logits f32[N, L+1], format_logits f32[N, 3] 
                            all 0 when the worker's gate keeps the boundary layer whole),
                            value f32[N], split_logits f32[N, 2] (whole, split; split masked when
                            no unit of the boundary layer may go to the edge)
-Metadata (`metadata_props`): splitrl.version, splitrl.model, splitrl.scenario, splitrl.features (the
-observation layout), splitrl.obs_norm (the constants the runtime needs to build features),
-splitrl.masks, splitrl.units, splitrl.member. The runtime refuses a policy built for another model.
+Metadata (`metadata_props`; the format is splitrl/export/metadata.py): the model, the scenario, the
+observation contract with the scenario's numbers, the masks. The runtime refuses a policy built for
+another model or under another metadata format.
 """
 
 from __future__ import annotations
@@ -86,16 +86,6 @@ def _best_member(run: Path, n: int) -> int:
     return 0
 
 
-def obs_norm(env, env_params) -> dict:
-    """The constants `SplitEnv.get_obs` normalises with, so the runtime builds the same features."""
-    p, w = env_params.channel, env_params.workload
-    return {"bw_log_mean": float(p.bw_log_mean), "rtt_mean_s": float(p.rtt_mean_s), "noise_on": float(p.noise_on),
-            "q_max": float(w.q_max), "prompt_hi_max": float(np.max(w.prompt_hi)),
-            "output_hi_max": float(np.max(w.output_hi)), "z_max": float(env_params.reward.z_max),
-            "n_layers": int(env.n_layers), "max_steps": float(env_params.max_steps_in_episode),
-            "arrival_feature": float(w.arrival_rate * env_params.slot_s / 10.0)}
-
-
 # ----------------------------------------------------------------------------- export
 def export_onnx(net: TorchHierarchical, out: Path, metadata: dict[str, str], obs_dim: int) -> Path:
     import onnx
@@ -118,21 +108,6 @@ def export_onnx(net: TorchHierarchical, out: Path, metadata: dict[str, str], obs
         if dim0.HasField("dim_value"):
             raise ExportError(f"input {name} has a frozen batch dimension {dim0.dim_value}")
     return out
-
-
-def metadata_for(env, env_params, scenario: dict | None, model_name: str, member: int, hidden) -> dict[str, str]:
-    import splitrl
-    from splitrl.env.split_env import FEATURES, TX_FORMATS
-    masks = {"boundary_mask": np.asarray(env_params.costs.boundary_mask).astype(int).tolist(),
-             "unit_mask": np.asarray(env_params.costs.unit_mask).astype(int).tolist()}
-    return {"version": getattr(splitrl, "__version__", "0"),
-            "model": model_name, "scenario": env.scenario_id,
-            "features": json.dumps(list(FEATURES)),
-            "formats": json.dumps(list(TX_FORMATS)),
-            "obs_norm": json.dumps(obs_norm(env, env_params)),
-            "masks": json.dumps(masks),
-            "units": json.dumps({"n_units": env.num_units, "n_layers": env.n_layers}),
-            "member": str(member), "hidden": json.dumps(list(hidden))}
 
 
 def jax_outputs(agent: dict, env, params, features, boundary_mask, format_mask, unit_mask):
@@ -210,7 +185,7 @@ def export_run(checkpoint, out, member: int | None = None, check: int = 256) -> 
     env, env_params = make(scenario if scenario is not None else "default")
     net = load_flax_weights(build_torch_policy(agent, env), params)
     model_name = (scenario or {}).get("model", "smollm2-135m")
-    path = export_onnx(net, out, metadata_for(env, env_params, scenario, model_name, member, agent["hidden"]), env.obs_dim)
+    path = export_onnx(net, out, metadata_io.for_policy(env, env_params, model_name, member, agent["hidden"]), env.obs_dim)
     report = {"onnx": str(path), "member": member, "model": model_name, "scenario": env.scenario_id}
     if check:
         report["parity"] = parity(path, agent, env, params, [random_observations(env, env_params, check),

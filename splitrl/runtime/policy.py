@@ -1,14 +1,14 @@
-"""The exported policy at run time (onnxruntime only, no JAX): build the observation the simulator
-would, from what the edge measures, and turn the greedy action into a `Plan`."""
+"""The exported policy at run time (onnxruntime only, no JAX): the observation the simulator would
+build, from what the edge measures, through the observation contract the policy's metadata carries
+(splitrl.env.features, splitrl.export.metadata); and the greedy action as a `Plan`."""
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import numpy as np
 
+from splitrl.env import features as F
 from splitrl.export import metadata as metadata_io
 
 
@@ -21,41 +21,37 @@ class OnnxPolicy:
         import onnxruntime as ort
         self.path = Path(path)
         self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
-        self.meta = metadata_io.read(self.session)
-        missing = {"model", "features", "obs_norm", "masks", "units"} - set(self.meta)
-        if missing:
-            raise PolicyMismatch(f"{self.path} lacks splitrl metadata {sorted(missing)}: export it with splitrl-export")
-        self.model = self.meta["model"]
+        try:
+            self.meta = metadata_io.parse(metadata_io.read(self.session), str(self.path))
+        except metadata_io.MetadataError as e:
+            raise PolicyMismatch(str(e)) from e
+        self.model = self.meta.model
         if model_name is not None and model_name != self.model:
             raise PolicyMismatch(f"{self.path} was trained for model {self.model!r}, but this runtime runs "
                                  f"{model_name!r}: export a policy trained on a scenario of that model")
-        self.features = json.loads(self.meta["features"])
-        self.norm = json.loads(self.meta["obs_norm"])
-        masks = json.loads(self.meta["masks"])
-        self.boundary_mask = np.asarray(masks["boundary_mask"], bool)
-        self.unit_mask = np.asarray(masks["unit_mask"], bool)
-        units = json.loads(self.meta["units"])
-        if sm is not None and (units["n_units"] != sm.n_units or units["n_layers"] != sm.n_layers):
-            raise PolicyMismatch(f"{self.path}: {units} placement units, the loaded model has "
-                                 f"{sm.n_units} units and {sm.n_layers} layers")
+        if sm is not None and (self.meta.n_units != sm.n_units or self.meta.n_layers != sm.n_layers):
+            raise PolicyMismatch(f"{self.path}: {self.meta.n_units} placement units and {self.meta.n_layers} layers, "
+                                 f"the loaded model has {sm.n_units} units and {sm.n_layers} layers")
+        self.boundary_mask, self.unit_mask = self.meta.boundary_mask, self.meta.unit_mask
         self.sm = sm
         self.last = (0, 0, 0.0)   # last boundary, format, edge fraction
         self.t = 0
 
+    def features(self, raw: dict) -> np.ndarray:
+        """The contract's features from raw quantities (every source of the policy's features)."""
+        m = self.meta
+        return F.evaluate(m.features, m.shift, m.scale, raw, np, m.feature_bound)
+
     def observe(self, bw_bytes_s: float, rtt_s: float, prompt_len: int, output_len: int, backlog: float = 0.0,
                 cloud_load: float = 0.0, loss_p: float = 0.0) -> np.ndarray:
-        """The 17 features of SplitEnv.get_obs, in the order recorded in the policy's metadata."""
-        n = self.norm
+        """The features from the edge's own measurements, its last decision and the slot count; what it
+        cannot measure (SNR, the virtual queues, the expected load) at the scenario's values."""
         last_b, last_f, last_frac = self.last
-        values = {
-            "log_bw_est": (math.log(max(bw_bytes_s, 1.0)) - n["bw_log_mean"]) / 2.0,
-            "rtt": rtt_s / n["rtt_mean_s"] - 1.0, "loss_p": loss_p, "snr": 0.0, "cloud_load": cloud_load,
-            "backlog": backlog / n["q_max"], "z_energy": 0.0, "z_acc": 0.0,
-            "prompt_len": prompt_len / n["prompt_hi_max"], "output_len": output_len / n["output_hi_max"],
-            "last_boundary": last_b / n["n_layers"], "last_fp16": float(last_f == 0), "last_int8": float(last_f == 1),
-            "last_int4": float(last_f == 2), "last_edge_frac": last_frac,
-            "time": (self.t % n["max_steps"]) / n["max_steps"], "load": n["arrival_feature"]}
-        return np.clip(np.array([values[k] for k in self.features], np.float32), -10.0, 10.0)
+        raw = self.meta.raw_defaults | {
+            "bw_est": max(bw_bytes_s, 1.0), "rtt": rtt_s, "loss_p": loss_p, "cloud_load": cloud_load,
+            "backlog": backlog, "prompt_len": prompt_len, "output_len": output_len, "last_boundary": last_b,
+            "last_fmt": last_f, "last_edge_frac": last_frac, "time": self.t % self.meta.episode_slots}
+        return self.features(raw)
 
     def act(self, features: np.ndarray) -> tuple[int, int, list[int]]:
         out = self.session.run(None, {"features": features[None], "boundary_mask": self.boundary_mask[None],

@@ -1,0 +1,130 @@
+"""The observation contract: every feature a policy sees, the raw quantity it comes from, and how that
+quantity is normalised. One definition for three users, so they cannot drift apart:
+
+- the env (`SplitEnv.get_obs`) evaluates `evaluate(FEATURES, *normalisers(params, L), raw, jnp)`;
+- `splitrl-export` writes `FEATURES` with the scenario's numbers (`spec`) into the ONNX metadata;
+- the edge runtime (`splitrl.runtime.policy`) evaluates the same `evaluate` on what the edge measures,
+  with the spec read back from that metadata (so an old policy keeps the normalisation it was trained
+  with, and a new constant here reaches the edge through the next export).
+
+    feature_i = clip((T_i(raw[source_i]) − shift_i) · scale_i, −FEATURE_BOUND, FEATURE_BOUND)
+
+T is the identity, `log`, or `onehot` (1 where raw == index). Shifts and scales come from the
+scenario's parameters (`normalisers`), so every feature is O(1) for every scenario. This module
+imports no JAX: `xp` is numpy or jax.numpy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+FEATURE_BOUND = 10.0      # a 0-Mbit/s outage must not blow up a network input
+LOG_BW_SCALE = 0.5        # ±2 e-folds of bandwidth around the channel's typical log-bandwidth -> ±1
+SNR_REF_DB = 20.0         # channel SNR (dB) that maps to 0 (analog-noise scenarios only, else 0)
+SNR_SPAN_DB = 10.0        # ... and ±10 dB to ±1
+ARRIVALS_SPAN = 10.0      # expected arrivals per slot that map to 1
+TRANSFORMS = ("linear", "log", "onehot")
+
+
+@dataclasses.dataclass(frozen=True)
+class Feature:
+    name: str
+    source: str               # the raw quantity: unnormalised, what an edge device measures or knows
+    transform: str = "linear"
+    index: int = 0            # the category a one-hot feature marks
+
+
+FEATURES: tuple[Feature, ...] = (
+    Feature("log_bw_est", "bw_est", "log"),        # bytes/s: the bandwidth estimate for the coming slot
+    Feature("rtt", "rtt"),                          # s: last slot's round-trip time
+    Feature("loss_p", "loss_p"),                    # packet-loss probability
+    Feature("snr", "snr_db"),                       # dB
+    Feature("cloud_load", "cloud_load"),            # the cloud's utilisation in [0, 1)
+    Feature("backlog", "backlog"),                  # requests waiting
+    Feature("z_energy", "z_energy"),                # Lyapunov virtual queues (normalised units)
+    Feature("z_acc", "z_acc"),
+    Feature("prompt_len", "prompt_len"),            # tokens of the coming request
+    Feature("output_len", "output_len"),
+    Feature("last_boundary", "last_boundary"),      # the last partition
+    Feature("last_fp16", "last_fmt", "onehot", 0),
+    Feature("last_int8", "last_fmt", "onehot", 1),
+    Feature("last_int4", "last_fmt", "onehot", 2),
+    Feature("last_edge_frac", "last_edge_frac"),
+    Feature("time", "time"),                        # slot index in the episode
+    Feature("load", "arrivals_per_slot"),           # expected arrivals per slot (the scenario's load)
+)
+NAMES = tuple(f.name for f in FEATURES)
+SOURCES = tuple(dict.fromkeys(f.source for f in FEATURES))
+
+
+def normalisers(params, n_layers: int, xp=np):
+    """(shift f32[F], scale f32[F]) of every feature in FEATURES order, from a scenario's EnvParams
+    (traced or concrete: this runs inside the env's step)."""
+    c, w, r = params.channel, params.workload, params.reward
+    one = xp.ones((), xp.float32)
+    zero = 0.0 * one
+    by_name = {
+        "log_bw_est": (c.bw_log_mean, LOG_BW_SCALE * one),
+        "rtt": (c.rtt_mean_s, 1.0 / c.rtt_mean_s),
+        "snr": (SNR_REF_DB * one, c.noise_on / SNR_SPAN_DB),
+        "backlog": (zero, 1.0 / w.q_max),
+        "z_energy": (zero, 1.0 / r.z_max),
+        "z_acc": (zero, 1.0 / r.z_max),
+        "prompt_len": (zero, 1.0 / xp.max(w.prompt_hi)),
+        "output_len": (zero, 1.0 / xp.max(w.output_hi)),
+        "last_boundary": (zero, one / n_layers),
+        "time": (zero, 1.0 / params.max_steps_in_episode),
+        "load": (zero, one / ARRIVALS_SPAN),
+    }
+    pairs = [by_name.get(name, (zero, one)) for name in NAMES]
+    return (xp.stack([xp.asarray(s, xp.float32) for s, _ in pairs]),
+            xp.stack([xp.asarray(k, xp.float32) for _, k in pairs]))
+
+
+def evaluate(features: Sequence[Feature], shift, scale, raw: Mapping, xp=np, bound: float = FEATURE_BOUND):
+    """The features f32[..., F] from raw quantities ({source: value of shape [...]}); the one function of
+    the contract."""
+    cols = []
+    for f in features:
+        x = xp.asarray(raw[f.source], xp.float32)
+        if f.transform == "log":
+            x = xp.log(x)
+        elif f.transform == "onehot":
+            x = (x == f.index).astype(xp.float32)
+        cols.append(x)
+    return xp.clip((xp.stack(cols, axis=-1) - shift) * scale, -bound, bound).astype(xp.float32)
+
+
+def value(name: str, x, params, n_layers: int, xp=np):
+    """One feature, normalised and clipped, from its raw value (for learners that see a subset)."""
+    i = NAMES.index(name)
+    shift, scale = normalisers(params, n_layers, xp)
+    return evaluate((FEATURES[i],), shift[i:i + 1], scale[i:i + 1], {FEATURES[i].source: x}, xp)[..., 0]
+
+
+# ----------------------------------------------------------------------------- as data (ONNX metadata)
+def spec(shift, scale) -> list[dict]:
+    """FEATURES with one scenario's numbers, as JSON-able dicts (what export writes)."""
+    return [dataclasses.asdict(f) | {"shift": float(s), "scale": float(k)}
+            for f, s, k in zip(FEATURES, np.asarray(shift), np.asarray(scale), strict=True)]
+
+
+def from_spec(rows: Sequence[Mapping]) -> tuple[tuple[Feature, ...], np.ndarray, np.ndarray]:
+    """(features, shift, scale) from `spec` rows; raises ValueError naming the row at fault."""
+    feats, shift, scale = [], [], []
+    for i, row in enumerate(rows):
+        try:
+            f = Feature(str(row["name"]), str(row["source"]), str(row["transform"]), int(row["index"]))
+            s, k = float(row["shift"]), float(row["scale"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"feature {i}: {row!r} is not a feature spec ({e}); re-export the policy") from e
+        if f.transform not in TRANSFORMS or not (np.isfinite(s) and np.isfinite(k)):
+            raise ValueError(f"feature {i} ({f.name}): transform {f.transform!r} or numbers {s}, {k} are invalid; "
+                             f"transforms are {TRANSFORMS}; re-export the policy")
+        feats.append(f)
+        shift.append(s)
+        scale.append(k)
+    return tuple(feats), np.asarray(shift, np.float32), np.asarray(scale, np.float32)
