@@ -21,6 +21,9 @@ from splitrl.env import Action, make
 from splitrl.env.chen import interior_splits
 from splitrl.env.scenario import SCENARIO_DIR, load_scenario_dict
 from splitrl.evaluation.run import scenario_spec
+from splitrl.training.rundir import write_final_params
+
+from .conftest import CONF
 
 SCENARIOS = sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml"))
 CAUSAL = [n for n in BASELINES if n != "oracle_dpp"]
@@ -234,8 +237,6 @@ def test_chen_surrogate_learns_the_ppl_table_and_their_ppo_trains(default):
 
 # ----------------------------------------------------------------------------- trained checkpoints
 def _fake_run(tmp_path, env, params, policy, scenario_id):
-    from flax import serialization
-
     from splitrl.env.flat import FlatSplitEnv
     obs, _ = env.reset_env(jax.random.PRNGKey(0), params)
     if policy == "flat":
@@ -244,10 +245,11 @@ def _fake_run(tmp_path, env, params, policy, scenario_id):
     else:
         net = HierarchicalPolicy(env.num_boundaries, env.num_formats, env.num_units, (16,), "separate")
     pp = jax.vmap(lambda k: net.init(k, obs))(jax.random.split(jax.random.PRNGKey(0), 2))
-    (tmp_path / "final_params.msgpack").write_bytes(serialization.to_bytes(pp))
-    (tmp_path / "resolved_config.yaml").write_text(yaml.safe_dump(
-        {"agent": {"name": f"x_{policy}", "policy": policy, "hidden": [16], "critic": "separate"},
-         "scenario": {"id": scenario_id}}))
+    write_final_params(tmp_path, pp)
+    agent = yaml.safe_load((CONF / "agent" / "hppo.yaml").read_text())
+    agent |= {"name": f"x_{policy}", "policy": policy, "env": "split" if policy == "hierarchical" else "split_flat",
+              "hidden": [16], "critic": "separate"}
+    (tmp_path / "resolved_config.yaml").write_text(yaml.safe_dump({"agent": agent, "scenario": {"id": scenario_id}}))
     return tmp_path
 
 

@@ -101,7 +101,7 @@ def test_config_errors_name_the_field(tmp_path):
     assert typed_config(good).policies == ("cloud_only",)
     with pytest.raises(ConfigError, match="unknown"):
         typed_config(good | {"policies": ["neurosurgeon"]})
-    with pytest.raises(ConfigError, match="not a splitrl-train run dir"):
+    with pytest.raises(ConfigError, match="config runs: .*no resolved_config.yaml; give the directory of a splitrl-train run"):
         typed_config(good | {"runs": [str(tmp_path)]})
     with pytest.raises(ConfigError, match="unknown key"):
         typed_config(good | {"episode": 3})

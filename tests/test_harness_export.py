@@ -15,11 +15,12 @@ def exported(tmp_path_factory):
     members), with the real flax HierarchicalNet, weights perturbed to O(1) so logits are not tiny."""
     import jax
     import yaml
-    from flax import serialization
 
+    from splitrl.agents.config import PPOConfig
     from splitrl.agents.networks import HierarchicalPolicy
     from splitrl.env import make
     from splitrl.export import onnx as E
+    from splitrl.training.rundir import write_final_params
     from tests.conftest import CONF
 
     run = tmp_path_factory.mktemp("run")
@@ -30,9 +31,10 @@ def exported(tmp_path_factory):
     rng = np.random.default_rng(0)
     params = jax.tree.map(lambda x: np.asarray(x) + rng.normal(0, 0.3, x.shape).astype(np.float32), params)
     members = jax.tree.map(lambda x: np.stack([x * 0.5, x]), params)
-    (run / "final_params.msgpack").write_bytes(serialization.to_bytes(members))
-    agent = {"name": "hppo", "policy": "hierarchical", "env": "split", "hidden": [32, 32], "critic": "separate"}
+    write_final_params(run, members)
+    agent = yaml.safe_load((CONF / "agent" / "hppo.yaml").read_text()) | {"hidden": [32, 32]}
     (run / "resolved_config.yaml").write_text(yaml.safe_dump({"agent": agent, "scenario": scenario}))
+    agent = PPOConfig.from_dict(agent, "test")
     (run / "summary.json").write_text('{"greedy_return": [-5.0, -1.0]}')
     report = E.export_run(run, run / "policy.onnx", check=128)
     return run, report, env, ep, agent, params

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from splitrl.config import ConfigError
+from splitrl.config import ConfigError, build
 
 POLICIES = ("hierarchical", "flat")
 ENVS = ("split", "split_flat", "gymnax")
@@ -36,6 +36,11 @@ class PPOConfig:
     hidden: tuple[int, ...]   # MLP widths of every torso
     critic: str               # separate | shared
     manager_lr_scale: float   # manager step size / worker step size (1.0: one timescale; < 1: slower manager)
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str) -> PPOConfig:
+        """The typed config from a mapping (a conf/agent YAML, a run's resolved config); errors name `where`."""
+        return build(cls, {**data, "hidden": tuple(data.get("hidden", ()))}, where)
 
     @property
     def batch_size(self) -> int:

@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import yaml
 
 from splitrl.baselines.base import PolicyBase
 from splitrl.env.types import Action
+from splitrl.training.rundir import RunDir, RunDirError
 
 
 # ----------------------------------------------------------------------------- trained checkpoints
 @dataclasses.dataclass(frozen=True)
 class Trained(PolicyBase):
     """A policy trained by `splitrl-train` (HPPO or flat PPO), run greedily (argmax). `init` loads
-    `<run_dir>/final_params.msgpack` (member `member` of the vmapped batch) and checks the run was
-    trained on this scenario (by id) with this env's shapes."""
+    the run directory's parameters (member `member` of the vmapped batch; splitrl.training.rundir) and
+    checks the run was trained on this scenario (by id) with this env's shapes."""
     name: str
     run_dir: str
     policy: str = "hierarchical"     # hierarchical | flat (from the run's resolved_config.yaml)
@@ -30,16 +29,13 @@ class Trained(PolicyBase):
 
     @staticmethod
     def from_run_dir(run_dir: str, name: str | None = None, member: int = 0) -> Trained:
-        cfg_path = Path(run_dir) / "resolved_config.yaml"
-        if not cfg_path.is_file():
-            raise ValueError(f"{run_dir}: no resolved_config.yaml; pass the run dir of a finished splitrl-train run")
-        cfg = yaml.safe_load(cfg_path.read_text())
-        a = cfg["agent"]
-        return Trained(name=name or a["name"], run_dir=str(run_dir), policy=a["policy"], hidden=tuple(a["hidden"]),
-                       critic=a["critic"], member=member)
+        run = RunDir.read(run_dir)
+        a = run.agent
+        return Trained(name=name or a.name, run_dir=str(run.path), policy=a.policy, hidden=a.hidden, critic=a.critic,
+                       member=member)
 
-    def scenario_id(self) -> str:
-        return yaml.safe_load((Path(self.run_dir) / "resolved_config.yaml").read_text())["scenario"]["id"]
+    def scenario_id(self) -> str | None:
+        return RunDir.read(self.run_dir).scenario_id
 
     def _net_from_obs(self, obs):
         from splitrl.agents.networks import HierarchicalPolicy
@@ -54,14 +50,11 @@ class Trained(PolicyBase):
         return FlatPolicy(env.num_boundaries * env.num_formats * len(PATTERNS), self.hidden, self.critic)
 
     def init(self, env, env_params, spec=None, key=None):
-        from flax import serialization
-        path = Path(self.run_dir) / "final_params.msgpack"
-        if not path.is_file():
-            raise ValueError(f"{path}: missing; the run did not finish (summary.json says how far it got)")
-        if spec is not None and spec.info.id != self.scenario_id():
-            raise ValueError(f"{self.run_dir} was trained on scenario {self.scenario_id()!r}, not {spec.info.id!r}")
-        raw = serialization.msgpack_restore(path.read_bytes())
-        params = jax.tree.map(lambda x: jnp.asarray(x[self.member]), raw)
+        run = RunDir.read(self.run_dir)
+        if spec is not None and spec.info.id != run.scenario_id:
+            raise RunDirError(f"{self.run_dir} was trained on scenario {run.scenario_id!r}, not {spec.info.id!r}")
+        params, _ = run.params(self.member)
+        params = jax.tree.map(jnp.asarray, params)
         # shape check against a fresh init on this env
         obs, _ = env.reset_env(jax.random.PRNGKey(0), env_params)
         if self.policy == "flat":
@@ -70,7 +63,7 @@ class Trained(PolicyBase):
         ref = self._net(env).init(jax.random.PRNGKey(0), obs)
         if jax.tree.structure(ref) != jax.tree.structure(params) or any(
                 a.shape != b.shape for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(params), strict=True)):
-            raise ValueError(f"{path}: parameters do not fit this env's shapes (trained on another model?)")
+            raise RunDirError(f"{run.path}: parameters do not fit this env's shapes (trained on another model?)")
         return params
 
     def bind(self, env, env_params) -> Trained:

@@ -25,7 +25,7 @@ import yaml
 
 from splitrl.agents import make_policy, ppo
 from splitrl.agents.config import PPOConfig
-from splitrl.config import ConfigError, build
+from splitrl.config import ConfigError
 from splitrl.resources import config_dir
 from splitrl.training.sharding import place
 
@@ -33,9 +33,8 @@ CONF = config_dir()
 
 
 def agent_config(name: str, **over) -> PPOConfig:
-    data = yaml.safe_load((CONF / "agent" / f"{name}.yaml").read_text()) | over
-    data["hidden"] = tuple(data["hidden"])
-    return build(PPOConfig, data, f"agent ({name})")
+    path = CONF / "agent" / f"{name}.yaml"
+    return PPOConfig.from_dict(yaml.safe_load(path.read_text()) | over, f"agent ({path})")
 
 
 def time_compiled(fn, *args, repeats: int = 3) -> float:

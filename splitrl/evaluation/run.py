@@ -31,6 +31,7 @@ from splitrl.evaluation.plots import plot_all
 from splitrl.evaluation.report import claims, claims_markdown, fmt_number, write_tables
 from splitrl.evaluation.stats import LABELS, seed_stats, summarise
 from splitrl.resources import config_dir
+from splitrl.training.rundir import RunDir, RunDirError
 
 CONF_DIR = str(config_dir())
 # info entries recorded per slot (all f32 scalars of the env's info)
@@ -150,8 +151,10 @@ def typed_config(data: dict) -> EvalConfig:
         raise ConfigError(f"config policies: {unknown} unknown; baselines are {sorted(BASELINES)}; trained policies "
                           "go in runs (splitrl-train run dirs)")
     for r in cfg.runs:
-        if not (Path(r) / "resolved_config.yaml").is_file():
-            raise ConfigError(f"config runs: {r} is not a splitrl-train run dir (no resolved_config.yaml)")
+        try:
+            RunDir.read(r)
+        except RunDirError as e:
+            raise ConfigError(f"config runs: {e}") from e
     if cfg.seeds < 1 or cfg.episodes < 1 or cfg.steps < 0:
         raise ConfigError(f"config seeds = {cfg.seeds}, episodes = {cfg.episodes}, steps = {cfg.steps}: need >= 1, >= 1, >= 0")
     return cfg

@@ -30,6 +30,7 @@ import torch
 
 from splitrl.export import metadata as metadata_io
 from splitrl.export.twin import ExportError, TorchHierarchical, build_torch_policy, load_flax_weights
+from splitrl.training.rundir import RunDir, RunDirError
 
 INPUTS = ("features", "boundary_mask", "format_mask", "unit_mask")
 OUTPUTS = ("boundary_logits", "format_logits", "unit_logits", "boundary", "format", "units", "value", "split_logits")
@@ -37,53 +38,16 @@ OUTPUTS = ("boundary_logits", "format_logits", "unit_logits", "boundary", "forma
 
 # ----------------------------------------------------------------------------- checkpoint + env
 def load_run(checkpoint: str | Path, member: int | None = None):
-    """(agent config dict, scenario dict, one member's params, member index) from a run directory."""
-    import yaml
-    from flax import serialization
-
-    run = Path(checkpoint)
-    if run.is_file():
-        run = run.parent
-    cfg_path, params_path = run / "resolved_config.yaml", run / "final_params.msgpack"
-    for p in (cfg_path, params_path):
-        if not p.is_file():
-            raise ExportError(f"{p} is missing: CHECKPOINT must be a finished splitrl-train run directory "
-                              "(resolved_config.yaml and final_params.msgpack)")
-    cfg = yaml.safe_load(cfg_path.read_text())
-    agent = cfg.get("agent", {})
-    if agent.get("policy") != "hierarchical" or agent.get("env") != "split":
-        raise ExportError(f"{cfg_path}: agent.policy = {agent.get('policy')!r}, agent.env = {agent.get('env')!r}; "
-                          "the exporter needs a hierarchical policy on the split env (agent=hppo)")
-    raw = serialization.msgpack_restore(params_path.read_bytes())
-    leaves = [np.asarray(x) for x in _leaves(raw)]
-    n_members = leaves[0].shape[0]
-    if member is None:
-        member = _best_member(run, n_members)
-    if not 0 <= member < n_members:
-        raise ExportError(f"member {member} is out of range: the run trained {n_members} policies")
-    params = _map(raw, lambda x: np.asarray(x)[member])
-    return agent, cfg.get("scenario"), params, member
-
-
-def _leaves(d):
-    if isinstance(d, dict):
-        for v in d.values():
-            yield from _leaves(v)
-    else:
-        yield d
-
-
-def _map(d, fn):
-    return {k: _map(v, fn) for k, v in d.items()} if isinstance(d, dict) else fn(d)
-
-
-def _best_member(run: Path, n: int) -> int:
-    summary = run / "summary.json"
-    if summary.is_file():
-        returns = json.loads(summary.read_text()).get("greedy_return")
-        if returns and len(returns) == n:
-            return int(np.nanargmax(returns))
-    return 0
+    """(agent config, scenario dict, one member's params, member index) from a run directory."""
+    try:
+        run = RunDir.read(checkpoint)
+        if run.agent.policy != "hierarchical" or run.agent.env != "split":
+            raise ExportError(f"{run.path}: agent.policy = {run.agent.policy!r}, agent.env = {run.agent.env!r}; "
+                              "the exporter needs a hierarchical policy on the split env (agent=hppo)")
+        params, member = run.params(member)
+    except RunDirError as e:
+        raise ExportError(str(e)) from e
+    return run.agent, run.scenario, params, member
 
 
 # ----------------------------------------------------------------------------- export
@@ -110,15 +74,15 @@ def export_onnx(net: TorchHierarchical, out: Path, metadata: dict[str, str], obs
     return out
 
 
-def jax_outputs(agent: dict, env, params, features, boundary_mask, format_mask, unit_mask):
+def jax_outputs(agent, env, params, features, boundary_mask, format_mask, unit_mask):
     """The JAX policy's logits and greedy action on a batch (what the ONNX model must reproduce)."""
     import jax
     import jax.numpy as jnp
 
     from splitrl.agents.networks import HierarchicalNet, HierarchicalPolicy
     from splitrl.env.types import Observation
-    pol = HierarchicalPolicy(env.num_boundaries, env.num_formats, env.num_units, tuple(agent["hidden"]),
-                             agent.get("critic", "separate"))
+    pol = HierarchicalPolicy(env.num_boundaries, env.num_formats, env.num_units, agent.hidden,
+                             agent.critic)
 
     def one(f, bm, fm, um):
         obs = Observation(features=f, boundary_mask=bm, format_mask=fm, unit_mask=um)
@@ -164,7 +128,7 @@ def env_observations(env, env_params, n: int, seed: int = 0):
     return stack("features"), stack("boundary_mask"), stack("format_mask"), stack("unit_mask")
 
 
-def parity(onnx_path: Path, agent: dict, env, params, batches) -> dict[str, float]:
+def parity(onnx_path: Path, agent, env, params, batches) -> dict[str, float]:
     """Max |onnxruntime - JAX| per output over the batches; greedy actions must agree exactly."""
     import onnxruntime as ort
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -185,7 +149,7 @@ def export_run(checkpoint, out, member: int | None = None, check: int = 256) -> 
     env, env_params = make(scenario if scenario is not None else "default")
     net = load_flax_weights(build_torch_policy(agent, env), params)
     model_name = (scenario or {}).get("model", "smollm2-135m")
-    path = export_onnx(net, out, metadata_io.for_policy(env, env_params, model_name, member, agent["hidden"]), env.obs_dim)
+    path = export_onnx(net, out, metadata_io.for_policy(env, env_params, model_name, member, agent.hidden), env.obs_dim)
     report = {"onnx": str(path), "member": member, "model": model_name, "scenario": env.scenario_id}
     if check:
         report["parity"] = parity(path, agent, env, params, [random_observations(env, env_params, check),

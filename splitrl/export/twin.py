@@ -94,6 +94,6 @@ def load_flax_weights(net: TorchHierarchical, params: dict) -> TorchHierarchical
     return net.eval()
 
 
-def build_torch_policy(agent: dict, env) -> TorchHierarchical:
+def build_torch_policy(agent, env) -> TorchHierarchical:
     return TorchHierarchical(env.obs_dim, env.num_boundaries, env.num_formats, env.num_units,
-                             tuple(agent["hidden"]), agent.get("critic", "separate"))
+                             agent.hidden, agent.critic)

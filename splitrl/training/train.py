@@ -35,6 +35,7 @@ from splitrl.resources import config_dir
 from splitrl.training.checkpoint import Checkpointer, CheckpointError
 from splitrl.training.config import LoggerConfig, TrainConfig
 from splitrl.training.logger import RunLogger
+from splitrl.training.rundir import write_final_params
 from splitrl.training.sharding import Placement, place
 
 CONF_DIR = str(config_dir())
@@ -60,8 +61,6 @@ class Setup:
 def typed_config(cfg: DictConfig, run_dir: Path) -> Setup:
     """The Hydra tree, converted once into frozen dataclasses (nothing below sees a DictConfig)."""
     data = OmegaConf.to_container(cfg, resolve=True)
-    agent = dict(data["agent"])
-    agent["hidden"] = tuple(agent.get("hidden", ()))
     train = {k: data.get(k) for k in TRAIN_KEYS if k in data}
     for key in ("lr_grid", "ent_coef_grid", "reward_v_grid"):
         train[key] = tuple(train.get(key) or ())
@@ -71,7 +70,7 @@ def typed_config(cfg: DictConfig, run_dir: Path) -> Setup:
         raise ConfigError(f"config: unknown top-level key(s) {unknown}; known: {sorted(known)}")
     identity = {k: v for k, v in data.items() if k not in NOT_IDENTITY}
     run_name = data.get("run_name") or f"{data['agent']['name']}-seed{data.get('seed')}"
-    return Setup(agent=build(PPOConfig, agent, "agent"), train=build(TrainConfig, train, ""),
+    return Setup(agent=PPOConfig.from_dict(data["agent"], "agent"), train=build(TrainConfig, train, ""),
                  logger=build(LoggerConfig, data["logger"], "logger"), stop_after=int(data.get("stop_after", 0)),
                  run_dir=run_dir, run_name=run_name, identity=identity)
 
@@ -259,7 +258,7 @@ def finish(setup: Setup, state, members, keys, evaluate, random_eval, curve, don
     if done_updates < total:
         summary["stopped_early"] = True
     else:
-        save_final_params(run_dir, state.params)
+        write_final_params(run_dir, state.params)
         if evaluate:
             greedy = jax.device_get(evaluate["greedy"](state.params, keys))
             summary |= {"greedy_return": greedy["episode_return"].tolist(),
@@ -269,15 +268,6 @@ def finish(setup: Setup, state, members, keys, evaluate, random_eval, curve, don
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     print_summary(summary)
     return summary
-
-
-def save_final_params(run_dir: Path, params) -> None:
-    import orbax.checkpoint as ocp
-    from flax import serialization
-    target = (run_dir / "final_params").resolve()
-    with ocp.StandardCheckpointer() as saver:
-        saver.save(target, params, force=True)
-    (run_dir / "final_params.msgpack").write_bytes(serialization.to_bytes(jax.device_get(params)))
 
 
 def print_summary(summary: dict[str, Any]) -> None:
