@@ -20,6 +20,7 @@ from splitrl.baselines.splitllm import SplitLLMDP
 from splitrl.env import Action, make
 from splitrl.env.chen import interior_splits
 from splitrl.env.scenario import SCENARIO_DIR, load_scenario_dict
+from splitrl.env.types import Conditions
 from splitrl.evaluation.run import scenario_spec
 from splitrl.training.rundir import write_final_params
 
@@ -173,8 +174,8 @@ def test_dpp_objective_is_the_envs(default):
     for _obs, state, step_key in _states(env, params, 3):
         a = Action(boundary=jnp.int32(7), fmt=jnp.int32(1), units=jnp.array([1, 0, 1, 1, 0, 0, 0], jnp.int32))
         _, new, _, _, info = env.step_env(step_key, state, a, params)
-        m = action_cost(params, a.boundary, a.fmt, a.units, state.prompt_len, state.output_len, new.bw, new.rtt,
-                        new.loss_p, new.snr_db, new.cloud_load)
+        cond = Conditions(bw=new.bw, rtt=new.rtt, loss_p=new.loss_p, snr_db=new.snr_db, cloud_load=new.cloud_load)
+        m = action_cost(params, a.boundary, a.fmt, a.units, state.prompt_len, state.output_len, cond)
         assert float(dpp_objective(params, state, m, info["arrivals"])) == pytest.approx(float(info["objective"]), rel=1e-5)
 
 

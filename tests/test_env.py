@@ -13,7 +13,8 @@ from splitrl.bench.env import random_rollout
 from splitrl.env import Action, ScenarioError, check_params, make, make_with_info
 from splitrl.env.cost import request_cost, transfer_time
 from splitrl.env.scenario import SCENARIO_DIR, load_trace
-from splitrl.env.tables import MODEL_ROWS
+from splitrl.env.tables import decode_model_row
+from splitrl.env.types import Conditions
 
 SCENARIOS = sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml"))
 
@@ -60,16 +61,16 @@ def test_undamaged_channel_gives_zero_delta_ppl(default):
     env, params = default
     for b in range(env.num_boundaries):
         for units in (np.zeros(env.num_units), np.ones(env.num_units)):
-            m = request_cost(params, b, 0, jnp.asarray(units, jnp.float32), 100.0, 20.0, 1e7, 0.04, 0.0, 40.0, 0.3)
+            m = request_cost(params, b, 0, jnp.asarray(units, jnp.float32), 100.0, 20.0, _cond(1e7, 0.04, 0.0, 40.0, 0.3))
             assert float(m["delta_ppl"]) == 0.0
 
 
 def test_int4_and_loss_damage_accuracy(default):
     env, params = default
-    args = (jnp.zeros(env.num_units), 100.0, 20.0, 1e7, 0.04)
-    clean = float(request_cost(params, 5, 0, *args, 0.0, 40.0, 0.3)["delta_ppl"])
-    int4 = float(request_cost(params, 5, 2, *args, 0.0, 40.0, 0.3)["delta_ppl"])
-    lossy = float(request_cost(params, 5, 0, *args, 0.5, 40.0, 0.3)["delta_ppl"])
+    args = (jnp.zeros(env.num_units), 100.0, 20.0)
+    clean = float(request_cost(params, 5, 0, *args, _cond(1e7, 0.04, 0.0, 40.0, 0.3))["delta_ppl"])
+    int4 = float(request_cost(params, 5, 2, *args, _cond(1e7, 0.04, 0.0, 40.0, 0.3))["delta_ppl"])
+    lossy = float(request_cost(params, 5, 0, *args, _cond(1e7, 0.04, 0.5, 40.0, 0.3))["delta_ppl"])
     assert clean == 0.0 and int4 > 0.5 and lossy > 0.0
 
 
@@ -80,18 +81,22 @@ def test_int4_and_loss_damage_accuracy(default):
 def test_latency_never_below_the_pure_compute_bound(env_data, b, fmt, units, bw_mbps, rtt_ms, loss, prompt, output, load):
     env, params = _default_cached()
     m = _jit_cost(params, b, fmt, jnp.asarray(units, jnp.float32), float(prompt), float(output),
-                  bw_mbps * 1.25e5, rtt_ms / 1e3, loss, 20.0, load)
+                  _cond(bw_mbps * 1.25e5, rtt_ms / 1e3, loss, 20.0, load))
     c = params.costs
     # every layer must run somewhere: at least the cheaper side's time for each token of each layer
     grid = np.asarray(c.ctx_grid)
-    rows = np.asarray(c.model_rows)
-    fastest = np.minimum(rows[:, MODEL_ROWS["edge_all"]], rows[:, MODEL_ROWS["cloud_all"]])  # [2, G]
+    rows = decode_model_row(np.moveaxis(np.asarray(c.model_rows), 1, -1))
+    fastest = np.minimum(rows.edge_all, rows.cloud_all)  # [2, G]
     pre = np.interp(prompt, grid, fastest[0]) * prompt
     dec = np.interp(prompt + output / 2, grid, fastest[1]) * output
     lat = float(m["latency"])
     assert np.isfinite(lat) and lat >= 0.999 * (pre + dec) and lat >= 0.999 * float(m["edge_compute_s"])
     for k in ("energy", "delta_ppl", "bytes_up", "bytes_down"):
         assert np.isfinite(float(m[k])) and float(m[k]) >= 0
+
+
+def _cond(bw, rtt, loss_p, snr_db, cloud_load) -> Conditions:
+    return Conditions(bw=bw, rtt=rtt, loss_p=loss_p, snr_db=snr_db, cloud_load=cloud_load)
 
 
 _CACHE = {}

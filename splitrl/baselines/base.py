@@ -31,7 +31,6 @@ enumeration); with more units, count-canonical placements only (near-exact).
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import jax
@@ -40,7 +39,8 @@ import numpy as np
 
 from splitrl.env.cost import action_cost
 from splitrl.env.split_env import SplitEnv, slot_penalty, slot_queues
-from splitrl.env.types import Action, EnvParams, EnvState
+from splitrl.env.tables import decode_layer_row
+from splitrl.env.types import Action, Conditions, EnvParams, EnvState
 
 
 class ScenarioSpec(NamedTuple):
@@ -54,14 +54,10 @@ class ScenarioSpec(NamedTuple):
 def units_identical(env_params: EnvParams, rtol: float = 1e-6) -> bool:
     """Whether every unit of one kind (attention / FFN) in a layer has the same cost entries
     (edge s, cloud s, edge J at every context and phase): true of analytic tables."""
-    from splitrl.env.tables import layer_row_offsets
     c = env_params.costs
     attn = np.asarray(c.unit_is_attn)
-    U = attn.shape[0]
-    o = layer_row_offsets(U)
-    rows = np.asarray(c.layer_rows)
-    for start in (o["edge"], o["cloud"], o["edge_j"]):
-        block = rows[..., start:start + U]
+    row = decode_layer_row(np.asarray(c.layer_rows), attn.shape[0])
+    for block in (row.edge, row.cloud, row.edge_j):
         for kind in (attn, ~attn):
             part = block[..., kind]
             if part.size and not np.allclose(part, part[..., :1], rtol=rtol, atol=0):
@@ -113,9 +109,9 @@ def pick(actions: Action, i) -> Action:
     return jax.tree.map(lambda a: a[i], actions)
 
 
-def candidate_costs(env_params: EnvParams, actions: Action, prompt, output, bw, rtt, loss_p, snr_db, load) -> dict:
-    """request_cost of every (projected) candidate at the given conditions: dict of f32[K]."""
-    fn = lambda b, f, u: action_cost(env_params, b, f, u, prompt, output, bw, rtt, loss_p, snr_db, load)  # noqa: E731
+def candidate_costs(env_params: EnvParams, actions: Action, prompt, output, cond: Conditions) -> dict:
+    """request_cost of every (projected) candidate in the given conditions: dict of f32[K]."""
+    fn = lambda b, f, u: action_cost(env_params, b, f, u, prompt, output, cond)  # noqa: E731
     return jax.vmap(fn)(actions.boundary, actions.fmt, actions.units)
 
 
@@ -131,37 +127,6 @@ def dpp_objective(env_params: EnvParams, state: EnvState, m: dict, arrivals) -> 
     """The env's per-slot objective (`info["objective"]`) from a request's metrics `m` and the slot's
     arrivals: the same function the env's step calls (splitrl.env.split_env.slot_queues)."""
     return slot_queues(env_params, state, m, arrivals)["objective"]
-
-
-def mean_bandwidth(env: SplitEnv, env_params: EnvParams) -> float:
-    """Stationary mean bandwidth (bytes/s) of the scenario's channel process."""
-    p = env_params.channel
-    if env.channel_kind == "trace":
-        return float(np.mean(np.maximum(np.asarray(p.trace_bw), float(p.bw_min))))
-    if env.channel_kind == "regime":
-        vals, vecs = np.linalg.eig(np.asarray(p.regime_trans).T)
-        pi = np.real(vecs[:, np.argmin(np.abs(vals - 1))])
-        pi = pi / pi.sum()
-        return float(np.dot(pi, np.exp(np.asarray(p.regime_log_mean) + np.asarray(p.regime_log_std) ** 2 / 2)))
-    return float(np.exp(float(p.bw_log_mean) + float(p.bw_log_std) ** 2 / 2))
-
-
-def mean_request(env_params: EnvParams) -> tuple[float, float]:
-    w = env_params.workload
-    probs = np.asarray(w.class_probs)
-    prompt = float(np.dot(probs, (np.asarray(w.prompt_lo) + np.asarray(w.prompt_hi)) / 2))
-    output = float(np.dot(probs, (np.asarray(w.output_lo) + np.asarray(w.output_hi)) / 2))
-    return prompt, output
-
-
-def nominal_conditions(env: SplitEnv, env_params: EnvParams) -> dict:
-    """Typical conditions: mean bandwidth, mean request, mean RTT, loss at the median fading scale,
-    mean SNR and mean cloud load."""
-    p = env_params.channel
-    prompt, output = mean_request(env_params)
-    loss = 1 - math.exp(-float(p.h_th) ** 2 / (2 * math.exp(float(p.fade_log_mean)) ** 2))
-    return {"prompt": prompt, "output": output, "bw": mean_bandwidth(env, env_params), "rtt": float(p.rtt_mean_s),
-            "loss_p": loss, "snr_db": float(p.snr_db_mean), "load": float(env_params.workload.cloud_load_mean)}
 
 
 # ----------------------------------------------------------------------------- the policies

@@ -20,10 +20,11 @@ import optax
 from splitrl.agents.config import PPOConfig
 from splitrl.baselines.base import PolicyBase
 from splitrl.env import features as F
+from splitrl.env.channel import loss_probability
 from splitrl.env.chen import ChenEnv, ChenParams, Surrogate, chen_features, interior_splits
 from splitrl.env.cost import request_cost
 from splitrl.env.split_env import SplitEnv
-from splitrl.env.types import Action, EnvParams
+from splitrl.env.types import Action, Conditions, EnvParams
 
 
 # ----------------------------------------------------------------------------- fitting the surrogate
@@ -37,10 +38,14 @@ def surrogate_records(env: SplitEnv, env_params: EnvParams, key, n: int):
     b = jax.random.randint(kb, (n,), lo, hi + 1)
     snr = p.snr_db_mean + 2 * p.snr_db_std * jax.random.normal(ks, (n,))
     log_sigma = p.fade_log_mean + 2 * p.fade_log_std * jax.random.normal(kf, (n,))
-    loss = 1.0 - jnp.exp(-p.h_th**2 / (2 * jnp.exp(log_sigma) ** 2))
+    loss = loss_probability(p.h_th, log_sigma)
     U = env.n_units
-    dppl = jax.vmap(lambda bb, sn, lp: request_cost(env_params, bb, 0, jnp.zeros(U), 256.0, 32.0, 1e9, p.rtt_mean_s,
-                                                    lp, sn, 0.0)["delta_ppl"])(b, snr, loss)
+
+    def ppl(b, snr_db, loss_p):   # a fast, clean link: only the damage of the split itself
+        cond = Conditions(bw=1e9, rtt=p.rtt_mean_s, loss_p=loss_p, snr_db=snr_db, cloud_load=0.0)
+        return request_cost(env_params, b, 0, jnp.zeros(U), 256.0, 32.0, cond)["delta_ppl"]
+
+    dppl = jax.vmap(ppl)(b, snr, loss)
     x = jnp.stack([F.value("snr", snr, env_params, env.n_layers, jnp), log_sigma, b / env.n_layers], -1)
     return x.astype(jnp.float32), dppl.astype(jnp.float32)
 

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from splitrl.baselines.base import PolicyBase, candidate_actions, candidate_costs, dpp_objective, pick
-from splitrl.env.split_env import SplitEnv
+from splitrl.env.split_env import SplitEnv, estimated_conditions
 from splitrl.env.types import Action
 
 
@@ -24,8 +24,7 @@ class GreedyLatency(PolicyBase):
         return candidate_actions(env, env_params, exhaustive=False)
 
     def __call__(self, pparams, key, obs, state, env_params, step_key):
-        m = candidate_costs(env_params, pparams, state.prompt_len, state.output_len, state.bw_est, state.rtt,
-                            state.loss_p, state.snr_db, state.cloud_load)
+        m = candidate_costs(env_params, pparams, state.prompt_len, state.output_len, estimated_conditions(state))
         return pick(pparams, jnp.argmin(m["latency"]))
 
 
@@ -41,8 +40,7 @@ class MyopicDPP(PolicyBase):
         return candidate_actions(env, env_params, exhaustive=False)
 
     def __call__(self, pparams, key, obs, state, env_params, step_key):
-        m = candidate_costs(env_params, pparams, state.prompt_len, state.output_len, state.bw_est, state.rtt,
-                            state.loss_p, state.snr_db, state.cloud_load)
+        m = candidate_costs(env_params, pparams, state.prompt_len, state.output_len, estimated_conditions(state))
         arrivals = env_params.workload.arrival_rate * env_params.slot_s
         return pick(pparams, jnp.argmin(dpp_objective(env_params, state, m, arrivals)))
 

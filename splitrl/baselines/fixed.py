@@ -12,10 +12,10 @@ from splitrl.baselines.base import (
     PolicyBase,
     _candidate_costs_jit,
     candidate_actions,
-    nominal_conditions,
     penalty,
     pick,
 )
+from splitrl.env.nominal import nominal
 from splitrl.env.types import Action
 
 
@@ -70,9 +70,8 @@ class StaticSplit(PolicyBase):
 
     def init(self, env, env_params, spec=None, key=None):
         cands = candidate_actions(env, env_params, layer_only=True)
-        n = nominal_conditions(env, env_params)
-        m = _candidate_costs_jit(env_params, cands, n["prompt"], n["output"], n["bw"], n["rtt"], n["loss_p"], n["snr_db"],
-                            n["load"])
+        prompt, output, cond = nominal(env.channel_kind, env_params)
+        m = _candidate_costs_jit(env_params, cands, prompt, output, cond)
         return pick(cands, int(jnp.argmin(penalty(env_params, m))))
 
     def __call__(self, pparams, key, obs, state, env_params, step_key):

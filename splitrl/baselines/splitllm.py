@@ -34,10 +34,12 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from splitrl.baselines.base import PolicyBase, nominal_conditions
+from splitrl.baselines.base import PolicyBase
 from splitrl.env.cost import lerp_index, transfer_time
-from splitrl.env.tables import MODEL_ROWS, layer_row_offsets
-from splitrl.env.types import Action
+from splitrl.env.nominal import nominal
+from splitrl.env.tables import CostArrays
+from splitrl.env.types import Action, Conditions
+from splitrl.profiles.formats import TOKEN_ID_BYTES
 
 E0, E, C0, C = 0, 1, 2, 3
 HOLDERS = 4
@@ -186,66 +188,44 @@ def project(alloc: np.ndarray, n_units: int) -> tuple[int, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- from the env's tables
-def problem_from_env(env_params, unit_bytes: np.ndarray, norm_bytes: float, head_bytes: float, mem_budget: float,
-                     prompt: float, output: float, bw: float, rtt: float, loss_p: float, load: float,
+def problem_from_env(costs: CostArrays, env_params, prompt: float, output: float, cond: Conditions,
                      sla_s: float) -> LayerProblem:
-    """The allocation problem of the mean request at bandwidth `bw`, priced from the env's tables.
-    unit_bytes: [U] edge bytes of each work unit (weights + KV cache at the scenario's context)."""
-    c, ch = env_params.costs, env_params.channel
-    rows = np.asarray(c.layer_rows)              # [L+1, G, 2, K]
-    grid = np.asarray(c.ctx_grid)
-    L = rows.shape[0] - 1
-    U = int(np.asarray(c.unit_is_attn).shape[0])
-    o = layer_row_offsets(U)
-    slow = 1.0 / (1.0 - load)
+    """The allocation problem of the mean request in conditions `cond`, priced from the scenario's cost
+    tables (`ScenarioInfo.costs`) and edge memory (weights + KV cache at the scenario's context)."""
+    ch, mem = env_params.channel, costs.memory
+    layer, model, grid = costs.layer(), costs.model(), costs.ctx_grid
+    L, U = layer.prefix.shape[0] - 1, costs.unit_is_attn.shape[0]
+    slow = 1.0 / (1.0 - cond.cloud_load)
+    i_pre, w_pre = (float(v) for v in lerp_index(jnp.asarray(grid), jnp.float32(prompt)))
+    i_dec, w_dec = (float(v) for v in lerp_index(jnp.asarray(grid), jnp.float32(prompt + output / 2)))
 
-    def at_ctx(a, ctx):  # interpolate along the grid axis (axis 1)
-        i, w = (float(v) for v in lerp_index(jnp.asarray(grid), jnp.float32(ctx)))
-        i = int(i)
-        return a[:, i] * (1 - w) + a[:, i + 1] * w
+    def per_request(field):   # [L+1, G, 2, n] -> [L, n]: prompt tokens of prefill + output tokens of decode
+        i, j = int(i_pre), int(i_dec)
+        pre = field[:L, i, 0] * (1 - w_pre) + field[:L, i + 1, 0] * w_pre
+        dec = field[:L, j, 1] * (1 - w_dec) + field[:L, j + 1, 1] * w_dec
+        return prompt * pre + output * dec
 
-    pre, dec = at_ctx(rows[:L, :, 0], prompt), at_ctx(rows[:L, :, 1], prompt + output / 2)   # [L, K]
-    per_req = prompt * pre + output * dec
-    te, tc = per_req[:, o["edge"]:o["edge"] + U], slow * per_req[:, o["cloud"]:o["cloud"] + U]
-    ne, nc = per_req[:, o["norm_edge"]:o["norm_edge"] + 2].sum(1), slow * per_req[:, o["norm_cloud"]:o["norm_cloud"] + 2].sum(1)
+    te, tc = per_request(layer.edge), slow * per_request(layer.cloud)
+    ne, nc = per_request(layer.norm_edge).sum(1), slow * per_request(layer.norm_cloud).sum(1)
     cum_e = np.concatenate([np.zeros((L, 1)), np.cumsum(te, 1)], 1)          # [L, U+1]
     cum_c = np.concatenate([np.cumsum(tc[:, ::-1], 1)[:, ::-1], np.zeros((L, 1))], 1)
     k = np.arange(U + 1)
     edge_s = cum_e + (k > 0) * ne[:, None]
     cloud_s = cum_c + (k < U) * nc[:, None]
-    mem = np.broadcast_to(np.concatenate([[0.0], np.cumsum(unit_bytes)]) + (k > 0) * norm_bytes, (L, U + 1)).copy()
-
-    mr = np.asarray(c.model_rows)                # [2, M, G]
-    i_pre, w_pre = lerp_index(jnp.asarray(grid), jnp.float32(prompt))
-    i_dec, w_dec = lerp_index(jnp.asarray(grid), jnp.float32(prompt + output / 2))
-    tot = np.stack([mr[0, :, int(i_pre)] * (1 - float(w_pre)) + mr[0, :, int(i_pre) + 1] * float(w_pre),
-                    mr[1, :, int(i_dec)] * (1 - float(w_dec)) + mr[1, :, int(i_dec) + 1] * float(w_dec)])
-    head_e = float(tot[1, MODEL_ROWS["edge_head"]]) * (1 + output)
-    head_c = slow * float(tot[1, MODEL_ROWS["cloud_head"]]) * (1 + output)
-    hidden = float(np.asarray(c.tx_bytes)[0])
+    mem_k = np.concatenate([[0.0], np.cumsum(mem.unit_bytes)]) + (k > 0) * mem.norm_bytes
+    i = int(i_dec)
+    head_at = lambda a: float(a[1, i] * (1 - w_dec) + a[1, i + 1] * w_dec)  # noqa: E731  (decode context)
+    hidden = float(np.asarray(costs.tx_bytes)[0])
 
     def tx(nbytes):
-        return float(transfer_time(jnp.float32(nbytes), bw, rtt, loss_p, ch.packet_bytes, ch.max_retx))
+        return float(transfer_time(jnp.float32(nbytes), cond.bw, cond.rtt, cond.loss_p, ch.packet_bytes, ch.max_retx))
 
-    return LayerProblem(edge_s=edge_s, cloud_s=cloud_s, mem=mem, x_hidden=tx(prompt * hidden) + output * tx(hidden),
-                        x_ids=tx(prompt * 4.0), x_tokens=(output + 1) * tx(4.0), x_stream=rtt / 2,
-                        head_edge_s=head_e, head_cloud_s=head_c, head_mem=head_bytes, mem_budget=mem_budget,
-                        sla_s=sla_s)
-
-
-def edge_memory(spec) -> tuple[np.ndarray, float, float, float]:
-    """(work-unit bytes [U], norm bytes per layer, head bytes, layer budget) on the scenario's edge
-    device, computed as splitrl.env.tables does (weights + KV cache at the scenario's context)."""
-    from splitrl.profiles import load_device, load_model
-    data = spec.data
-    model, edge = load_model(data["model"]), load_device(data["edge"])
-    bpp = model.bytes_per_param[data["edge_weight_format"]]
-    kinds = np.array(model.unit_kinds)
-    b = (model.unit_params() * bpp + model.unit_kv_values_per_token() * model.kv_bytes_per_value * data["context"])
-    bp = model.block_params()
-    head = (bp["final_norm"] + bp["lm_head"]) * bpp
-    budget = edge.memory_bytes - bp["embedding"] * bpp
-    return b[kinds != "norm"], float(b[kinds == "norm"].sum()), float(head), float(budget)
+    return LayerProblem(edge_s=edge_s, cloud_s=cloud_s, mem=np.broadcast_to(mem_k, (L, U + 1)).copy(),
+                        x_hidden=tx(prompt * hidden) + output * tx(hidden), x_ids=tx(prompt * TOKEN_ID_BYTES),
+                        x_tokens=(output + 1) * tx(TOKEN_ID_BYTES), x_stream=cond.rtt / 2,
+                        head_edge_s=head_at(model.edge_head) * (1 + output),
+                        head_cloud_s=slow * head_at(model.cloud_head) * (1 + output), head_mem=mem.head_bytes,
+                        mem_budget=mem.layer_budget, sla_s=sla_s)
 
 
 # ----------------------------------------------------------------------------- the policy
@@ -263,15 +243,13 @@ class SplitLLMDP(PolicyBase):
 
     def init(self, env, env_params, spec=None, key=None):
         if spec is None:
-            raise ValueError("splitllm_dp needs the scenario spec (edge memory comes from the profiles)")
-        unit_bytes, norm_bytes, head_bytes, budget = edge_memory(spec)
-        n = nominal_conditions(env, env_params)
-        bw_grid = np.geomspace(max(n["bw"] / 300, float(env_params.channel.bw_min)), n["bw"] * 30, self.n_bins)
+            raise ValueError("splitllm_dp needs the scenario spec (its cost tables and edge memory)")
+        prompt, output, cond = nominal(env.channel_kind, env_params)
+        bw_grid = np.geomspace(max(cond.bw / 300, float(env_params.channel.bw_min)), cond.bw * 30, self.n_bins)
         sla = self.sla_factor * float(env_params.reward.lat_ref_s)
         b_tab, u_tab, met = [], [], []
         for bw in bw_grid:
-            prob = problem_from_env(env_params, unit_bytes, norm_bytes, head_bytes, budget, n["prompt"],
-                                             n["output"], float(bw), n["rtt"], n["loss_p"], n["load"], sla)
+            prob = problem_from_env(spec.info.costs, env_params, prompt, output, cond.replace(bw=float(bw)), sla)
             alloc, _, ok = solve(prob, make_buckets(prob, self.n_buckets, self.n_buckets))
             b, units = (0, np.zeros(env.n_units, np.int32)) if alloc is None else project(alloc, env.n_units)
             b_tab.append(b)

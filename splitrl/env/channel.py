@@ -11,7 +11,6 @@ import jax.numpy as jnp
 from splitrl.env.types import ChannelParams
 
 CHANNEL_KINDS = ("gauss_markov", "regime", "trace")
-REGIMES = ("good", "degraded", "outage")
 
 
 def ar1(x, mean, rho, std, z):
@@ -31,10 +30,11 @@ def trace_bandwidth(p: ChannelParams, pos):
     return p.trace_bw[jnp.floor(pos).astype(jnp.int32) % T]
 
 
-def loss_probability(p: ChannelParams, log_sigma_h):
-    """Chen et al. eq. 4: P(h < h_th) for Rayleigh fading of scale sigma_h."""
-    sigma_h = jnp.exp(log_sigma_h)
-    return 1.0 - jnp.exp(-(p.h_th**2) / (2.0 * sigma_h**2))
+def loss_probability(h_th, log_sigma_h, xp=jnp):
+    """Chen et al. eq. 4: P(h < h_th) for Rayleigh fading of scale sigma_h (xp: jax.numpy in the env,
+    numpy on the host)."""
+    sigma_h = xp.exp(log_sigma_h)
+    return 1.0 - xp.exp(-(h_th**2) / (2.0 * sigma_h**2))
 
 
 def next_bandwidth(kind: str, p: ChannelParams, log_bw, regime, trace_pos, z, u):

@@ -10,20 +10,22 @@ selective-repeat retransmissions. Decode repeats the pipeline per generated toke
 token to the edge (it embeds the next one); cloud-only streams tokens with no per-token round trip.
 
 Cost of a step is independent of depth: one row of `layer_rows` per boundary holds everything
-(prefix/suffix sums were taken on the host), and both phases share one vmapped pass.
+(prefix/suffix sums were taken on the host, splitrl/env/tables.py decodes the row), and both phases
+share one vmapped pass.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
-from splitrl.env.tables import MODEL_ROWS, layer_row_offsets
-from splitrl.env.types import EnvParams
+from splitrl.env.tables import LayerRow, ModelRow, decode_layer_row, decode_model_row
+from splitrl.env.types import Conditions, EnvParams
+from splitrl.profiles.formats import TOKEN_ID_BYTES
 
 R_MAX = 4            # static bound on retransmission rounds (params.channel.max_retx <= R_MAX)
-TOKEN_ID_BYTES = 4.0
-_M = MODEL_ROWS
 
 
 def lerp_index(grid: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -55,16 +57,22 @@ def transfer_time(nbytes, bw, rtt, loss_p, packet_bytes, max_retx):
     return jnp.where(nbytes[..., 0] > 0, rtt / 2 + nbytes[..., 0] / bw + rounds, 0.0)
 
 
-def _pass(row, n_tok, X, head_e, head_e_j, head_c, emb, emb_j, on_e, is_attn, last, slow):
-    """One pipeline pass over `n_tok` tokens through a split boundary layer (one phase).
+class Phase(NamedTuple):
+    """Everything one pipeline pass (prefill, or one decode step) reads; a leading phase axis when batched."""
+    row: LayerRow        # the boundary row at this phase's context
+    model: ModelRow      # embedding and head totals at this phase's context
+    head: ModelRow       # ... at the decode context: the head runs once per generated token
+    n_tok: jax.Array     # tokens through the pass
+    crossing: jax.Array  # seconds of one hidden-state crossing of this pass
 
-    row: [K] the boundary row at this phase's context; X: time of one hidden-state crossing.
-    Returns (seconds, edge compute seconds, edge joules, crossings up, crossings down).
-    """
-    U = on_e.shape[0]
-    o = layer_row_offsets(U)
-    te, tc, tej = row[o["edge"]:o["edge"] + U], slow * row[o["cloud"]:o["cloud"] + U], row[o["edge_j"]:o["edge_j"] + U]
-    ne, nc, nej = row[o["norm_edge"]:o["norm_edge"] + 2], slow * row[o["norm_cloud"]:o["norm_cloud"] + 2], row[o["norm_edge_j"]:o["norm_edge_j"] + 2]
+
+def _pass(p: Phase, on_e, is_attn, last, slow):
+    """One pipeline pass through a split boundary layer. Returns (seconds, edge compute seconds,
+    edge joules, crossings up, crossings down)."""
+    row, X, n_tok = p.row, p.crossing, p.n_tok
+    te, tc, tej = row.edge, slow * row.cloud, row.edge_j
+    ne, nc, nej = row.norm_edge, slow * row.norm_cloud, row.norm_edge_j
+    head_e, head_e_j, head_c = p.head.edge_head, p.head.edge_head_j, p.head.cloud_head
     on_c = 1.0 - on_e
     attn, ffn = is_attn.astype(jnp.float32), 1.0 - is_attn.astype(jnp.float32)
     # sums of products, not dots: XLA fuses them with their neighbours (dots are separate kernels)
@@ -80,28 +88,28 @@ def _pass(row, n_tok, X, head_e, head_e_j, head_c, emb, emb_j, on_e, is_attn, la
     t_ffn = jnp.where(a_c, ffn_cloud_holds, ffn_edge_holds)
     ends_on_edge = ~f_c
     head_on_edge = ends_on_edge & last
-    after = (jnp.where(ends_on_edge & ~last, X, 0.0) + slow * n_tok * row[o["suffix"]]
+    after = (jnp.where(ends_on_edge & ~last, X, 0.0) + slow * n_tok * row.suffix
              + jnp.where(head_on_edge, head_e, slow * head_c))
-    base = n_tok * (emb + row[o["prefix"]])
+    base = n_tok * (p.model.edge_embed + row.prefix)
     time = base + t_attn + t_ffn + after
     edge_s = base + te_attn + te_ffn + jnp.where(head_on_edge, head_e, 0.0)
-    edge_j = (n_tok * (emb_j + row[o["prefix_j"]] + jnp.sum(on_e * tej) + a_e * nej[0] + f_e * nej[1])
+    edge_j = (n_tok * (p.model.edge_embed_j + row.prefix_j + jnp.sum(on_e * tej) + a_e * nej[0] + f_e * nej[1])
               + jnp.where(head_on_edge, head_e_j, 0.0))
     n_up = (a_c * 1.0 + (a_e & a_c) + jnp.where(a_c, f_e & f_c, f_c * 1.0 + (f_e & f_c)) + (ends_on_edge & ~last))
     n_down = (a_c & f_e) * 1.0
     return time, edge_s, edge_j, n_up, n_down
 
 
-def request_cost(params: EnvParams, boundary, fmt, edge_units, prompt, output, bw, rtt, loss_p, snr_db, cloud_load):
-    """Metrics of one request (prompt + output tokens) under the partition, for this slot's channel.
+def request_cost(params: EnvParams, boundary, fmt, edge_units, prompt, output, cond: Conditions) -> dict:
+    """Metrics of one request (prompt + output tokens) under the partition, in this slot's conditions.
 
-    edge_units: f32[U] in {0, 1}, already masked. cloud_load: the cloud's utilisation in [0, 1); its
-    compute slows by 1 / (1 - load). Returns a dict of f32 scalars.
+    edge_units: f32[U] in {0, 1}, already masked (`project_action`). The cloud's compute slows by
+    1 / (1 - cond.cloud_load). Returns a dict of f32 scalars.
     """
     c, ch = params.costs, params.channel
     L = c.layer_rows.shape[0] - 1
     b = boundary
-    slow = 1.0 / (1.0 - cloud_load)
+    slow = 1.0 / (1.0 - cond.cloud_load)
     cloud_only = (b == 0) & ~jnp.any(edge_units > 0)
     edge_only = (b >= L) | ((b == L - 1) & jnp.all(edge_units > 0))
 
@@ -114,16 +122,18 @@ def request_cost(params: EnvParams, boundary, fmt, edge_units, prompt, output, b
     rows = near[0] * (1 - wts[:, None]) + near[1] * wts[:, None]
     tot = (jnp.take_along_axis(c.model_rows, idx[:, None, None], -1)[..., 0] * (1 - wts[:, None])
            + jnp.take_along_axis(c.model_rows, idx[:, None, None] + 1, -1)[..., 0] * wts[:, None])  # [2, M]
-    head_e, head_e_j, head_c = tot[1, _M["edge_head"]], tot[1, _M["edge_head_j"]], tot[1, _M["cloud_head"]]
+    model, head = decode_model_row(tot), decode_model_row(tot[1])
+
+    residual = cond.loss_p ** (ch.max_retx + 1.0)   # loss left after the retransmission rounds
 
     # every crossing's expected time in one vectorised call
     hidden = c.tx_bytes[fmt]
     sizes = jnp.stack([prompt * hidden, hidden, TOKEN_ID_BYTES, prompt * TOKEN_ID_BYTES])
-    X = transfer_time(sizes, bw, rtt, loss_p, ch.packet_bytes, ch.max_retx)
+    X = transfer_time(sizes, cond.bw, cond.rtt, cond.loss_p, ch.packet_bytes, ch.max_retx)
     n_tok = jnp.stack([prompt, 1.0])
-    t, es, ej, n_up, n_down = jax.vmap(_pass, in_axes=(0, 0, 0, None, None, None, 0, 0, None, None, None, None))(
-        rows, n_tok, X[:2], head_e, head_e_j, head_c, tot[:, _M["edge_embed"]], tot[:, _M["edge_embed_j"]],
-        edge_units, c.unit_is_attn, jnp.minimum(b, L - 1) == L - 1, slow)
+    phases = Phase(row=decode_layer_row(rows, edge_units.shape[0]), model=model, head=head, n_tok=n_tok, crossing=X[:2])
+    t, es, ej, n_up, n_down = jax.vmap(_pass, in_axes=(Phase(0, 0, None, 0, 0), None, None, None, None))(
+        phases, edge_units, c.unit_is_attn, jnp.minimum(b, L - 1) == L - 1, slow)
     tok_back = X[2]
     split_t = t[0] + tok_back + output * (t[1] + tok_back)
     split_es, split_ej = es[0] + output * es[1], ej[0] + output * ej[1]
@@ -131,46 +141,51 @@ def request_cost(params: EnvParams, boundary, fmt, edge_units, prompt, output, b
     split_down = n_down[0] * sizes[0] + output * n_down[1] * hidden + (output + 1) * TOKEN_ID_BYTES
 
     # cloud-only: the prompt's token ids go up once, tokens stream back; edge-only: nothing crosses
-    c_pass = slow * (n_tok * (tot[:, _M["cloud_embed"]] + tot[:, _M["cloud_all"]]) + head_c)
-    cloud_t = X[3] + c_pass[0] + output * c_pass[1] + rtt / 2
-    e_pass = n_tok * (tot[:, _M["edge_embed"]] + tot[:, _M["edge_all"]]) + head_e
-    e_pass_j = n_tok * (tot[:, _M["edge_embed_j"]] + tot[:, _M["edge_all_j"]]) + head_e_j
+    c_pass = slow * (n_tok * (model.cloud_embed + model.cloud_all) + head.cloud_head)
+    cloud_t = X[3] + c_pass[0] + output * c_pass[1] + cond.rtt / 2
+    e_pass = n_tok * (model.edge_embed + model.edge_all) + head.edge_head
+    e_pass_j = n_tok * (model.edge_embed_j + model.edge_all_j) + head.edge_head_j
     edge_t, edge_j = e_pass[0] + output * e_pass[1], e_pass_j[0] + output * e_pass_j[1]
 
     pick = lambda e, cl, s: jnp.where(edge_only, e, jnp.where(cloud_only, cl, s))  # noqa: E731
-    latency = pick(edge_t, cloud_t, split_t)
-    edge_s = pick(edge_t, 0.0, split_es)
-    compute_j = pick(edge_j, 0.0, split_ej)
-    up = pick(0.0, prompt * TOKEN_ID_BYTES, split_up)
-    down = pick(0.0, output * TOKEN_ID_BYTES, split_down)
+    m = {"latency": pick(edge_t, cloud_t, split_t), "edge_s": pick(edge_t, 0.0, split_es),
+         "compute_j": pick(edge_j, 0.0, split_ej), "up": pick(0.0, prompt * TOKEN_ID_BYTES, split_up),
+         "down": pick(0.0, output * TOKEN_ID_BYTES, split_down),
+         "dppl": jnp.where(edge_only | cloud_only, 0.0, delta_ppl(params, b, fmt, edge_units, residual, cond.snr_db))}
+    return _fallback(params, m, edge_only, edge_t, edge_j, cond) | {"residual_loss": residual}
 
-    # ΔPPL: between the rows of boundary b (nothing of layer b on the edge) and b + 1 (all of it),
-    # by the share of the layer's units on the edge; plus residual packet loss and channel noise.
-    pp = params.ppl
+
+def delta_ppl(params: EnvParams, b, fmt, edge_units, residual_loss, snr_db):
+    """ΔPPL between the rows of boundary b (nothing of layer b on the edge) and b + 1 (all of it), by the
+    share of the layer's units on the edge; plus residual packet loss and channel noise."""
+    c, ch, pp = params.costs, params.channel, params.ppl
+    L = c.layer_rows.shape[0] - 1
     frac = jnp.mean(edge_units)
     prow = pp.rows[jnp.stack([jnp.minimum(b, L), jnp.minimum(b + 1, L)])]     # one gather: rows b and b + 1
     prow = prow[0] * (1 - frac) + prow[1] * frac
     F, NL = c.tx_bytes.shape[0], pp.loss_grid.shape[0]
-    residual = loss_p ** (ch.max_retx + 1.0)
-    dppl = (prow[fmt] + at(prow[F:F + NL], lerp_index(pp.loss_grid, residual))
+    return (prow[fmt] + at(prow[F:F + NL], lerp_index(pp.loss_grid, residual_loss))
             + ch.noise_on * at(prow[F + NL:], lerp_index(pp.snr_grid, snr_db)))
-    dppl = jnp.where(edge_only | cloud_only, 0.0, dppl)
 
-    # Fallback (partition checkpoints): past the timeout the edge finishes the request alone, if it can.
+
+def _fallback(params: EnvParams, m: dict, edge_only, edge_t, edge_j, cond: Conditions) -> dict:
+    """Partition checkpoints: past the timeout the edge finishes the request alone, if it can."""
+    c, ch = params.costs, params.channel
+    L = c.layer_rows.shape[0] - 1
+    latency = m["latency"]
     timed_out = (latency > ch.timeout_s) & ~edge_only
     can_fallback = c.boundary_mask[L]
     failed = timed_out & ~can_fallback
     fb = lambda v, edge_v: jnp.where(timed_out, jnp.where(can_fallback, edge_v, 0.0), v)  # noqa: E731
     latency = jnp.where(timed_out, ch.timeout_s, 0.0) + fb(latency, edge_t)
-    edge_s, compute_j = fb(edge_s, edge_t), fb(compute_j, edge_j)
-    dppl = jnp.where(timed_out, 0.0, dppl)
-    up = jnp.where(timed_out, jnp.minimum(up, bw * ch.timeout_s), up)
-
-    tx_s = up / bw
+    edge_s, compute_j = fb(m["edge_s"], edge_t), fb(m["compute_j"], edge_j)
+    dppl = jnp.where(timed_out, 0.0, m["dppl"])
+    up = jnp.where(timed_out, jnp.minimum(m["up"], cond.bw * ch.timeout_s), m["up"])
+    tx_s = up / cond.bw
     energy = compute_j + c.power_radio_w * tx_s + c.power_idle_w * jnp.maximum(latency - edge_s - tx_s, 0.0)
-    return {"latency": latency, "energy": energy, "delta_ppl": dppl, "bytes_up": up, "bytes_down": down,
+    return {"latency": latency, "energy": energy, "delta_ppl": dppl, "bytes_up": up, "bytes_down": m["down"],
             "edge_compute_s": edge_s, "timed_out": timed_out.astype(jnp.float32),
-            "failed": failed.astype(jnp.float32), "residual_loss": residual}
+            "failed": failed.astype(jnp.float32)}
 
 
 def project_action(params: EnvParams, boundary, fmt, units):
@@ -186,7 +201,7 @@ def project_action(params: EnvParams, boundary, fmt, units):
     return b.astype(jnp.int32), jnp.clip(fmt, 0, c.tx_bytes.shape[0] - 1).astype(jnp.int32), edge_units
 
 
-def action_cost(params: EnvParams, boundary, fmt, units, prompt, output, bw, rtt, loss_p, snr_db, cloud_load):
+def action_cost(params: EnvParams, boundary, fmt, units, prompt, output, cond: Conditions) -> dict:
     """`request_cost` of a (projected) action: the entry point for baselines and the oracle."""
     b, f, eu = project_action(params, boundary, fmt, units)
-    return request_cost(params, b, f, eu, prompt, output, bw, rtt, loss_p, snr_db, cloud_load)
+    return request_cost(params, b, f, eu, prompt, output, cond)

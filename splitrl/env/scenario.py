@@ -19,9 +19,18 @@ import yaml
 
 from splitrl.env.channel import CHANNEL_KINDS
 from splitrl.env.cost import R_MAX, request_cost
+from splitrl.env.nominal import nominal
 from splitrl.env.split_env import SplitEnv
-from splitrl.env.tables import build_cost_arrays, build_ppl_arrays
-from splitrl.env.types import ChannelParams, CostParams, EnvParams, PPLParams, RewardParams, WorkloadParams
+from splitrl.env.tables import CostArrays, build_cost_arrays, build_ppl_arrays, layer_row_offsets
+from splitrl.env.types import (
+    ChannelParams,
+    Conditions,
+    CostParams,
+    EnvParams,
+    PPLParams,
+    RewardParams,
+    WorkloadParams,
+)
 from splitrl.profiles import load_costs, load_device, load_model, load_ppl
 from splitrl.profiles.formats import WEIGHT_FORMATS
 from splitrl.profiles.store import data_root
@@ -171,7 +180,7 @@ def _channel(c: _Cfg, slot_s: float) -> tuple[str, ChannelParams, dict]:
     return kind, params, meta
 
 
-def _workload(c: _Cfg) -> tuple[WorkloadParams, float]:
+def _workload(c: _Cfg) -> WorkloadParams:
     rate, q_max = c.get("arrival_rate", 0), c.get("q_max", 1)
     cl = c.sub("cloud_load")
     load_mean, load_rho = cl.get("mean", 0.001, 0.99), cl.get("rho", 0, 0.999)
@@ -201,8 +210,7 @@ def _workload(c: _Cfg) -> tuple[WorkloadParams, float]:
     w = WorkloadParams(arrival_rate=f32(rate), class_probs=f32(probs), prompt_lo=f32(plo), prompt_hi=f32(phi),
                        output_lo=f32(olo), output_hi=f32(ohi), q_max=f32(q_max), cloud_load_mean=f32(load_mean),
                        cloud_load_rho=f32(load_rho), cloud_load_std=f32(load_std), cloud_load_max=f32(load_max))
-    mean_ctx = (float(np.dot(probs, (np.array(plo) + np.array(phi)) / 2)), float(np.dot(probs, (np.array(olo) + np.array(ohi)) / 2)))
-    return w, mean_ctx
+    return w
 
 
 def _to_params(arrays) -> dict:
@@ -222,6 +230,7 @@ class ScenarioInfo:
     ppl_source: str
     trace: str
     refs: dict
+    costs: CostArrays       # the env's cost tables on the host, decodable (`layer()`, `model()`, `memory`)
 
 
 def make(scenario: str | Path | dict = "default") -> tuple[SplitEnv, EnvParams]:
@@ -250,7 +259,7 @@ def make_with_info(scenario: str | Path | dict = "default") -> tuple[SplitEnv, E
     slot_s = c.get("slot_s", 0, lo_open=True)
     steps = c.get("episode_slots", kind=int, lo=1)
     ch_kind, channel, meta = _channel(c.sub("channel"), slot_s)
-    workload, (mean_prompt, mean_output) = _workload(c.sub("workload"))
+    workload = _workload(c.sub("workload"))
     rate = float(workload.arrival_rate) * slot_s
     max_arrivals = int(min(max(math.ceil(rate + 10 * math.sqrt(rate) + 10), 16), 512))
     rw = c.sub("reward")
@@ -272,45 +281,32 @@ def make_with_info(scenario: str | Path | dict = "default") -> tuple[SplitEnv, E
                            rows=f32(np.concatenate([ppl.fmt, ppl.loss, ppl.snr], axis=1)))
     params = EnvParams(channel=channel, workload=workload, costs=cost_params, ppl=ppl_params, reward=reward,
                        slot_s=f32(slot_s), max_steps_in_episode=jnp.asarray(steps, jnp.int32))
-    refs = nominal_refs(params, ch_kind, mean_prompt, mean_output)
+    refs = nominal_refs(params, ch_kind)
     reward = reward.replace(**{k: f32(refs[k] if rw_raw[k] == "auto" else rw_raw[k]) for k in rw_raw})
     params = params.replace(reward=reward)
     env = SplitEnv(model.n_layers, int(costs.unit_is_attn.shape[0]), ch_kind, max_arrivals, params, sid)
     check_params(env, params)
     info = ScenarioInfo(id=sid, model=model.name, edge=edge.name, cloud=cloud.name, edge_weight_format=wf,
                         cost_sources=(et.path, ct.path), ppl_source=ppl.source, trace=meta.get("trace_file", ""),
-                        refs={k: float(getattr(reward, k)) for k in rw_raw})
+                        refs={k: float(getattr(reward, k)) for k in rw_raw}, costs=costs)
     return env, params, info
 
 
 @jax.jit
-def _split_costs(params: EnvParams, prompt, output, bw, loss, load):
-    """Costs of every (layer split, format) at fixed conditions: [L+1, F] arrays (jitted once per shape)."""
+def _layer_split_costs(params: EnvParams, prompt, output, cond: Conditions):
+    """Costs of every (layer split, format) in fixed conditions: [L+1, F] arrays (jitted once per shape)."""
     L1, U = params.costs.boundary_mask.shape[0], params.costs.unit_is_attn.shape[0]
-    F = params.costs.tx_bytes.shape[0]  # noqa: F841
-    b, f = jnp.meshgrid(jnp.arange(L1), jnp.arange(F), indexing="ij")
-    p = params.channel
-    fn = lambda b, f: request_cost(params, b, f, jnp.zeros(U), prompt, output, bw, p.rtt_mean_s, loss,  # noqa: E731
-                                   p.snr_db_mean, load)
+    b, f = jnp.meshgrid(jnp.arange(L1), jnp.arange(params.costs.tx_bytes.shape[0]), indexing="ij")
+    fn = lambda b, f: request_cost(params, b, f, jnp.zeros(U), prompt, output, cond)  # noqa: E731
     return jax.vmap(jax.vmap(fn))(b, f)
 
 
-def nominal_refs(params: EnvParams, kind: str, prompt: float, output: float) -> dict:
-    """Typical latency, energy and ΔPPL of a request at the channel's typical bandwidth: medians
-    (means for ΔPPL, floored at 0.1) over the feasible layer splits and formats. Dividing by them
-    makes every reward term O(1)."""
-    p = params.channel
-    if kind == "trace":
-        bw = float(np.median(np.maximum(np.asarray(p.trace_bw), float(p.bw_min))))
-    elif kind == "regime":
-        vals, vecs = np.linalg.eig(np.asarray(p.regime_trans).T)
-        pi = np.real(vecs[:, np.argmin(np.abs(vals - 1))])
-        pi = pi / pi.sum()
-        bw = float(np.exp(np.dot(pi, np.asarray(p.regime_log_mean))))
-    else:
-        bw = float(np.exp(p.bw_log_mean))
-    loss = 1 - math.exp(-float(p.h_th) ** 2 / (2 * math.exp(float(p.fade_log_mean)) ** 2))
-    cost = _split_costs(params, prompt, output, bw, loss, float(params.workload.cloud_load_mean))
+def nominal_refs(params: EnvParams, kind: str) -> dict:
+    """Typical latency, energy and ΔPPL of the mean request in typical conditions (splitrl.env.nominal):
+    medians (means for ΔPPL, floored at 0.1) over the feasible layer splits and formats. Dividing by
+    them makes every reward term O(1)."""
+    prompt, output, cond = nominal(kind, params, "typical")
+    cost = _layer_split_costs(params, prompt, output, cond)
     ok = np.asarray(params.costs.boundary_mask)
     lat, en = np.asarray(cost["latency"])[ok], np.asarray(cost["energy"])[ok]
     dppl = np.asarray(cost["delta_ppl"])[ok]
@@ -322,7 +318,7 @@ def check_params(env: SplitEnv, params: EnvParams) -> None:
     """Host-side check of a params pytree against the env's static sizes; raises ScenarioError naming
     the field. Run it on any params you build or edit yourself (domain randomisation)."""
     L1, U = env.num_boundaries, env.num_units
-    expect = {"costs.layer_rows": (L1, None, 2, 3 * U + 9), "costs.model_rows": (2, None, None),
+    expect = {"costs.layer_rows": (L1, None, 2, layer_row_offsets(U)["K"]), "costs.model_rows": (2, None, None),
               "costs.boundary_mask": (L1,), "costs.unit_mask": (L1, U), "costs.tx_bytes": (3,),
               "ppl.rows": (L1, 3 + params.ppl.loss_grid.shape[0] + params.ppl.snr_grid.shape[0]),
               "channel.regime_trans": (3, 3)}

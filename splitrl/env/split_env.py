@@ -40,7 +40,7 @@ from jax.scipy.special import gammaln, ndtri
 from splitrl.env import channel as ch
 from splitrl.env import features as F
 from splitrl.env.cost import project_action, request_cost
-from splitrl.env.types import Action, EnvParams, EnvState, Observation
+from splitrl.env.types import Action, Conditions, EnvParams, EnvState, Observation
 from splitrl.profiles.formats import TX_FORMATS
 
 
@@ -80,6 +80,13 @@ def slot_queues(params: EnvParams, state: EnvState, m: dict, arrivals) -> dict:
              - lyapunov(params, state.backlog, state.z_energy, state.z_acc))
     return {"served": served, "backlog": q_next, "drops": drops, "z_energy": z_energy, "z_acc": z_acc,
             "penalty": penalty, "drift": drift, "objective": r.V * penalty + drift}
+
+
+def estimated_conditions(state: EnvState) -> Conditions:
+    """What a causal policy knows of the coming slot: the bandwidth estimate and last slot's RTT, loss,
+    SNR and cloud load (the observation shows exactly these, normalised)."""
+    return Conditions(bw=state.bw_est, rtt=state.rtt, loss_p=state.loss_p, snr_db=state.snr_db,
+                      cloud_load=state.cloud_load)
 
 
 class SplitEnv(environment.Environment[EnvState, EnvParams]):
@@ -188,7 +195,7 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
         prompt, output = self._draw_request(params.workload, u[6:9])
         state = EnvState(
             bw=bw, bw_est=bw * jnp.exp(p.bw_est_log_std * z[2]), log_bw=log_bw, regime=regime, trace_pos=trace_pos,
-            rtt=p.rtt_mean_s, log_sigma_h=log_sigma_h, loss_p=ch.loss_probability(p, log_sigma_h),
+            rtt=p.rtt_mean_s, log_sigma_h=log_sigma_h, loss_p=ch.loss_probability(p.h_th, log_sigma_h),
             snr_db=p.snr_db_mean + p.snr_db_std * z[3], cloud_logit=self._cloud_logit0(params.workload, z[4]),
             cloud_load=jnp.float32(0.0), backlog=jnp.float32(0.0), z_energy=jnp.float32(0.0),
             z_acc=jnp.float32(0.0), prompt_len=prompt, output_len=output, last_boundary=jnp.int32(0),
@@ -204,14 +211,14 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
                                                           state.trace_pos, z[0], u[0])
         rtt = p.rtt_mean_s * jnp.exp(p.rtt_log_std * z[1] - 0.5 * p.rtt_log_std**2)
         log_sigma_h = ch.ar1(state.log_sigma_h, p.fade_log_mean, p.fade_rho, p.fade_log_std, z[2])
-        loss_p = ch.loss_probability(p, log_sigma_h)
+        loss_p = ch.loss_probability(p.h_th, log_sigma_h)
         snr_db = p.snr_db_mean + p.snr_db_std * z[3]
         cloud_logit = ch.ar1(state.cloud_logit, _logit(w.cloud_load_mean), w.cloud_load_rho, w.cloud_load_std, z[5])
         cloud_load = jnp.minimum(jax.nn.sigmoid(cloud_logit), w.cloud_load_max)
 
         b, fmt, edge_units = project_action(params, action.boundary, action.fmt, action.units)
-        m = request_cost(params, b, fmt, edge_units, state.prompt_len, state.output_len, bw, rtt, loss_p, snr_db,
-                         cloud_load)
+        cond = Conditions(bw=bw, rtt=rtt, loss_p=loss_p, snr_db=snr_db, cloud_load=cloud_load)
+        m = request_cost(params, b, fmt, edge_units, state.prompt_len, state.output_len, cond)
 
         arrivals = self._poisson(w.arrival_rate * params.slot_s, u[1])
         q = slot_queues(params, state, m, arrivals)

@@ -8,6 +8,7 @@ the units of the single boundary layer. All outputs are float32 numpy arrays.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -24,19 +25,67 @@ from splitrl.profiles.schema import CostTable, Device, ModelArch, PPLSweep, PPLT
 #   3U + 0..5     attn_norm, ffn_norm on the edge (s); on the cloud (s); on the edge (J)
 #   3U + 6, 7     edge prefix: layers < b on the edge (s, J)
 #   3U + 8        cloud suffix: layers > b on the cloud (s)
+# This module packs the rows and is the only one that reads the layout: everyone else decodes.
 def layer_row_offsets(U: int) -> dict[str, int]:
     return {"edge": 0, "cloud": U, "edge_j": 2 * U, "norm_edge": 3 * U, "norm_cloud": 3 * U + 2,
             "norm_edge_j": 3 * U + 4, "prefix": 3 * U + 6, "prefix_j": 3 * U + 7, "suffix": 3 * U + 8, "K": 3 * U + 9}
 
 
-# Rows of CostArrays.model_rows[phase]:
-MODEL_ROWS = {"edge_embed": 0, "edge_embed_j": 1, "edge_head": 2, "edge_head_j": 3, "cloud_embed": 4, "cloud_head": 5,
-              "edge_all": 6, "edge_all_j": 7, "cloud_all": 8}
+class LayerRow(NamedTuple):
+    """A packed boundary row (`layer_rows[..., K]`) by field; each a view with the row's leading axes."""
+    edge: Any          # [..., U] edge s/token of each unit of the boundary layer
+    cloud: Any         # [..., U] cloud s/token of each unit
+    edge_j: Any        # [..., U] edge J/token of each unit
+    norm_edge: Any     # [..., 2] attn_norm, ffn_norm on the edge (s)
+    norm_cloud: Any    # [..., 2] ... on the cloud (s)
+    norm_edge_j: Any   # [..., 2] ... on the edge (J)
+    prefix: Any        # [...] layers < b on the edge (s)
+    prefix_j: Any      # [...] ... (J)
+    suffix: Any        # [...] layers > b on the cloud (s)
+
+
+def decode_layer_row(rows, U: int) -> LayerRow:
+    """The fields of packed rows (numpy or JAX, any leading axes, K last)."""
+    o = layer_row_offsets(U)
+    return LayerRow(edge=rows[..., o["edge"]:o["edge"] + U], cloud=rows[..., o["cloud"]:o["cloud"] + U],
+                    edge_j=rows[..., o["edge_j"]:o["edge_j"] + U], norm_edge=rows[..., o["norm_edge"]:o["norm_edge"] + 2],
+                    norm_cloud=rows[..., o["norm_cloud"]:o["norm_cloud"] + 2],
+                    norm_edge_j=rows[..., o["norm_edge_j"]:o["norm_edge_j"] + 2], prefix=rows[..., o["prefix"]],
+                    prefix_j=rows[..., o["prefix_j"]], suffix=rows[..., o["suffix"]])
+
+
+class ModelRow(NamedTuple):
+    """Whole-model totals (`model_rows[phase, M, G]`, M in this order), s/token unless _j (J/token)."""
+    edge_embed: Any
+    edge_embed_j: Any
+    edge_head: Any      # final norm + LM head
+    edge_head_j: Any
+    cloud_embed: Any
+    cloud_head: Any
+    edge_all: Any       # every layer on the edge
+    edge_all_j: Any
+    cloud_all: Any      # every layer on the cloud
+
+
+def decode_model_row(rows) -> ModelRow:
+    """The fields of model totals with M last (numpy or JAX, any leading axes)."""
+    return ModelRow(*(rows[..., i] for i in range(len(ModelRow._fields))))
+
+
+@dataclasses.dataclass(frozen=True)
+class EdgeMemory:
+    """Edge bytes of each placement, at the scenario's context (weights + KV cache)."""
+    unit_bytes: np.ndarray   # [U] each work unit of a layer
+    norm_bytes: float        # the two norms of a layer
+    head_bytes: float        # final norm + LM head
+    layer_budget: float      # edge memory left for the layers once the embedding is in
 
 
 @dataclasses.dataclass(frozen=True)
 class CostArrays:
-    """Lookup arrays of one (model, edge, cloud) setting; G = context grid points, U = worker units."""
+    """Lookup arrays of one (model, edge, cloud) setting; G = context grid points, U = worker units.
+    The env's `CostParams` are these arrays; the scenario also carries this host-side copy
+    (`ScenarioInfo.costs`) for planners that price placements offline (`layer()`, `model()`, `memory`)."""
     ctx_grid: np.ndarray          # [G] (the cloud table is resampled onto the edge table's grid)
     layer_rows: np.ndarray        # [L+1, G, 2, K]: one gather reads each phase's two neighbouring grid points
     model_rows: np.ndarray        # [2, M, G]
@@ -44,6 +93,14 @@ class CostArrays:
     boundary_mask: np.ndarray     # [L+1] bool: boundary b fits edge memory (any worker choice within unit_mask)
     unit_mask: np.ndarray         # [L+1, U] bool: unit u may run on the edge when the boundary is b
     tx_bytes: np.ndarray          # [F] bytes per token of the hidden state in each transmission format
+    memory: EdgeMemory | None = None
+
+    def layer(self) -> LayerRow:
+        return decode_layer_row(self.layer_rows, self.unit_is_attn.shape[0])
+
+    def model(self) -> ModelRow:
+        """Model totals [2 phases, G] per field."""
+        return decode_model_row(np.moveaxis(self.model_rows, 1, -1))
 
 
 def _resample(table: CostTable, grid: np.ndarray) -> CostTable:
@@ -118,21 +175,21 @@ def build_cost_arrays(model: ModelArch, edge: Device, cloud: Device, edge_table:
     rows[:, :, off["prefix"]] = edge_prefix
     rows[:, :, off["prefix_j"]] = edge_prefix_j
     rows[:, :, off["suffix"]] = np.concatenate([cloud_suffix[:, 1:], np.zeros((2, 1, G))], axis=1)
-    totals = np.zeros((2, len(MODEL_ROWS), G))
-    totals[:, MODEL_ROWS["edge_embed"]] = _block(edge_table, ("embedding",), "s")
-    totals[:, MODEL_ROWS["edge_embed_j"]] = _block(edge_table, ("embedding",), "j")
-    totals[:, MODEL_ROWS["edge_head"]] = _block(edge_table, ("final_norm", "lm_head"), "s")
-    totals[:, MODEL_ROWS["edge_head_j"]] = _block(edge_table, ("final_norm", "lm_head"), "j")
-    totals[:, MODEL_ROWS["cloud_embed"]] = _block(cloud_table, ("embedding",), "s")
-    totals[:, MODEL_ROWS["cloud_head"]] = _block(cloud_table, ("final_norm", "lm_head"), "s")
-    totals[:, MODEL_ROWS["edge_all"]] = edge_prefix[:, L]
-    totals[:, MODEL_ROWS["edge_all_j"]] = edge_prefix_j[:, L]
-    totals[:, MODEL_ROWS["cloud_all"]] = cloud_suffix[:, 0]
+    totals = ModelRow(
+        edge_embed=_block(edge_table, ("embedding",), "s"), edge_embed_j=_block(edge_table, ("embedding",), "j"),
+        edge_head=_block(edge_table, ("final_norm", "lm_head"), "s"),
+        edge_head_j=_block(edge_table, ("final_norm", "lm_head"), "j"),
+        cloud_embed=_block(cloud_table, ("embedding",), "s"), cloud_head=_block(cloud_table, ("final_norm", "lm_head"), "s"),
+        edge_all=edge_prefix[:, L], edge_all_j=edge_prefix_j[:, L], cloud_all=cloud_suffix[:, 0])
     f32 = np.float32
     return CostArrays(
-        ctx_grid=grid.astype(f32), layer_rows=rows.transpose(1, 3, 0, 2).astype(f32), model_rows=totals.astype(f32),
+        ctx_grid=grid.astype(f32), layer_rows=rows.transpose(1, 3, 0, 2).astype(f32),
+        model_rows=np.stack(totals, axis=1).astype(f32),
         unit_is_attn=(kinds[work_idx] == "attn"), boundary_mask=boundary_mask, unit_mask=unit_mask,
         tx_bytes=np.array([tx_bytes_per_token(model.d_model, f) for f in TX_FORMATS], dtype=f32),
+        memory=EdgeMemory(unit_bytes=unit_bytes[work_idx], norm_bytes=float(unit_bytes[norm_idx].sum()),
+                          head_bytes=float((model.block_params()["final_norm"] + model.block_params()["lm_head"]) * bpp),
+                          layer_budget=float(edge.memory_bytes - emb_bytes)),
     )
 
 

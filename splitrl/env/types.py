@@ -102,6 +102,17 @@ class EnvParams:
 
 
 @struct.dataclass
+class Conditions:
+    """One slot's channel and cloud: as they turn out (the env's step), as a causal policy estimates them
+    (the bandwidth estimate and last slot's values), or at their typical values (`splitrl.env.nominal`)."""
+    bw: jax.Array               # bytes/s
+    rtt: jax.Array              # s
+    loss_p: jax.Array           # packet-loss probability
+    snr_db: jax.Array           # channel SNR (dB; matters where the scenario has analog noise)
+    cloud_load: jax.Array       # the cloud's utilisation in [0, 1)
+
+
+@struct.dataclass
 class EnvState:
     bw: jax.Array               # true bandwidth of the last slot, bytes/s
     bw_est: jax.Array           # the agent's estimate for the coming slot, bytes/s

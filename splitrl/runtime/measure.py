@@ -36,10 +36,12 @@ def predict(env_params, plan, prompt_len: int, output_len: int, bw_bytes_s: floa
     import jax.numpy as jnp
 
     from splitrl.env.cost import project_action, request_cost
+    from splitrl.env.types import Conditions
     b, f, units = project_action(env_params, jnp.int32(plan.boundary), jnp.int32(["fp16", "int8", "int4"].index(plan.fmt)),
                                  jnp.asarray(plan.units, jnp.int32))
-    m = request_cost(env_params, b, f, units, jnp.float32(prompt_len), jnp.float32(output_len), jnp.float32(bw_bytes_s),
-                     jnp.float32(rtt_s), jnp.float32(0.0), jnp.float32(30.0), jnp.float32(0.0))
+    cond = Conditions(bw=jnp.float32(bw_bytes_s), rtt=jnp.float32(rtt_s), loss_p=jnp.float32(0.0),
+                      snr_db=jnp.float32(30.0), cloud_load=jnp.float32(0.0))
+    m = request_cost(env_params, b, f, units, jnp.float32(prompt_len), jnp.float32(output_len), cond)
     return float(m["latency"])
 
 
