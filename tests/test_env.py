@@ -1,5 +1,7 @@
 """The environment's contract: physics sanity, queues, masks, determinism, jit/vmap, errors."""
 
+from functools import partial
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -9,8 +11,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from splitrl.bench.env import random_rollout
+from splitrl.bench.env import random_split_action
 from splitrl.env import Action, ScenarioError, check_params, make, make_with_info
+from splitrl.env import rollout as R
 from splitrl.env.cost import request_cost, transfer_time
 from splitrl.env.scenario import SCENARIO_DIR, load_trace
 from splitrl.env.tables import decode_model_row
@@ -29,10 +32,20 @@ def _action(env, b, fmt=0, units=None):
     return Action(boundary=jnp.int32(b), fmt=jnp.int32(fmt), units=units)
 
 
+@partial(jax.jit, static_argnums=(0, 2, 3))
 def _rollout(env, params, n_envs, n_steps, key):
-    """(features, reward, terminated, truncated, info, z_energy, z_acc, boundary), time-major."""
-    obs, r, term, trunc, info, state, act = random_rollout(env, params, key, n_envs, n_steps)
-    return obs.features, r, term, trunc, info, state.z_energy, state.z_acc, act.boundary
+    """A random-policy rollout through the one rollout loop: (features, reward, terminated, truncated,
+    info, z_energy, z_acc, boundary), time-major; features and queues as each step saw them."""
+    def act(obs, _state, policy_keys, _env_keys):
+        return jax.vmap(lambda k, o: random_split_action(env, k, o))(policy_keys, obs), None
+
+    def record(s):
+        return (s.obs.features, s.reward, s.terminated, s.truncated, s.info, s.state.z_energy, s.state.z_acc,
+                s.action.boundary)
+
+    reset_key, key = jax.random.split(key)
+    carry = R.start(env, params, jax.random.split(reset_key, n_envs))
+    return R.rollout(env, params, act, carry, jax.random.split(key, n_steps), R.training_keys(n_envs), record)[1]
 
 
 def test_all_cloud_sends_only_the_prompt_and_all_edge_sends_nothing(default):

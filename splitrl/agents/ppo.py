@@ -25,9 +25,7 @@ import optax
 from flax import struct
 
 from splitrl.agents.config import PPOConfig
-
-# info entries that are bookkeeping, not environment metrics
-NOT_METRICS = ("final_observation", "terminated", "truncated", "discount")
+from splitrl.env import rollout as R
 
 
 class HParams(struct.PyTreeNode):
@@ -83,23 +81,23 @@ def env_params_with(env_params, hp: HParams, reward_v_field: str | None):
 
 
 # ----------------------------------------------------------------------------- rollout
-def rollout_step(policy, env, env_params, carry, key):
-    """One vectorised env step with the current policy. carry = (params, env_state, obs, running_return)."""
-    params, env_state, obs, running_return = carry
-    act_key, step_key = jax.random.split(key)
-    num_envs = running_return.shape[0]
-    action, log_prob, value = jax.vmap(policy.sample, (None, 0, 0))(
-        params, obs, jax.random.split(act_key, num_envs))
-    next_obs, env_state, reward, terminated, truncated, info = jax.vmap(env.step, (0, 0, 0, None))(
-        jax.random.split(step_key, num_envs), env_state, action, env_params)
-    done = terminated | truncated
-    running_return = running_return + reward
-    metrics = {k: v.astype(jnp.float32) for k, v in info.items()
-               if k not in NOT_METRICS and getattr(v, "shape", None) == (num_envs,)}
-    transition = Transition(obs=obs, action=action, log_prob=log_prob, value=value, reward=reward,
-                            terminated=terminated, done=done, final_obs=info["final_observation"],
-                            episode_return=jnp.where(done, running_return, 0.0), env_metrics=metrics)
-    return (params, env_state, next_obs, jnp.where(done, 0.0, running_return)), transition
+def collect(policy, env, env_params, params, state: LearnerState, key, num_steps: int):
+    """`num_steps` vectorised env steps with the current (stochastic) policy, through the one rollout
+    loop (splitrl.env.rollout). Returns (carry after the last step, Transition[T, N])."""
+    num_envs = state.running_return.shape[0]
+
+    def act(obs, _state, policy_keys, _env_keys):
+        action, log_prob, value = jax.vmap(policy.sample, (None, 0, 0))(params, obs, policy_keys)
+        return action, (log_prob, value)
+
+    def record(s: R.Step) -> Transition:
+        return Transition(obs=s.obs, action=s.action, log_prob=s.aux[0], value=s.aux[1], reward=s.reward,
+                          terminated=s.terminated, done=s.terminated | s.truncated,
+                          final_obs=s.info["final_observation"], episode_return=s.episode_return,
+                          env_metrics=R.info_metrics(s.info, num_envs))
+
+    carry = R.Carry(obs=state.obs, state=state.env_state, episode_return=state.running_return)
+    return R.rollout(env, env_params, act, carry, jax.random.split(key, num_steps), R.training_keys(num_envs), record)
 
 
 # ----------------------------------------------------------------------------- GAE
@@ -188,9 +186,7 @@ def make_update(cfg: PPOConfig, env, env_params, policy, reward_v_field: str | N
     def update(state: LearnerState, hp: HParams):
         params_env = env_params_with(env_params, hp, reward_v_field)
         key, rollout_key, epoch_key = jax.random.split(state.key, 3)
-        carry = (state.params, state.env_state, state.obs, state.running_return)
-        (_, env_state, obs, running_return), traj = jax.lax.scan(
-            partial(rollout_step, policy, env, params_env), carry, jax.random.split(rollout_key, cfg.num_steps))
+        last, traj = collect(policy, env, params_env, state.params, state, rollout_key, cfg.num_steps)
         value_of = jax.vmap(jax.vmap(policy.value, (None, 0)), (None, 0))
         next_value = value_of(state.params, traj.final_obs)
         adv, target = gae(traj.reward, traj.value, next_value, traj.terminated.astype(jnp.float32),
@@ -211,8 +207,8 @@ def make_update(cfg: PPOConfig, env, env_params, policy, reward_v_field: str | N
             "episode_return_sum": traj.episode_return.sum(),
             "episodes": traj.done.sum().astype(jnp.float32),
         } | {f"env/{k}": v.mean() for k, v in traj.env_metrics.items()}
-        new_state = state.replace(params=params, opt_state=opt_state, env_state=env_state, obs=obs,
-                                  running_return=running_return, key=key, update_step=state.update_step + 1)
+        new_state = state.replace(params=params, opt_state=opt_state, env_state=last.state, obs=last.obs,
+                                  running_return=last.episode_return, key=key, update_step=state.update_step + 1)
         return new_state, metrics
 
     return update
@@ -259,27 +255,21 @@ def evaluate_returns(policy, env, env_params, params, key, num_envs: int, num_st
     if mode not in ("greedy", "sample", "uniform"):
         raise ValueError(f"mode = {mode!r}: must be greedy, sample or uniform")
     reset_key, key = jax.random.split(key)
-    obs, env_state = jax.vmap(env.reset, (0, None))(jax.random.split(reset_key, num_envs), env_params)
 
-    def step(carry, step_key):
-        env_state, obs, running = carry
-        act_key, env_key = jax.random.split(step_key)
-        act_keys = jax.random.split(act_key, num_envs)
+    def act(obs, _state, policy_keys, _env_keys):
         if mode == "greedy":
-            action = jax.vmap(policy.greedy, (None, 0))(params, obs)
-        elif mode == "sample":
-            action = jax.vmap(policy.sample, (None, 0, 0))(params, obs, act_keys)[0]
-        else:
-            action = jax.vmap(policy.sample_uniform)(obs, act_keys)
-        obs, env_state, reward, term, trunc, info = jax.vmap(env.step, (0, 0, 0, None))(
-            jax.random.split(env_key, num_envs), env_state, action, env_params)
-        done = term | trunc
-        running = running + reward
-        out = {k: v for k, v in info.items() if k not in NOT_METRICS and getattr(v, "shape", None) == (num_envs,)}
-        out |= {"return_sum": jnp.where(done, running, 0.0).sum(), "episodes": done.sum(), "reward": reward}
-        return (env_state, obs, jnp.where(done, 0.0, running)), out
+            return jax.vmap(policy.greedy, (None, 0))(params, obs), None
+        if mode == "sample":
+            return jax.vmap(policy.sample, (None, 0, 0))(params, obs, policy_keys)[0], None
+        return jax.vmap(policy.sample_uniform)(obs, policy_keys), None
 
-    _, out = jax.lax.scan(step, (env_state, obs, jnp.zeros((num_envs,))), jax.random.split(key, num_steps))
+    def record(s: R.Step) -> dict:
+        done = s.terminated | s.truncated
+        return R.info_metrics(s.info, num_envs) | {"return_sum": s.episode_return.sum(), "episodes": done.sum(),
+                                                   "reward": s.reward}
+
+    carry = R.start(env, env_params, jax.random.split(reset_key, num_envs))
+    _, out = R.rollout(env, env_params, act, carry, jax.random.split(key, num_steps), R.training_keys(num_envs), record)
     result = {k: v.mean() for k, v in out.items() if k not in ("return_sum", "episodes")}
     result["episode_return"] = out["return_sum"].sum() / jnp.maximum(out["episodes"].sum(), 1)
     result["episodes"] = out["episodes"].sum()

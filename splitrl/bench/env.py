@@ -7,12 +7,12 @@ import json
 import platform
 import resource
 import time
-from functools import partial
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
+from splitrl.env import rollout as R
 from splitrl.env.split_env import SplitEnv
 from splitrl.env.types import Action
 
@@ -32,41 +32,18 @@ def random_split_action(env: SplitEnv, key: jax.Array, obs) -> Action:
     return Action(boundary=b, fmt=fmt, units=units)
 
 
-@partial(jax.jit, static_argnums=(0, 3, 4))
-def random_rollout(env: SplitEnv, params, key: jax.Array, n_envs: int, n_steps: int):
-    """n_envs x n_steps random-policy steps of `env`; returns per-step (obs, reward, terminated,
-    truncated, info, state), time-major. Compiled once per (env structure, sizes): params are data."""
-    keys = jax.random.split(key, n_envs + 1)
-    obs, state = jax.vmap(env.reset_env, in_axes=(0, None))(keys[1:], params)
-
-    def body(carry, _):
-        obs, state, key = carry
-        key, k_act, k_step = jax.random.split(key, 3)
-        actions = jax.vmap(lambda k, o: random_split_action(env, k, o))(jax.random.split(k_act, n_envs), obs)
-        out = jax.vmap(env._step_auto_reset, in_axes=(0, 0, 0, None))(jax.random.split(k_step, n_envs), state,
-                                                                      actions, params)
-        obs, state = out[0], out[1]
-        return (obs, state, key), (*out[:1], *out[2:], state, actions)
-
-    return jax.lax.scan(body, (obs, state, keys[0]), None, length=n_steps)[1]
-
-
 def make_rollout(env, params, n_envs: int, n_steps: int, policy):
-    """A jitted function key -> sum of rewards, running n_envs x n_steps random-policy steps."""
+    """A jitted function key -> sum of rewards, running n_envs x n_steps steps of `policy(key, obs)` through
+    the one rollout loop (splitrl.env.rollout), auto-reset on: the work of a training rollout."""
+
+    def act(obs, _state, policy_keys, _env_keys):
+        return jax.vmap(policy)(policy_keys, obs), None
 
     def run(key):
-        keys = jax.random.split(key, n_envs + 1)
-        obs, state = jax.vmap(env.reset, in_axes=(0, None))(keys[1:], params)
-
-        def body(carry, _):
-            obs, state, key = carry
-            key, k_act, k_step = jax.random.split(key, 3)
-            actions = jax.vmap(policy)(jax.random.split(k_act, n_envs), obs)
-            obs, state, reward, _, _, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
-                jax.random.split(k_step, n_envs), state, actions, params)
-            return (obs, state, key), reward.sum()
-
-        _, rewards = jax.lax.scan(body, (obs, state, keys[0]), None, length=n_steps)
+        reset_key, key = jax.random.split(key)
+        carry = R.start(env, params, jax.random.split(reset_key, n_envs))
+        _, rewards = R.rollout(env, params, act, carry, jax.random.split(key, n_steps), R.training_keys(n_envs),
+                               lambda s: s.reward.sum())
         return rewards.sum()
 
     return jax.jit(run)

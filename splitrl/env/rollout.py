@@ -34,6 +34,7 @@ class Carry(struct.PyTreeNode):
 
 class Step(struct.PyTreeNode):
     obs: Any                  # the observation acted on
+    state: Any                # the env state acted in
     action: Any
     aux: Any                  # what `act` returned beside the action
     reward: jax.Array         # f32[N]
@@ -74,7 +75,7 @@ def rollout(env, env_params, act: Callable, carry: Carry, xs, step_keys: Callabl
             truncated = jnp.zeros_like(terminated)
         done = terminated | truncated
         ret = c.episode_return + reward
-        step = Step(obs=c.obs, action=action, aux=aux, reward=reward, terminated=terminated, truncated=truncated,
+        step = Step(obs=c.obs, state=c.state, action=action, aux=aux, reward=reward, terminated=terminated, truncated=truncated,
                     info=info, episode_return=jnp.where(done, ret, 0.0))
         return Carry(obs=obs, state=state, episode_return=jnp.where(done, 0.0, ret)), record(step)
 

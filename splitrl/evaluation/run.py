@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from splitrl.baselines import ScenarioSpec, Trained, make_baseline
+from splitrl.env import rollout as R
 from splitrl.evaluation.plots import plot_all
 from splitrl.evaluation.report import claims, claims_markdown, fmt_number, write_tables
 from splitrl.evaluation.stats import LABELS, seed_stats, summarise
@@ -52,25 +53,23 @@ def episode_keys(scenario: str, seed: int, n_episodes: int) -> tuple[jax.Array, 
 
 @partial(jax.jit, static_argnames=("env", "policy", "n_steps"))
 def rollout(env, policy, env_params, pparams, env_keys, policy_keys, n_steps: int) -> dict[str, jax.Array]:
-    """Episodes of `policy` in `env` (no auto-reset; vmapped over the keys' leading axis N).
-    Returns {info key: f32[N, n_steps]} for RECORD plus "reward". Compiled once per (env structure,
-    policy, n_steps): params, policy params and keys are data."""
+    """Episodes of `policy` in `env` (no auto-reset; one per key of the leading axis N), through the one
+    rollout loop (splitrl.env.rollout). Step t of episode e steps the env with fold_in(env root e, t) and
+    the policy with fold_in(policy root e, t). Returns {info key: f32[N, n_steps]} for RECORD plus
+    "reward". Compiled once per (env structure, policy, n_steps): params, policy params and keys are data."""
+    reset_keys, env_roots = jax.vmap(jax.random.split)(env_keys).transpose(1, 0, 2)
+    fold = jax.vmap(jax.random.fold_in, (0, None))
 
-    def episode(env_key, pol_key):
-        k_reset, k_steps = jax.random.split(env_key)
-        obs, state = env.reset_env(k_reset, env_params)
+    def act(obs, state, pol_keys, step_keys):   # the oracle reads the env's step keys; no one else does
+        return jax.vmap(policy, (None, 0, 0, 0, None, 0))(pparams, pol_keys, obs, state, env_params, step_keys), None
 
-        def step(carry, t):
-            obs, state = carry
-            step_key = jax.random.fold_in(k_steps, t)
-            action = policy(pparams, jax.random.fold_in(pol_key, t), obs, state, env_params, step_key)
-            obs, state, reward, _, info = env.step_env(step_key, state, action, env_params)
-            out = {k: jnp.asarray(info[k], jnp.float32) for k in RECORD}
-            return (obs, state), out | {"reward": reward}
+    def record(s: R.Step) -> dict:
+        return {k: jnp.asarray(s.info[k], jnp.float32) for k in RECORD} | {"reward": s.reward}
 
-        return jax.lax.scan(step, (obs, state), jnp.arange(n_steps))[1]
-
-    return jax.vmap(episode)(env_keys, policy_keys)
+    carry = R.start(env, env_params, reset_keys, reset="reset_env")
+    _, out = R.rollout(env, env_params, act, carry, jnp.arange(n_steps),
+                       lambda t: (fold(policy_keys, t), fold(env_roots, t)), record, auto_reset=False)
+    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), out)   # [T, N] -> [N, T]
 
 
 # ----------------------------------------------------------------------------- statistics
