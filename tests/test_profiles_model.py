@@ -16,7 +16,8 @@ from splitrl.profiles import (
 )
 from splitrl.profiles.cli import SHIPPED_ANALYTIC, analytic_table, main, validate_tree
 from splitrl.profiles.fit import layer_bytes
-from splitrl.profiles.schema import CostTable, Device
+from splitrl.profiles.schema import Device
+from splitrl.profiles.table_schema import CostTable
 
 from .conftest import DATA
 

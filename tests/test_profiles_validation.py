@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from splitrl.profiles import ProfileError, check_fit, load_costs, load_device, load_model, load_ppl
-from splitrl.profiles.schema import PPLTable
 from splitrl.profiles.store import load_costs_file
+from splitrl.profiles.table_schema import PPLTable
 
 COSTS = "costs/analytic/smollm2-135m__this-host__fp32.json"
 

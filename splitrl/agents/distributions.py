@@ -83,11 +83,6 @@ def split_logits(gate_logit: jax.Array, edge_allowed: jax.Array) -> jax.Array:
     return jnp.stack([jnp.zeros_like(gate_logit), jnp.where(jnp.any(edge_allowed), gate_logit, MASKED_LOGIT)])
 
 
-def manager_distributions(boundary_logits, fmt_logits, boundary_mask, format_mask):
-    return (masked_categorical(boundary_logits, boundary_mask),
-            masked_categorical(fmt_logits, format_mask))
-
-
 def worker_distribution(unit_logits: jax.Array) -> distrax.Categorical:
     """Independent per-unit two-way categoricals over [cloud, edge]: batch shape [U]."""
     chex.assert_rank(unit_logits, 2)

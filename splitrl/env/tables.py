@@ -15,7 +15,8 @@ import numpy as np
 from splitrl.profiles.errors import ProfileError
 from splitrl.profiles.fit import placement_memory
 from splitrl.profiles.formats import TX_FORMATS, tx_bytes_per_token
-from splitrl.profiles.schema import CostTable, Device, ModelArch, PPLSweep, PPLTable
+from splitrl.profiles.schema import Device, ModelArch
+from splitrl.profiles.table_schema import CostTable, PPLSweep, PPLTable
 
 
 # Entries of CostArrays.layer_rows[b, g, phase] (U = worker units of a layer):
@@ -145,23 +146,8 @@ def build_cost_arrays(model: ModelArch, edge: Device, cloud: Device, edge_table:
     c_layer = c_s.sum(axis=2)
     cloud_suffix = np.concatenate([np.cumsum(c_layer[:, ::-1], axis=1)[:, ::-1], zeros], axis=1)
 
-    # Memory: boundary b fits if layers < b (+ embedding) fit; the worker may add units of layer b in
-    # table order while their running total fits, so any subset of the allowed units fits too.
-    edge_mem, cloud_mem = placement_memory(model, edge_table.weight_format, cloud_table.weight_format, context)
-    bpp = model.bytes_per_param[edge_table.weight_format]
-    unit_bytes = (model.unit_params() * bpp + model.unit_kv_values_per_token() * model.kv_bytes_per_value * context)
-    emb_bytes = model.block_params()["embedding"] * bpp
-    boundary_mask = (edge_mem <= edge.memory_bytes) & (cloud_mem <= cloud.memory_bytes)
-    unit_mask = np.zeros((L + 1, len(work_idx)), dtype=bool)
-    for b in range(L):
-        base = edge_mem[b] + (emb_bytes if b == 0 else 0.0)
-        running = base + np.cumsum(unit_bytes[work_idx]) + unit_bytes[norm_idx].sum()
-        # the cloud still needs memory for its part; units moved to the edge only reduce it
-        unit_mask[b] = (running <= edge.memory_bytes) & boundary_mask[b]
-    if not boundary_mask.any():
-        raise ProfileError(edge.path or edge.name, "memory_bytes", edge.memory_bytes,
-                           f"no placement of {model.name} fits edge {edge.name} and cloud {cloud.name} at context {context}",
-                           "use a smaller weight format, a shorter context or a bigger device")
+    boundary_mask, unit_mask, memory = memory_masks(model, edge, cloud, edge_table.weight_format,
+                                                    cloud_table.weight_format, context)
     U, G = len(work_idx), len(grid)
     off = layer_row_offsets(U)
     rows = np.zeros((2, L + 1, off["K"], G))
@@ -187,10 +173,38 @@ def build_cost_arrays(model: ModelArch, edge: Device, cloud: Device, edge_table:
         model_rows=np.stack(totals, axis=1).astype(f32),
         unit_is_attn=(kinds[work_idx] == "attn"), boundary_mask=boundary_mask, unit_mask=unit_mask,
         tx_bytes=np.array([tx_bytes_per_token(model.d_model, f) for f in TX_FORMATS], dtype=f32),
-        memory=EdgeMemory(unit_bytes=unit_bytes[work_idx], norm_bytes=float(unit_bytes[norm_idx].sum()),
-                          head_bytes=float((model.block_params()["final_norm"] + model.block_params()["lm_head"]) * bpp),
-                          layer_budget=float(edge.memory_bytes - emb_bytes)),
+        memory=memory,
     )
+
+
+def memory_masks(model: ModelArch, edge: Device, cloud: Device, edge_format: str, cloud_format: str, context: int):
+    """(boundary mask [L+1], unit mask [L+1, U], EdgeMemory) with `context` tokens of KV cache.
+
+    Boundary b fits if layers < b (+ embedding) fit on the edge and the rest on the cloud; the worker
+    may add units of layer b in table order while their running total fits, so any subset of the
+    allowed units fits too (units moved to the edge only reduce what the cloud needs)."""
+    edge_mem, cloud_mem = placement_memory(model, edge_format, cloud_format, context)
+    kinds = np.array(model.unit_kinds)
+    norm_idx, work_idx = np.flatnonzero(kinds == "norm"), np.flatnonzero(kinds != "norm")
+    bpp = model.bytes_per_param[edge_format]
+    unit_bytes = (model.unit_params() * bpp + model.unit_kv_values_per_token() * model.kv_bytes_per_value * context)
+    emb_bytes = model.block_params()["embedding"] * bpp
+    boundary_mask = (edge_mem <= edge.memory_bytes) & (cloud_mem <= cloud.memory_bytes)
+    L = model.n_layers
+    unit_mask = np.zeros((L + 1, len(work_idx)), dtype=bool)
+    for b in range(L):
+        base = edge_mem[b] + (emb_bytes if b == 0 else 0.0)
+        running = base + np.cumsum(unit_bytes[work_idx]) + unit_bytes[norm_idx].sum()
+        unit_mask[b] = (running <= edge.memory_bytes) & boundary_mask[b]
+    if not boundary_mask.any():
+        raise ProfileError(edge.path or edge.name, "memory_bytes", edge.memory_bytes,
+                           f"no placement of {model.name} fits edge {edge.name} and cloud {cloud.name} at context {context}",
+                           "use a smaller weight format, a shorter context or a bigger device")
+    bp = model.block_params()
+    memory = EdgeMemory(unit_bytes=unit_bytes[work_idx], norm_bytes=float(unit_bytes[norm_idx].sum()),
+                        head_bytes=float((bp["final_norm"] + bp["lm_head"]) * bpp),
+                        layer_budget=float(edge.memory_bytes - emb_bytes))
+    return boundary_mask, unit_mask, memory
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from splitrl.profiles.analytic import analytic_costs
 from splitrl.profiles.errors import ProfileError
 from splitrl.profiles.fit import boundary_bytes_per_token, check_fit, feasible_boundaries, placement_memory
-from splitrl.profiles.schema import BlockCost, CostTable, Device, ModelArch, PPLSweep, PPLTable
+from splitrl.profiles.schema import Device, ModelArch
 from splitrl.profiles.store import (
     data_root,
     list_devices,
@@ -13,6 +13,7 @@ from splitrl.profiles.store import (
     load_model,
     load_ppl,
 )
+from splitrl.profiles.table_schema import BlockCost, CostTable, PPLSweep, PPLTable
 
 __all__ = [
     "BlockCost", "CostTable", "Device", "ModelArch", "PPLSweep", "PPLTable", "ProfileError", "analytic_costs",

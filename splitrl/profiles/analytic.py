@@ -14,11 +14,14 @@ token for N parameters); Pope et al., "Efficiently Scaling Transformer Inference
 from __future__ import annotations
 
 import datetime
+from pathlib import Path
 
 import numpy as np
 
 from splitrl.profiles.formats import compute_dtype
-from splitrl.profiles.schema import BlockCost, CostTable, Device, ModelArch
+from splitrl.profiles.schema import Device, ModelArch
+from splitrl.profiles.table_schema import BlockCost, CostTable
+from splitrl.resources import data_dir
 
 DEFAULT_CONTEXT_GRID = (64, 128, 256, 512, 1024, 2048, 4096)
 # Kernel launches per unit and call (q/k/v proj, rope, sdpa, o-proj; gate, up, act*mul, down).
@@ -63,39 +66,72 @@ def analytic_costs(model: ModelArch, device: Device, weight_format: str,
     """
     grid = context_grid_for(model) if context_grid is None else np.asarray(context_grid, dtype=np.float64)
     calibration = calibration or {}
-    dtype = compute_dtype(weight_format)
-    bpp = model.bytes_per_param[weight_format]
-    act = 4.0 if dtype == "fp32" else 2.0
+    bpp, kvb = model.bytes_per_param[weight_format], model.kv_bytes_per_value
+    layer_pre, layer_dec = _unit_times(model, device, weight_format, grid, calibration)   # [U, C] each
+    L = model.n_layers   # every layer of a decoder stack is the same shape
+    prefill_s = np.broadcast_to(layer_pre, (L,) + layer_pre.shape).copy()
+    decode_s = np.broadcast_to(layer_dec, (L,) + layer_dec.shape).copy()
+    weight_bytes = np.broadcast_to(model.unit_params() * bpp, (L, model.n_units)).copy()
+    kv_bytes = np.broadcast_to(model.unit_kv_values_per_token() * kvb, (L, model.n_units)).copy()
+    provenance = {
+        "kind": "analytic",
+        "formula": FORMULA,
+        "sources": {"model": model.source, "device": device.source},
+        "model_file": _data_relative(model.path), "device_file": _data_relative(device.path),
+        "compute_dtype": compute_dtype(weight_format),
+        "calibration": calibration or "none",
+        "date": datetime.date.today().isoformat(),
+    }
+    return CostTable(
+        model=model.name, device=device.name, weight_format=weight_format, context_grid=grid,
+        unit_names=model.unit_names, prefill_s=prefill_s, decode_s=decode_s,
+        prefill_j=prefill_s * device.power_active_w, decode_j=decode_s * device.power_active_w,
+        weight_bytes=weight_bytes, kv_bytes_per_token=kv_bytes,
+        blocks=_model_blocks(model, device, weight_format, grid, calibration), provenance=provenance,
+    )
+
+
+def _data_relative(path) -> str:
+    """A profile file's path relative to the profiles directory (machine-independent provenance)."""
+    try:
+        return Path(path).resolve().relative_to(data_dir().resolve()).as_posix()
+    except ValueError:   # a file outside the profiles directory: keep where it was
+        return str(path)
+
+
+def _scale(calibration: dict, kind: str, phase: str) -> float:
+    return float(calibration.get(kind, {}).get(phase, 1.0))
+
+
+def _act_bytes(weight_format: str) -> float:
+    return 4.0 if compute_dtype(weight_format) == "fp32" else 2.0
+
+
+def _unit_times(model: ModelArch, device: Device, weight_format: str, grid: np.ndarray, calibration: dict):
+    """([U, C] prefill s/token, [U, C] decode s/token) of one layer's units over the context grid."""
+    dtype, bpp, act = compute_dtype(weight_format), model.bytes_per_param[weight_format], _act_bytes(weight_format)
     kvb = model.kv_bytes_per_value
-    params = model.unit_params()
-    kv_vals = model.unit_kv_values_per_token()
-
-    def scale(kind: str, phase: str) -> float:
-        return float(calibration.get(kind, {}).get(phase, 1.0))
-
     pre_s, dec_s = [], []
-    for kind, p, kv in zip(model.unit_kinds, params, kv_vals, strict=True):
+    for kind, p, kv in zip(model.unit_kinds, model.unit_params(), model.unit_kv_values_per_token(), strict=True):
         io = 2 * model.d_model * act + kv * kvb  # read input, write output, write this token's K/V
         # prefill of S = grid tokens, per token
         keys_p = (grid + 1) / 2
         bytes_p = p * bpp / grid + io + keys_p * kv * kvb / np.maximum(grid / 64, 1)  # tiled K/V reuse
         pre_s.append(_roofline(device, dtype, _unit_flops(model, kind, p, keys_p), bytes_p, KERNELS[kind], grid)
-                     * scale(kind, "prefill"))
+                     * _scale(calibration, kind, "prefill"))
         # decode one token with `grid` tokens cached
         bytes_d = p * bpp + io + grid * kv * kvb
         dec_s.append(_roofline(device, dtype, _unit_flops(model, kind, p, grid), bytes_d, KERNELS[kind], 1.0)
-                     * scale(kind, "decode"))
-    layer_pre = np.stack(pre_s)  # [U, C]; every layer of a decoder stack is the same shape
-    layer_dec = np.stack(dec_s)
-    L = model.n_layers
-    prefill_s = np.broadcast_to(layer_pre, (L,) + layer_pre.shape).copy()
-    decode_s = np.broadcast_to(layer_dec, (L,) + layer_dec.shape).copy()
-    weight_bytes = np.broadcast_to(params * bpp, (L, model.n_units)).copy()
-    kv_bytes = np.broadcast_to(kv_vals * kvb, (L, model.n_units)).copy()
+                     * _scale(calibration, kind, "decode"))
+    return np.stack(pre_s), np.stack(dec_s)
 
+
+def _model_blocks(model: ModelArch, device: Device, weight_format: str, grid: np.ndarray,
+                  calibration: dict) -> dict[str, BlockCost]:
+    """The embedding, final norm and LM head, which run once per token outside the layers."""
+    dtype, bpp, act = compute_dtype(weight_format), model.bytes_per_param[weight_format], _act_bytes(weight_format)
+    bp, d = model.block_params(), model.d_model
     blocks = {}
-    bp = model.block_params()
-    d = model.d_model
     for name in ("embedding", "final_norm", "lm_head"):
         p = bp[name]
         if name == "embedding":       # a row lookup: reads d weights per token
@@ -106,24 +142,9 @@ def analytic_costs(model: ModelArch, device: Device, weight_format: str,
         else:                         # logits for one token: a [d, vocab] GEMV
             flops = np.full_like(grid, 2.0 * p)
             nbytes_pre, nbytes_dec = p * bpp / grid + d * act, p * bpp + d * act
-        pre = _roofline(device, dtype, flops, nbytes_pre, KERNELS[name], grid) * scale(name, "prefill")
-        dec = _roofline(device, dtype, flops, nbytes_dec, KERNELS[name], 1.0) * scale(name, "decode")
+        pre = _roofline(device, dtype, flops, nbytes_pre, KERNELS[name], grid) * _scale(calibration, name, "prefill")
+        dec = _roofline(device, dtype, flops, nbytes_dec, KERNELS[name], 1.0) * _scale(calibration, name, "decode")
         dec = np.broadcast_to(dec, grid.shape).astype(np.float64)
         blocks[name] = BlockCost(prefill_s=pre, decode_s=dec, prefill_j=pre * device.power_active_w,
                                  decode_j=dec * device.power_active_w, weight_bytes=p * bpp)
-
-    provenance = {
-        "kind": "analytic",
-        "formula": FORMULA,
-        "sources": {"model": model.source, "device": device.source},
-        "model_file": model.path, "device_file": device.path,
-        "compute_dtype": dtype,
-        "calibration": calibration or "none",
-        "date": datetime.date.today().isoformat(),
-    }
-    return CostTable(
-        model=model.name, device=device.name, weight_format=weight_format, context_grid=grid,
-        unit_names=model.unit_names, prefill_s=prefill_s, decode_s=decode_s,
-        prefill_j=prefill_s * device.power_active_w, decode_j=decode_s * device.power_active_w,
-        weight_bytes=weight_bytes, kv_bytes_per_token=kv_bytes, blocks=blocks, provenance=provenance,
-    )
+    return blocks

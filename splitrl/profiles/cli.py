@@ -25,15 +25,7 @@ from splitrl.profiles.errors import ProfileError
 from splitrl.profiles.formats import WEIGHT_FORMATS
 from splitrl.profiles.reader import read_document
 from splitrl.profiles.report import make_console
-from splitrl.profiles.schema import (
-    COSTS_SCHEMA,
-    DEVICE_SCHEMA,
-    MODEL_SCHEMA,
-    PPL_SCHEMA,
-    CostTable,
-    Device,
-    ModelArch,
-)
+from splitrl.profiles.schema import COSTS_SCHEMA, DEVICE_SCHEMA, MODEL_SCHEMA, PPL_SCHEMA, Device, ModelArch
 from splitrl.profiles.store import (
     costs_path,
     data_root,
@@ -45,6 +37,7 @@ from splitrl.profiles.store import (
     load_ppl,
     write_json,
 )
+from splitrl.profiles.table_schema import CostTable
 
 # Analytic tables shipped in profiles_data/costs/analytic (regenerate with `splitrl-profiles build --shipped`):
 # the Splitwise settings (three models on three edge devices in three weight formats, A100 cloud), the
@@ -131,7 +124,7 @@ def show(a, parser, console) -> None:
                  a.weight_format, a.cloud_weight_format, a.context, a.kind, console)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="splitrl-profiles", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -161,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("measure", add_help=False, help="measure a real model's cost (measure cost) or PPL degradation "
                    "(measure ppl) on this host; `splitrl-profiles measure cost --help`")
     sub.add_parser("plot", add_help=False, help="PNG of ΔPPL vs boundary of a measured PPL table")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] in (["measure"], ["plot"]):   # the measuring CLI has its own parser (and needs torch)
         from splitrl.profiling.cli import main as measure_main

@@ -10,8 +10,9 @@ from splitrl.profiles.analytic import analytic_costs
 from splitrl.profiles.errors import ProfileError
 from splitrl.profiles.fit import boundary_bytes_per_token, check_fit, placement_memory
 from splitrl.profiles.formats import TX_FORMATS
-from splitrl.profiles.schema import CostTable, Device, ModelArch
+from splitrl.profiles.schema import Device, ModelArch
 from splitrl.profiles.store import load_costs
+from splitrl.profiles.table_schema import CostTable
 
 
 def make_console() -> Console:
@@ -60,24 +61,8 @@ def show_profile(model: ModelArch, edge: Device, cloud: Device | None, edge_form
                   f"{model.n_layers} layers, {model.total_params() / 1e6:,.1f} M params; placement units per layer: "
                   f"{', '.join(model.unit_names)}; prefill at {ctx_shown} tokens, decode with {ctx_shown} cached")
 
-    sub = Table(title=f"Per sub-block, layer 0 (µs per token; weights in {edge_format} on edge, "
-                      f"{cloud_format} on cloud)")
-    for col in ("unit", "params", "edge MB", "edge prefill", "edge decode", "cloud prefill", "cloud decode",
-                "KV B/token"):
-        sub.add_column(col, justify="right" if col != "unit" else "left")
-    params = model.unit_params()
     ic = _ctx_index(ct, context) if ct else 0
-    for u, name in enumerate(model.unit_names):
-        sub.add_row(name, f"{params[u]:,.0f}", f"{et.weight_bytes[0, u] / 1e6:,.2f}",
-                    _us(et.prefill_s[0, u, ie]), _us(et.decode_s[0, u, ie]),
-                    _us(ct.prefill_s[0, u, ic]) if ct else "-", _us(ct.decode_s[0, u, ic]) if ct else "-",
-                    f"{et.kv_bytes_per_token[0, u]:,.0f}")
-    for b, blk in et.blocks.items():
-        sub.add_row(f"[dim]{b}[/]", f"{model.block_params()[b]:,.0f}", f"{blk.weight_bytes / 1e6:,.2f}",
-                    _us(blk.prefill_s[ie]), _us(blk.decode_s[ie]),
-                    _us(ct.blocks[b].prefill_s[ic]) if ct else "-", _us(ct.blocks[b].decode_s[ic]) if ct else "-", "0")
-    console.print(sub)
-
+    console.print(_sub_block_table(model, et, ct, ie, ic, edge_format, cloud_format))
     edge_mem, cloud_mem = placement_memory(model, edge_format, cloud_format, context)
     cross = boundary_bytes_per_token(model)
     lay = Table(title=f"Per layer and boundary k (edge runs layers < k): decode ms/token at context {ctx_shown}, "
@@ -100,15 +85,7 @@ def show_profile(model: ModelArch, edge: Device, cloud: Device | None, edge_form
         lay.add_row(*row)
     console.print(lay)
 
-    summary = Table(title=f"Memory fit: edge {_gb(edge.memory_bytes)} GB usable"
-                          + (f", cloud {_gb(cloud.memory_bytes)} GB" if cloud else "") + f", context {context}")
-    for col in ("edge weights", "edge-only fits", "feasible boundaries k", "most layers on edge"):
-        summary.add_column(col)
-    for f, ok in fits.items():
-        ks = np.flatnonzero(ok)
-        summary.add_row(f, "[green]yes[/]" if ok[-1] else "[red]no[/]", _ranges(ks) if len(ks) else "[red]none[/]",
-                        str(ks.max()) if len(ks) else "-")
-    console.print(summary)
+    console.print(_fit_table(fits, edge, cloud, context))
     return {"fits": fits, "edge_table": et, "cloud_table": ct, "edge_memory": edge_mem, "cloud_memory": cloud_mem,
             "bytes_per_token": cross}
 
@@ -120,3 +97,36 @@ def _ranges(ks: np.ndarray) -> str:
             out.append(f"{start}" if start == a else f"{start}-{a}")
             start = b
     return ", ".join(out)
+
+
+def _sub_block_table(model: ModelArch, et, ct, ie: int, ic: int, edge_format: str, cloud_format: str) -> Table:
+    """Per placement unit of layer 0 and per model block: parameters, memory, prefill and decode time."""
+    sub = Table(title=f"Per sub-block, layer 0 (µs per token; weights in {edge_format} on edge, "
+                      f"{cloud_format} on cloud)")
+    for col in ("unit", "params", "edge MB", "edge prefill", "edge decode", "cloud prefill", "cloud decode",
+                "KV B/token"):
+        sub.add_column(col, justify="right" if col != "unit" else "left")
+    params = model.unit_params()
+    for u, name in enumerate(model.unit_names):
+        sub.add_row(name, f"{params[u]:,.0f}", f"{et.weight_bytes[0, u] / 1e6:,.2f}",
+                    _us(et.prefill_s[0, u, ie]), _us(et.decode_s[0, u, ie]),
+                    _us(ct.prefill_s[0, u, ic]) if ct else "-", _us(ct.decode_s[0, u, ic]) if ct else "-",
+                    f"{et.kv_bytes_per_token[0, u]:,.0f}")
+    for b, blk in et.blocks.items():
+        sub.add_row(f"[dim]{b}[/]", f"{model.block_params()[b]:,.0f}", f"{blk.weight_bytes / 1e6:,.2f}",
+                    _us(blk.prefill_s[ie]), _us(blk.decode_s[ie]),
+                    _us(ct.blocks[b].prefill_s[ic]) if ct else "-", _us(ct.blocks[b].decode_s[ic]) if ct else "-", "0")
+    return sub
+
+
+def _fit_table(fits: dict, edge: Device, cloud: Device | None, context: int) -> Table:
+    """Per edge weight format: does edge-only fit, which boundaries fit."""
+    summary = Table(title=f"Memory fit: edge {_gb(edge.memory_bytes)} GB usable"
+                          + (f", cloud {_gb(cloud.memory_bytes)} GB" if cloud else "") + f", context {context}")
+    for col in ("edge weights", "edge-only fits", "feasible boundaries k", "most layers on edge"):
+        summary.add_column(col)
+    for f, ok in fits.items():
+        ks = np.flatnonzero(ok)
+        summary.add_row(f, "[green]yes[/]" if ok[-1] else "[red]no[/]", _ranges(ks) if len(ks) else "[red]none[/]",
+                        str(ks.max()) if len(ks) else "-")
+    return summary

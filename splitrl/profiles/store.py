@@ -16,7 +16,8 @@ from pathlib import Path
 
 from splitrl.profiles.errors import ProfileError
 from splitrl.profiles.reader import read_document
-from splitrl.profiles.schema import PROVENANCE_KINDS, CostTable, Device, ModelArch, PPLTable
+from splitrl.profiles.schema import PROVENANCE_KINDS, Device, ModelArch
+from splitrl.profiles.table_schema import CostTable, PPLTable
 from splitrl.resources import DATA_ENV, data_dir
 
 

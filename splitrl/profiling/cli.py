@@ -40,8 +40,8 @@ from rich.text import Text
 
 from splitrl.profiles.errors import ProfileError
 from splitrl.profiles.report import make_console
-from splitrl.profiles.schema import CostTable, PPLTable
 from splitrl.profiles.store import data_root, load_device, write_json
+from splitrl.profiles.table_schema import CostTable, PPLTable
 
 DEFAULT_NAME = "smollm2-135m"
 
@@ -233,22 +233,9 @@ def _calibrate(a, console: Console, arch, device, table, calibration_ratios) -> 
 
 
 # ---- ppl ---------------------------------------------------------------------------------------
-def cmd_ppl(a, console: Console) -> int:
-    from splitrl.profiling.cells import CellStore
-    from splitrl.profiling.corpus import load_text, text_digest, token_windows
-    from splitrl.profiling.ppl import (
-        PPLGrid,
-        SplitEvaluator,
-        assemble_sweeps,
-        default_boundaries,
-        grid_cells,
-        quick_grid,
-    )
-
-    t0 = time.perf_counter()
-    _set_threads(a.threads)
-    text, corpus = load_text(a.corpus)  # an empty corpus fails before the model loads
-    lm, arch = _load(a, console)
+def _ppl_grid(a, arch):
+    """The PPL grid of the command line (quick or the default), checked against the model."""
+    from splitrl.profiling.ppl import PPLGrid, default_boundaries, quick_grid
     grid = quick_grid(arch.n_layers) if a.quick else PPLGrid(boundaries=default_boundaries(arch.n_layers))
     over = {k: v for k, v in dict(boundaries=a.boundaries and tuple(sorted(set(a.boundaries))), window=a.window,
                                   windows_per_seed=a.windows_per_seed, seeds=a.seeds, packet_bytes=a.packet_bytes).items() if v}
@@ -259,6 +246,35 @@ def cmd_ppl(a, console: Console) -> int:
                        f"(0 and {arch.n_layers} carry token ids only and are 0 by construction)")
     if grid.seeds < 1:
         raise CliError(f"--seeds {grid.seeds}: need at least 1 (3 or more for a spread)")
+    return grid
+
+
+def _measure_cells(ev, store, jobs, console: Console) -> dict:
+    """{(cell key, seed): result} for every job, reusing cells already in the resumable store."""
+    results = {}
+    with _progress(console) as bar:
+        task = bar.add_task("damaged cells", total=len(jobs))
+        for cell, s in jobs:
+            key = f"{cell.key}|seed={s}"
+            if key not in store:
+                bar.update(task, description=f"{cell.key} seed {s}")
+                tc = time.perf_counter()
+                store.put(key, {**ev.measure(cell, s), "seconds": time.perf_counter() - tc})
+            results[(cell.key, s)] = store.get(key)
+            bar.advance(task)
+    return results
+
+
+def cmd_ppl(a, console: Console) -> int:
+    from splitrl.profiling.cells import CellStore
+    from splitrl.profiling.corpus import load_text, text_digest, token_windows
+    from splitrl.profiling.ppl import PPL_METHOD, SplitEvaluator, assemble_sweeps, grid_cells
+
+    t0 = time.perf_counter()
+    _set_threads(a.threads)
+    text, corpus = load_text(a.corpus)  # an empty corpus fails before the model loads
+    lm, arch = _load(a, console)
+    grid = _ppl_grid(a, arch)
     windows = token_windows(lm.tokenizer, text, grid.window, grid.windows_per_seed * grid.seeds, corpus)
     console.print(f"corpus: {corpus}, {windows.shape[0]} windows of {grid.window} tokens, {grid.seeds} seeds")
     ev = SplitEvaluator(lm.model, arch, windows, grid.seeds, grid.boundaries, grid.packet_bytes)
@@ -272,37 +288,14 @@ def cmd_ppl(a, console: Console) -> int:
     fp = {"model": lm.source, "corpus": text_digest(text), "window": grid.window, "windows": int(windows.shape[0]),
           "seeds": grid.seeds, "packet_bytes": grid.packet_bytes}
     store = CellStore(out.with_suffix(".cells.jsonl"), fp)
-    jobs = [(c, s) for c in unique.values() for s in range(grid.seeds)]
-    results = {}
-    with _progress(console) as bar:
-        task = bar.add_task("damaged cells", total=len(jobs))
-        for cell, s in jobs:
-            key = f"{cell.key}|seed={s}"
-            if key not in store:
-                bar.update(task, description=f"{cell.key} seed {s}")
-                tc = time.perf_counter()
-                store.put(key, {**ev.measure(cell, s), "seconds": time.perf_counter() - tc})
-            results[(cell.key, s)] = store.get(key)
-            bar.advance(task)
+    results = _measure_cells(ev, store, [(c, s) for c in unique.values() for s in range(grid.seeds)], console)
     sweeps = assemble_sweeps(sweeps_cells, results, arch.n_layers, grid.seeds)
     prov = _provenance(a, {
         "corpus": corpus, "corpus_sha256_16": fp["corpus"], "window_tokens": grid.window,
         "windows": int(windows.shape[0]), "seeds": grid.seeds, "measured_boundaries": list(grid.boundaries),
         "baseline": f"unsplit model, PPL over all windows = {ev.baseline_ppl:.6g}; the undamaged split at boundary "
                     f"{grid.boundaries[0]} gives NLL {split!r} vs unsplit {unsplit!r} (same computation)",
-        "seeds_mean": "seed s = window group s (disjoint, spread over the corpus) + damage RNG seeded by (cell, s); "
-                      "ΔPPL_s = PPL_damaged - PPL_unsplit on group s; mean and std (ddof=1) over seeds",
-        "boundary_0_and_L": "no hidden state crosses (token ids only, never damaged): 0 by construction, not measured",
-        "damage_order": "quantise-dequantise (format) -> additive noise -> zero-fill lost packets (splitrl/lm/damage.py)",
-        "formats": "fp16 cast; int8/int4 symmetric absmax in groups of 64 along d_model, fp16 scale per group",
-        "packet_loss": f"the window's crossing tensor [tokens, d_model] serialised token-major ([fp16 scale][payload] per "
-                       f"group for int8/int4) in packets of {grid.packet_bytes} B, each lost independently with the "
-                       "residual loss rate after retransmission; a value whose payload or group scale is lost is zero-filled",
-        "noise": "additive Gaussian, variance = mean(s^2) / 10^(snr_db/10), s = the sent (dequantised) tensor of one window",
-        "cloud_fraction": "the last round(c*A) attention units of layer b run on the cloud on the received D(h_b); the "
-                          "edge's units run on the true h_b and their partial sum crosses too, damaged alike; the cloud "
-                          "merges D(h_b) + D(P_edge) + P_cloud and runs layer b's FFN; c = 1 is the plain boundary",
-        "combined": "format x loss cells: compare with format + loss sweeps to see how well deltas add",
+        **PPL_METHOD, "packet_loss": PPL_METHOD["packet_loss"].format(packet_bytes=grid.packet_bytes),
         "measuring_s": round(sum(r["seconds"] for r in results.values()), 1)})
     table = PPLTable(model=arch.name, baseline_ppl=ev.baseline_ppl, sweeps=sweeps, provenance=prov)
     _validated_write(out, table.to_dict(), PPLTable, arch)

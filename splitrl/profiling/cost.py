@@ -31,7 +31,8 @@ from splitrl.lm.units import (
     weight_bytes,
 )
 from splitrl.profiles.analytic import analytic_costs
-from splitrl.profiles.schema import MODEL_BLOCKS, BlockCost, CostTable, Device, ModelArch
+from splitrl.profiles.schema import MODEL_BLOCKS, Device, ModelArch
+from splitrl.profiles.table_schema import BlockCost, CostTable
 
 CAL_KINDS = ("norm", "attn", "ffn", "embedding", "final_norm", "lm_head")
 PHASES = ("prefill", "decode")

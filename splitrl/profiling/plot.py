@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from splitrl.profiles.schema import ModelArch, PPLTable
+from splitrl.profiles.schema import ModelArch
+from splitrl.profiles.table_schema import PPLTable
 
 PANELS = (("format", "format", "transmission format (quantise-dequantise)"),
           ("loss", "loss", "residual packet loss (fp16, zero-filled)"),

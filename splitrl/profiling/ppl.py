@@ -30,13 +30,32 @@ import torch.nn.functional as F
 
 from splitrl.lm.damage import Damage, damage, seeded_generator
 from splitrl.lm.units import decoder_layers, head_mask
-from splitrl.profiles.schema import ModelArch, PPLSweep
+from splitrl.profiles.formats import TX_FORMATS
+from splitrl.profiles.schema import ModelArch
+from splitrl.profiles.table_schema import PPLSweep
+
+# How the PPL table is measured, written into its provenance (packet_loss takes the grid's packet size)
+PPL_METHOD = {
+    "seeds_mean": "seed s = window group s (disjoint, spread over the corpus) + damage RNG seeded by (cell, s); "
+                  "ΔPPL_s = PPL_damaged - PPL_unsplit on group s; mean and std (ddof=1) over seeds",
+    "boundary_0_and_L": "no hidden state crosses (token ids only, never damaged): 0 by construction, not measured",
+    "damage_order": "quantise-dequantise (format) -> additive noise -> zero-fill lost packets (splitrl/lm/damage.py)",
+    "formats": "fp16 cast; int8/int4 symmetric absmax in groups of 64 along d_model, fp16 scale per group",
+    "packet_loss": "the window's crossing tensor [tokens, d_model] serialised token-major ([fp16 scale][payload] per "
+                   "group for int8/int4) in packets of {packet_bytes} B, each lost independently with the "
+                   "residual loss rate after retransmission; a value whose payload or group scale is lost is zero-filled",
+    "noise": "additive Gaussian, variance = mean(s^2) / 10^(snr_db/10), s = the sent (dequantised) tensor of one window",
+    "cloud_fraction": "the last round(c*A) attention units of layer b run on the cloud on the received D(h_b); the "
+                      "edge's units run on the true h_b and their partial sum crosses too, damaged alike; the cloud "
+                      "merges D(h_b) + D(P_edge) + P_cloud and runs layer b's FFN; c = 1 is the plain boundary",
+    "combined": "format x loss cells: compare with format + loss sweeps to see how well deltas add",
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class PPLGrid:
     boundaries: tuple                       # measured boundaries, each in 1..L-1
-    formats: tuple = ("fp16", "int8", "int4")
+    formats: tuple = TX_FORMATS
     losses: tuple = (0.01, 0.05, 0.2)        # residual packet loss, format fp16
     snrs_db: tuple = (10.0, 20.0, 30.0)      # additive Gaussian noise, format fp16
     cloud_format: str = "int4"               # format held fixed in the cloud_fraction sweep

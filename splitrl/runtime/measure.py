@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from splitrl.profiles.formats import TX_FORMATS
+
 DEFAULT_PLANS = ("0,fp16,0000000", "30,fp16,0000000", "8,fp16,0000000", "8,int8,1010110", "15,int4,1111000",
                  "22,int8,0001111")
 
@@ -37,7 +39,7 @@ def predict(env_params, plan, prompt_len: int, output_len: int, bw_bytes_s: floa
 
     from splitrl.env.cost import project_action, request_cost
     from splitrl.env.types import Conditions
-    b, f, units = project_action(env_params, jnp.int32(plan.boundary), jnp.int32(["fp16", "int8", "int4"].index(plan.fmt)),
+    b, f, units = project_action(env_params, jnp.int32(plan.boundary), jnp.int32(TX_FORMATS.index(plan.fmt)),
                                  jnp.asarray(plan.units, jnp.int32))
     cond = Conditions(bw=jnp.float32(bw_bytes_s), rtt=jnp.float32(rtt_s), loss_p=jnp.float32(0.0),
                       snr_db=jnp.float32(30.0), cloud_load=jnp.float32(0.0))
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         from splitrl.runtime.policy import OnnxPolicy
         pol = OnnxPolicy(a.policy, model_name=lm.name, sm=sm)
         b, f, units = pol.act(pol.observe(a.mbps * 1e6 / 8, a.rtt_ms / 1e3, (a.prompt_len or [32])[0], a.max_new))
-        plans.append(sm.plan(b, ("fp16", "int8", "int4")[f], units))
+        plans.append(sm.plan(b, TX_FORMATS[f], units))
     rng = np.random.default_rng(0)
     prompts = [rng.integers(100, 20000, n).tolist() for n in (a.prompt_len or [32])]
     _, env_params = simulator(a.scenario)

@@ -26,7 +26,7 @@ import hydra
 import jax
 import jax.numpy as jnp
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from splitrl.agents import make_policy, ppo
 from splitrl.agents.config import PPOConfig
@@ -64,7 +64,7 @@ def typed_config(cfg: DictConfig, run_dir: Path) -> Setup:
     train = {k: data.get(k) for k in TRAIN_KEYS if k in data}
     for key in ("lr_grid", "ent_coef_grid", "reward_v_grid"):
         train[key] = tuple(train.get(key) or ())
-    known = set(TRAIN_KEYS) | {"agent", "logger", "scenario", "stop_after", "run_name"}
+    known = set(TRAIN_KEYS) | {"agent", "logger", "scenario", "scenario_file", "stop_after", "run_name"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"config: unknown top-level key(s) {unknown}; known: {sorted(known)}")
@@ -73,6 +73,22 @@ def typed_config(cfg: DictConfig, run_dir: Path) -> Setup:
     return Setup(agent=PPOConfig.from_dict(data["agent"], "agent"), train=build(TrainConfig, train, ""),
                  logger=build(LoggerConfig, data["logger"], "logger"), stop_after=int(data.get("stop_after", 0)),
                  run_dir=run_dir, run_name=run_name, identity=identity)
+
+
+def with_scenario_file(cfg: DictConfig) -> DictConfig:
+    """`cfg` with its scenario read from `scenario_file` when that is set, so the resolved config, the
+    run's identity and every reader of the run dir see the scenario that was trained on."""
+    if not cfg.get("scenario_file"):
+        return cfg
+    from splitrl.env.scenario import ScenarioError, load_scenario_dict
+    try:
+        data, _ = load_scenario_dict(Path(cfg.scenario_file))
+    except ScenarioError as e:
+        raise ConfigError(f"config scenario_file: {e}") from e
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.scenario = OmegaConf.create(data)
+    return cfg
 
 
 def make_env(agent: PPOConfig, scenario: Any):
@@ -90,7 +106,11 @@ def make_env(agent: PPOConfig, scenario: Any):
         raise ConfigError(f"config agent.env = {agent.env!r} needs splitrl.env, which is not importable "
                           f"({e}); train a gymnax env instead: agent=ppo_cartpole") from e
     if scenario is None:
-        raise ConfigError("config scenario is missing: agent.env = split needs a scenario (conf/scenario/)")
+        from splitrl.env.scenario import SCENARIO_DIR
+        known = sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml"))
+        raise ConfigError(f"config scenario is missing: agent.env = {agent.env} needs one; scenario=NAME picks "
+                          f"{SCENARIO_DIR}/NAME.yaml (known: {known}) or a --config-dir's scenario/NAME.yaml, and "
+                          "scenario=path/to/file.yaml (or scenario_file=...) a file of your own")
     try:
         env, env_params = split_env.make(scenario)
     except split_env.ScenarioError as e:
@@ -147,12 +167,21 @@ def make_progress(enabled: bool, total: int):
     return progress, progress.add_task("train", total=total, rate="-", ret="-")
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    setup = typed_config(cfg, run_dir)
-    logging.getLogger("absl").setLevel(logging.WARNING)   # orbax logs every file it writes at INFO
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """What the host loop drives: the env, the member batch and its placement, the compiled pieces' inputs."""
+    env: Any
+    env_params: Any
+    members: list[dict[str, Any]]
+    placement: Placement
+    policy: Any
+    update: Any             # ppo.make_update's pure update
+    keys: Any               # [B] PRNG keys, one per member
+    hps: ppo.HParams        # [B] traced hyperparameters
+
+
+def build_job(setup: Setup, cfg: DictConfig) -> Job:
     agent, train = setup.agent, setup.train
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     env, env_params = make_env(agent, OmegaConf.to_container(cfg.scenario, resolve=True) if "scenario" in cfg else None)
     try:
         default_v = float(ppo.get_field(env_params, train.reward_v_field)) if train.reward_v_field else 1.0
@@ -167,61 +196,83 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
               f"split by {info['shard']}", flush=True)
     policy = make_policy(agent, env, env_params)
     v_field = train.reward_v_field if train.reward_v_grid else None
-    update = ppo.make_update(agent, env, env_params, policy, v_field)
     keys, hps = batch_inputs(members)
-    keys, hps = placement.put(keys, placement.batch_sharding), placement.put(hps, placement.batch_sharding)
-    state = make_initial_state(placement, ppo.make_init(agent, env, env_params, policy, v_field), keys, hps)
+    return Job(env=env, env_params=env_params, members=members, placement=placement, policy=policy,
+               update=ppo.make_update(agent, env, env_params, policy, v_field),
+               keys=placement.put(keys, placement.batch_sharding), hps=placement.put(hps, placement.batch_sharding))
 
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    cfg = with_scenario_file(cfg)
+    setup = typed_config(cfg, run_dir)
+    logging.getLogger("absl").setLevel(logging.WARNING)   # orbax logs every file it writes at INFO
+    agent, train = setup.agent, setup.train
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    job = build_job(setup, cfg)
+    v_field = train.reward_v_field if train.reward_v_grid else None
+    init = ppo.make_init(agent, job.env, job.env_params, job.policy, v_field)
+    state = make_initial_state(job.placement, init, job.keys, job.hps)
     ckpt = Checkpointer(run_dir / "checkpoints", train.keep_checkpoints) if train.checkpoint_every or train.resume else None
     done_updates = 0
-    if train.resume:
-        if ckpt.latest() is not None:
-            state, done_updates = ckpt.restore(state, setup.identity)
-            state = placement.put(state, placement.state_sharding)
-        # else: nothing saved yet: a fresh start (a job that died before its first checkpoint)
-    logger = RunLogger(run_dir, setup.logger, setup.run_name, members, setup.identity, resume=train.resume)
-    evaluate = make_evaluator(placement, policy, env, env_params, train.eval_episodes_envs, eval_steps(env_params))
-    random_eval = jax.device_get(evaluate["uniform"](state.params, keys)) if evaluate else None
-    total, last = agent.num_updates, agent.num_updates
-    if setup.stop_after:
-        last = min(total, done_updates + setup.stop_after)
-    curve = []
+    if train.resume and ckpt.latest() is not None:   # nothing saved yet: a fresh start (died before its first save)
+        state, done_updates = ckpt.restore(state, setup.identity)
+        state = job.placement.put(state, job.placement.state_sharding)
+    logger = RunLogger(run_dir, setup.logger, setup.run_name, job.members, setup.identity, resume=train.resume)
+    evaluate = make_evaluator(job.placement, job.policy, job.env, job.env_params, train.eval_episodes_envs,
+                              eval_steps(job.env_params))
+    random_eval = jax.device_get(evaluate["uniform"](state.params, job.keys)) if evaluate else None
+    state, curve, done_updates = train_loop(setup, job, state, done_updates, logger, ckpt)
+    summary = finish(setup, state, job.members, job.keys, evaluate, random_eval, curve, done_updates,
+                     agent.num_updates, logger, job.placement)
+    if ckpt:
+        ckpt.close()
+    logger.close()
+    return summary
+
+
+def train_loop(setup: Setup, job: Job, state, done_updates: int, logger: RunLogger, ckpt):
+    """Jitted chunks of `updates_per_chunk` updates until the end (or `stop_after`); between chunks the
+    host logs, updates the progress bar and checkpoints. Returns (state, learning curve, updates done)."""
+    agent, train, placement = setup.agent, setup.train, job.placement
+    total = agent.num_updates
+    last = min(total, done_updates + setup.stop_after) if setup.stop_after else total
+    curve, compiled = [], {}
     progress, task = make_progress(train.progress, total * agent.batch_size)
-    compiled: dict[int, Any] = {}
     with progress:
         progress.update(task, completed=done_updates * agent.batch_size)
         while done_updates < last:
             n = min(train.updates_per_chunk, total - done_updates)
             if n not in compiled:   # compile ahead of time so the timing below is pure training
-                chunk = placement.map_members(partial(ppo.run_updates, update, n),
+                chunk = placement.map_members(partial(ppo.run_updates, job.update, n),
                                               in_shardings=(placement.state_sharding(state),
-                                                            placement.batch_sharding(hps)),
+                                                            placement.batch_sharding(job.hps)),
                                               out_shardings=(placement.state_sharding(state),
-                                                             placement.batch_sharding(hps).lr))
-                compiled[n] = chunk.lower(state, hps).compile()
+                                                             placement.batch_sharding(job.hps).lr))
+                compiled[n] = chunk.lower(state, job.hps).compile()
             start = time.perf_counter()
-            state, metrics = compiled[n](state, hps)
+            state, metrics = compiled[n](state, job.hps)
             metrics = jax.device_get(metrics)
-            seconds = time.perf_counter() - start
+            rate = len(job.members) * n * agent.batch_size / (time.perf_counter() - start)
             done_updates += n
-            rate = len(members) * n * agent.batch_size / seconds
-            rows = chunk_rows(metrics, rate)
-            logger.log(done_updates, [r | {"train/env_steps": done_updates * agent.batch_size} for r in rows])
-            mean_return = float(np.nanmean([r["train/episode_return"] for r in rows]))
-            curve.append({"update": done_updates, "env_steps": done_updates * agent.batch_size,
-                          "episode_return": mean_return, "steps_per_s": rate})
+            curve.append(log_chunk(setup, logger, chunk_rows(metrics, rate), done_updates, rate))
             progress.update(task, completed=done_updates * agent.batch_size, rate=f"{rate:,.0f}/s",
-                            ret=f"{mean_return:.3g}")
-            if setup.logger.console and not train.progress:
-                print(f"update {done_updates}/{total}  return {mean_return:.4g}  {rate:,.0f} steps/s", flush=True)
+                            ret=f"{curve[-1]['episode_return']:.3g}")
             if ckpt and train.checkpoint_every and done_updates % train.checkpoint_every == 0:
                 ckpt.save(done_updates, state, setup.identity)
-    summary = finish(setup, state, members, keys, evaluate, random_eval, curve, done_updates, total, logger,
-                     placement)
-    if ckpt:
-        ckpt.close()
-    logger.close()
-    return summary
+    return state, curve, done_updates
+
+
+def log_chunk(setup: Setup, logger: RunLogger, rows: list[dict], done_updates: int, rate: float) -> dict:
+    """Log one chunk's rows; returns its point of the learning curve."""
+    steps = done_updates * setup.agent.batch_size
+    logger.log(done_updates, [r | {"train/env_steps": steps} for r in rows])
+    returns = np.array([r["train/episode_return"] for r in rows])   # NaN: no episode ended in the chunk
+    mean_return = float(returns[~np.isnan(returns)].mean()) if (~np.isnan(returns)).any() else float("nan")
+    if setup.logger.console and not setup.train.progress:
+        print(f"update {done_updates}/{setup.agent.num_updates}  return {mean_return:.4g}  {rate:,.0f} steps/s",
+              flush=True)
+    return {"update": done_updates, "env_steps": steps, "episode_return": mean_return, "steps_per_s": rate}
 
 
 def make_initial_state(placement: Placement, init, keys, hps):
@@ -313,6 +364,10 @@ def _hydra_main(cfg: DictConfig) -> float:
 
 
 def main() -> None:
+    # `scenario=` names a Hydra group option; a path to a YAML file goes to scenario_file instead (Hydra
+    # would silently skip an `optional` group option it cannot find)
+    sys.argv = [f"scenario_file={Path(a.split('=', 1)[1]).resolve()}"
+                if a.startswith("scenario=") and a.endswith((".yaml", ".yml")) else a for a in sys.argv]
     _hydra_main()
 
 
