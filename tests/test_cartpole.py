@@ -1,4 +1,4 @@
-"""The learner's sanity check: the same PPO code, with conf/agent/ppo_cartpole.yaml, solves gymnax
+"""The learner's sanity check: the same PPO code, with splitrl/conf/agent/ppo_cartpole.yaml, solves gymnax
 CartPole-v1 (mean return >= 475 of the trained stochastic policy; the maximum is 500)."""
 
 import time

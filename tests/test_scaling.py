@@ -182,7 +182,7 @@ def test_optuna_sweep_over_the_learning_rate_through_ray(tmp_path, ray_cluster):
                 "hydra/sweeper=tune", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2")
     assert out.returncode == 0, out.stderr[-4000:]
     best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
-    assert set(best["best_params"]) == {"agent.lr", "agent.ent_coef"}   # conf/hydra/sweeper/tune.yaml
+    assert set(best["best_params"]) == {"agent.lr", "agent.ent_coef"}   # splitrl/conf/hydra/sweeper/tune.yaml
     assert 1e-5 <= best["best_params"]["agent.lr"] <= 1e-3
     returns = [json.loads((d / "summary.json").read_text())["curve"][-1]["episode_return"]
                for d in tmp_path.iterdir() if (d / "summary.json").exists()]

@@ -1,4 +1,4 @@
-"""The launcher's config node (`hydra/launcher: splitrl_ray`); conf/hydra/launcher/ray.yaml sets
+"""The launcher's config node (`hydra/launcher: splitrl_ray`); splitrl/conf/hydra/launcher/ray.yaml sets
 splitrl's defaults on top of it."""
 
 from dataclasses import dataclass, field

@@ -39,7 +39,7 @@ class PPOConfig:
 
     @classmethod
     def from_dict(cls, data: dict, where: str) -> PPOConfig:
-        """The typed config from a mapping (a conf/agent YAML, a run's resolved config); errors name `where`."""
+        """The typed config from a mapping (a splitrl/conf/agent YAML, a run's resolved config); errors name `where`."""
         return build(cls, {**data, "hidden": tuple(data.get("hidden", ()))}, where)
 
     @property

@@ -138,7 +138,7 @@ def sb3_steps_per_s(make_gym_env, num_envs: int, n_steps: int, timesteps: int) -
 # ----------------------------------------------------------------------------- train subcommand
 def add_train(subparsers) -> None:
     p = subparsers.add_parser("train", help="training steps/s: HPPO, flat PPO on CartPole, rejax, SB3")
-    p.add_argument("--scenario", default="default", help="split scenario for HPPO and SB3 (conf/scenario/)")
+    p.add_argument("--scenario", default="default", help="split scenario for HPPO and SB3 (splitrl/conf/scenario/)")
     p.add_argument("--env-counts", default="16,64,256", help="comma-separated num_envs values")
     p.add_argument("--seed-counts", default="1,4", help="comma-separated vmapped seed counts (CartPole)")
     p.add_argument("--hppo-seed-counts", default="1", help="seed counts for HPPO: XLA compiles the split env "

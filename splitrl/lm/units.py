@@ -1,4 +1,4 @@
-"""A Llama-family decoder layer cut into the placement units of `profiles_data/models/*.yaml`.
+"""A Llama-family decoder layer cut into the placement units of `splitrl/profiles_data/models/*.yaml`.
 
 Units of a layer: attn_norm, attn.0..A-1 (one per group of n_kv_heads/A KV heads with their query
 heads and the matching columns of o_proj: a partial sum over d_model), ffn_norm, ffn.0..C-1 (a d_ff/C

@@ -39,7 +39,7 @@ from splitrl.profiles.store import (
 )
 from splitrl.profiles.table_schema import CostTable
 
-# Analytic tables shipped in profiles_data/costs/analytic (regenerate with `splitrl-profiles build --shipped`):
+# Analytic tables shipped in splitrl/profiles_data/costs/analytic (regenerate with `splitrl-profiles build --shipped`):
 # the Splitwise settings (three models on three edge devices in three weight formats, A100 cloud), the
 # embedded default (SmolLM2 on this host in fp32 as PyTorch runs it, A100 cloud) and H100 clouds.
 SPLITWISE_MODELS = ("gpt2-xl", "llama-2-7b", "llama-2-13b")
@@ -65,7 +65,7 @@ def validate_file(path: Path, root: Path | None = None) -> str:
     if schema in (COSTS_SCHEMA, PPL_SCHEMA):
         name = doc.get("model")
         if not isinstance(name, str):
-            raise ProfileError(path, "model", name, "must name a model in profiles_data/models")
+            raise ProfileError(path, "model", name, "must name a model in splitrl/profiles_data/models")
         model = load_model(name, root)
         if schema == PPL_SCHEMA:
             t = load_ppl(model, path=path)

@@ -112,6 +112,6 @@ def describe_host(power_active_per_core: float = 3.75, power_idle_per_core: floa
             "assumed": f"power cannot be read inside a VM: {power_active_per_core} W/core active (a 360 W, 96-core "
                        f"server CPU's TDP share) + {power_idle_per_core} W/core idle; radio {radio_tx} W (a Wi-Fi NIC); "
                        "kernel overhead and compute efficiency until `splitrl-profiles measure cost` calibrates them",
-            "command": "splitrl-profiles host --out profiles_data/devices/this-host.yaml",
+            "command": "splitrl-profiles host --out splitrl/profiles_data/devices/this-host.yaml",
         },
     }
