@@ -28,42 +28,20 @@ def _prepare() -> None:
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
 
-def _run(command: str) -> None:
-    _prepare()
-    result = importlib.import_module(COMMANDS[command][0]).main()
-    sys.exit(result if isinstance(result, int) else 0)
+def _entry(command: str):
+    """The console-script function of `command` (pyproject.toml's [project.scripts] points at these)."""
+    def run() -> None:
+        _prepare()
+        result = importlib.import_module(COMMANDS[command][0]).main()
+        sys.exit(result if isinstance(result, int) else 0)
+    run.__name__ = run.__qualname__ = command.removeprefix("splitrl-")
+    return run
 
 
-def profiles() -> None:
-    _run("splitrl-profiles")
-
-
-def train() -> None:
-    _run("splitrl-train")
-
-
-def evaluate() -> None:
-    _run("splitrl-eval")
-
-
-def bench() -> None:
-    _run("splitrl-bench")
-
-
-def export() -> None:
-    _run("splitrl-export")
-
-
-def cloud() -> None:
-    _run("splitrl-cloud")
-
-
-def edge() -> None:
-    _run("splitrl-edge")
-
-
-def harness() -> None:
-    _run("splitrl-harness")
+profiles, train, evaluate, bench = (_entry(c) for c in ("splitrl-profiles", "splitrl-train", "splitrl-eval",
+                                                         "splitrl-bench"))
+export, cloud, edge, harness = (_entry(c) for c in ("splitrl-export", "splitrl-cloud", "splitrl-edge",
+                                                     "splitrl-harness"))
 
 
 def profile_deprecated() -> None:

@@ -22,6 +22,16 @@ from splitrl.profiles.schema import (
 )
 
 
+def _open(data: dict, model: ModelArch, path, schema: str) -> Reader:
+    """A reader of a table document, after checking its schema and that it is `model`'s."""
+    r = Reader(path, data)
+    check_schema(r, schema)
+    name = r.str("model")
+    if name != model.name:
+        raise r.fail("model", name, f"must be the model the table is loaded for ({model.name!r})")
+    return r
+
+
 @dataclasses.dataclass(frozen=True)
 class BlockCost:
     """Cost of one model-level block (embedding, final norm, LM head), arrays over the context grid."""
@@ -57,11 +67,7 @@ class CostTable:
 
     @classmethod
     def from_dict(cls, data: dict, model: ModelArch, path: Path | str = "<dict>") -> CostTable:
-        r = Reader(path, data)
-        check_schema(r, COSTS_SCHEMA)
-        name = r.str("model")
-        if name != model.name:
-            raise r.fail("model", name, f"must be the model the table is loaded for ({model.name!r})")
+        r = _open(data, model, path, COSTS_SCHEMA)
         device, wfmt = r.str("device"), r.str("weight_format", WEIGHT_FORMATS)
         prov = r.sub("provenance")
         kind = prov.str("kind", PROVENANCE_KINDS)
@@ -97,7 +103,7 @@ class CostTable:
             br.done()
         blk.done()
         r.done()
-        table = cls(model=name, device=device, weight_format=wfmt, context_grid=grid, unit_names=units,
+        table = cls(model=model.name, device=device, weight_format=wfmt, context_grid=grid, unit_names=units,
                     blocks=blocks, provenance=provenance, path=str(path), **arrays)
         return table
 
@@ -158,11 +164,7 @@ class PPLTable:
 
     @classmethod
     def from_dict(cls, data: dict, model: ModelArch, path: Path | str = "<dict>") -> PPLTable:
-        r = Reader(path, data)
-        check_schema(r, PPL_SCHEMA)
-        name = r.str("model")
-        if name != model.name:
-            raise r.fail("model", name, f"must be the model the table is loaded for ({model.name!r})")
+        r = _open(data, model, path, PPL_SCHEMA)
         baseline = r.float("baseline_ppl", 1.0)
         sw = r.sub("sweeps")
         if "format" not in sw.data:
@@ -175,7 +177,7 @@ class PPLTable:
         sw.done()
         prov = read_source(r, "provenance")
         r.done()
-        return cls(model=name, baseline_ppl=baseline, sweeps=sweeps, provenance=prov, path=str(path))
+        return cls(model=model.name, baseline_ppl=baseline, sweeps=sweeps, provenance=prov, path=str(path))
 
     def to_dict(self) -> dict:
         return {

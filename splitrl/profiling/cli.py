@@ -22,6 +22,7 @@ import re
 import shlex
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -147,20 +148,12 @@ def cmd_cost(a, console: Console) -> int:
     lm, arch = _load(a, console)
     probe = CostProbe(lm.model, arch)
     out = a.out / "costs" / "measured" / f"{arch.name}__{device.name}__fp32.json"
-    store = CellStore(out.with_suffix(".cells.jsonl"), {"model": lm.source, "grid": dataclasses.asdict(grid),
+    store = CellStore(out.with_suffix(".cells.jsonl"), {"cells": 2, "model": lm.source,
+                                                         "grid": dataclasses.asdict(grid),
                                                          "threads": a.threads, "host": _host()})
-    points = {}
-    jobs = [(ph, c) for ph in PHASES for c in grid.contexts]
-    with _progress(console) as bar:
-        task = bar.add_task("timing units", total=len(jobs))
-        for ph, c in jobs:
-            key = f"{ph}|{c}"
-            if key not in store:
-                bar.update(task, description=f"timing {ph} @ {c}")
-                tc = time.perf_counter()
-                store.put(key, {"stats": probe.measure(ph, c, grid), "seconds": time.perf_counter() - tc})
-            points[(ph, c)] = store.get(key)["stats"]
-            bar.advance(task)
+    jobs = {(ph, c): (f"{ph}|{c}", f"timing {ph} @ {c}", partial(probe.measure, ph, c, grid))
+            for ph in PHASES for c in grid.contexts}
+    points = {k: r["result"] for k, r in measure_resumable(store, jobs, "timing units", console).items()}
     checks = spread_and_ratio(arch, grid.contexts, points)
     prov = _provenance(a, {
         "device_file": Path(device.path).name, "interop_threads": 1, "repeats": grid.repeats,
@@ -249,18 +242,18 @@ def _ppl_grid(a, arch):
     return grid
 
 
-def _measure_cells(ev, store, jobs, console: Console) -> dict:
-    """{(cell key, seed): result} for every job, reusing cells already in the resumable store."""
+def measure_resumable(store, jobs: dict, title: str, console: Console) -> dict:
+    """{job: {"result": ..., "seconds": ...}} for jobs {job: (store key, description, measure())}, each
+    measured once: a cell already in the resumable store (a rerun after a crash) is reused."""
     results = {}
     with _progress(console) as bar:
-        task = bar.add_task("damaged cells", total=len(jobs))
-        for cell, s in jobs:
-            key = f"{cell.key}|seed={s}"
+        task = bar.add_task(title, total=len(jobs))
+        for job, (key, description, measure) in jobs.items():
             if key not in store:
-                bar.update(task, description=f"{cell.key} seed {s}")
+                bar.update(task, description=description)
                 tc = time.perf_counter()
-                store.put(key, {**ev.measure(cell, s), "seconds": time.perf_counter() - tc})
-            results[(cell.key, s)] = store.get(key)
+                store.put(key, {"result": measure(), "seconds": time.perf_counter() - tc})
+            results[job] = store.get(key)
             bar.advance(task)
     return results
 
@@ -285,10 +278,14 @@ def cmd_ppl(a, console: Console) -> int:
     sweeps_cells = grid_cells(grid, arch)
     unique = {c.key: c for _, _, cells in sweeps_cells.values() for c in cells.values()}
     out = a.out / "ppl" / f"{arch.name}.json"
-    fp = {"model": lm.source, "corpus": text_digest(text), "window": grid.window, "windows": int(windows.shape[0]),
+    fp = {"cells": 2, "model": lm.source, "corpus": text_digest(text), "window": grid.window,
+          "windows": int(windows.shape[0]),
           "seeds": grid.seeds, "packet_bytes": grid.packet_bytes}
     store = CellStore(out.with_suffix(".cells.jsonl"), fp)
-    results = _measure_cells(ev, store, [(c, s) for c in unique.values() for s in range(grid.seeds)], console)
+    jobs = {(c.key, s): (f"{c.key}|seed={s}", f"{c.key} seed {s}", partial(ev.measure, c, s))
+            for c in unique.values() for s in range(grid.seeds)}
+    cells = measure_resumable(store, jobs, "damaged cells", console)
+    results = {k: {**r["result"], "seconds": r["seconds"]} for k, r in cells.items()}
     sweeps = assemble_sweeps(sweeps_cells, results, arch.n_layers, grid.seeds)
     prov = _provenance(a, {
         "corpus": corpus, "corpus_sha256_16": fp["corpus"], "window_tokens": grid.window,
