@@ -22,9 +22,12 @@ The exact drift telescopes: its (discounted) sum is a non-negative combination o
 only way to lower it is to keep the queues short. See docs/environment.md.
 Observation: `Observation(features f32[17], boundary_mask bool[L+1], format_mask bool[3],
 unit_mask bool[L+1, U])`; the features are the observation contract (splitrl/env/features.py). Episodes end by time limit only (truncated).
-info: latency, energy, delta_ppl, backlog, bytes_sent (up), bytes_recv, served, arrivals, drops,
-failed, timed_out, queue_delay, objective (the bracket above, unscaled), penalty (the bracket's
-weighted cost before V), drift (L(Θ') - L(Θ)), bandwidth, cloud_load, boundary, fmt, edge_frac.
+info: latency (the priced request's service time), energy, delta_ppl, backlog, bytes_sent (up),
+bytes_recv, served, arrivals, drops, failed (failed requests served), request_failed (the priced
+request failed), timed_out, fell_back (ran on the edge alone: link down), response_time (queueing
+wait + service of this slot's arrivals), queue_delay, cloud_wait, connected, objective (the bracket
+above, unscaled), penalty (the bracket's weighted cost before V), drift (L(Θ') - L(Θ)), bandwidth,
+cloud_load, boundary, fmt, edge_frac.
 """
 
 from __future__ import annotations
@@ -249,7 +252,8 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
         info = {
             "latency": m["latency"], "energy": m["energy"], "delta_ppl": m["delta_ppl"], "backlog": q["backlog"],
             "bytes_sent": m["bytes_up"], "bytes_recv": m["bytes_down"], "served": q["served"], "arrivals": arrivals,
-            "drops": q["drops"], "failed": m["failed"] * q["served"], "timed_out": m["timed_out"],
+            "drops": q["drops"], "failed": m["failed"] * q["served"], "request_failed": m["failed"],
+            "timed_out": m["timed_out"],
             "fell_back": m["fell_back"], "response_time": q["response_time"], "queue_delay": q["queue_delay"],
             "cloud_wait": m["cloud_wait"], "connected": cond.connected, "objective": q["objective"],
             "penalty": q["penalty"], "drift": q["drift"], "bandwidth": cond.bw, "cloud_load": cond.cloud_load,
