@@ -72,6 +72,16 @@ def test_bad_device_numbers(data_copy, field, value, expect):
     _raises(lambda: load_device("raspberry-pi-5", data_copy), "raspberry-pi-5.yaml", field, expect)
 
 
+def test_device_runtime_must_be_a_modelled_one(data_copy):
+    _edit_yaml(data_copy / "devices/raspberry-pi-5.yaml", runtime="tensorrt")
+    _raises(lambda: load_device("raspberry-pi-5", data_copy), "raspberry-pi-5.yaml", "runtime", "llama.cpp")
+
+
+def test_a_v1_device_file_is_told_what_v2_adds(data_copy):
+    _edit_yaml(data_copy / "devices/raspberry-pi-5.yaml", schema="splitrl.device/v1")
+    _raises(lambda: load_device("raspberry-pi-5", data_copy), "raspberry-pi-5.yaml", "schema", "v2 adds runtime")
+
+
 def _costs_doc(root):
     return json.loads((root / COSTS).read_text())
 

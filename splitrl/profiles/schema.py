@@ -18,15 +18,17 @@ from pathlib import Path
 import numpy as np
 
 from splitrl.profiles.errors import ProfileError
-from splitrl.profiles.formats import WEIGHT_FORMATS
+from splitrl.profiles.formats import WEIGHT_FORMATS, compute_dtype
+from splitrl.profiles.launches import RUNTIMES
 from splitrl.profiles.reader import Reader
 
 MODEL_SCHEMA, DEVICE_SCHEMA, COSTS_SCHEMA, PPL_SCHEMA = (
-    "splitrl.model/v1", "splitrl.device/v1", "splitrl.costs/v1", "splitrl.ppl/v1")
+    "splitrl.model/v1", "splitrl.device/v2", "splitrl.costs/v1", "splitrl.ppl/v1")
 FAMILIES = ("llama", "gpt2")  # llama: RMSNorm, SwiGLU, RoPE; gpt2: LayerNorm+bias, GELU MLP, learned positions
 MODEL_BLOCKS = ("embedding", "final_norm", "lm_head")  # run once per token outside the layers
 DEVICE_ROLES = ("edge", "cloud")
 PROVENANCE_KINDS = ("analytic", "measured")
+PEAK_DTYPES = ("fp32", "fp16", "bf16", "int8")
 
 
 def check_schema(r: Reader, expected: str) -> None:
@@ -152,16 +154,22 @@ class ModelArch:
 
 @dataclasses.dataclass(frozen=True)
 class Device:
+    """A device's datasheet figures. Every model-of-the-world number cites a source in the YAML.
+
+    runtime: the inference runtime modelled on it (`splitrl.profiles.launches.RUNTIMES`), which sets
+        how many kernels a sublayer launches; kernel_overhead_s is the cost of one launch there.
+    """
     name: str
     display_name: str
     role: str
+    runtime: str
     peak_flops: dict          # dtype -> FLOP/s (dense); a dtype missing runs at the fp32 rate
     mem_bandwidth: float      # bytes/s, theoretical peak
     memory_bytes: float       # bytes usable for model weights + KV cache
     power_active_w: float
     power_idle_w: float
-    power_radio_tx_w: float
-    kernel_overhead_s: float  # fixed cost of launching one kernel / op
+    power_radio_tx_w: float   # extra W while transmitting
+    kernel_overhead_s: float  # the part of one kernel launch that does not overlap work, in `runtime`
     compute_efficiency: float  # achieved fraction of peak FLOP/s on transformer GEMMs
     memory_efficiency: float   # achieved fraction of peak bandwidth on weight streaming
     source: dict
@@ -170,14 +178,14 @@ class Device:
     @classmethod
     def from_dict(cls, data: dict, path: Path | str = "<dict>") -> Device:
         r = Reader(path, data)
+        if r.raw("schema") == "splitrl.device/v1":
+            raise r.fail("schema", "splitrl.device/v1", f"must be {DEVICE_SCHEMA!r}",
+                         "v2 adds runtime: add it (docs/profiles.md, Device) and "
+                         f"set schema: {DEVICE_SCHEMA}")
         check_schema(r, DEVICE_SCHEMA)
-        f = dict(name=r.str("name"), display_name=r.str("display_name"), role=r.str("role", DEVICE_ROLES))
-        pf = r.sub("peak_flops")
-        peak = {k: pf.float(k, 0, lo_open=True) for k in ("fp32", "fp16", "bf16", "int8") if k in pf.data}
-        pf.done()
-        if "fp32" not in peak:
-            raise ProfileError(path, "peak_flops.fp32", None, "missing required field", "add it")
-        f["peak_flops"] = peak
+        f = dict(name=r.str("name"), display_name=r.str("display_name"), role=r.str("role", DEVICE_ROLES),
+                 runtime=r.str("runtime", RUNTIMES))
+        f["peak_flops"] = _read_peak_flops(r)
         f["mem_bandwidth"] = r.float("mem_bandwidth", 0, lo_open=True)
         f["memory_bytes"] = r.float("memory_bytes", 0, lo_open=True)
         pw = r.sub("power_w")
@@ -201,6 +209,20 @@ class Device:
         """Achievable FLOP/s for `dtype` (peak x efficiency); unsupported dtypes run at fp32 speed."""
         return self.peak_flops.get(dtype, self.peak_flops["fp32"]) * self.compute_efficiency
 
+    def weight_flops(self, weight_format: str) -> float:
+        """Achievable FLOP/s of a matmul by weights stored in `weight_format` (int8/int4 are
+        dequantised and multiplied in the activations' dtype)."""
+        return self.flops(compute_dtype(weight_format))
+
     @property
     def bandwidth(self) -> float:
         return self.mem_bandwidth * self.memory_efficiency
+
+
+def _read_peak_flops(r: Reader) -> dict:
+    pf = r.sub("peak_flops")
+    peak = {k: pf.float(k, 0, lo_open=True) for k in PEAK_DTYPES if k in pf.data}
+    pf.done()
+    if "fp32" not in peak:
+        raise pf.fail("fp32", None, "missing required field", "add it")
+    return peak
