@@ -30,7 +30,8 @@ from splitrl.resources import data_dir
 DEFAULT_CONTEXT_GRID = (64, 128, 256, 512, 1024, 2048, 4096)
 FORMULA = ("time = max(2 * params / weight_flops(format) + other_flops / flops(activation dtype), bytes / "
            "(mem_bandwidth * efficiency.memory)) + launches * kernel_overhead_s / tokens_per_call; energy = time * "
-           "power_w.active; weight_flops = peak_flops[activation dtype] x efficiency.compute; other_flops = 4 * heads * head_dim * keys "
+           "power_w.active; weight_flops = peak_flops x efficiency.compute (int8/int4: peak_flops[quantized_matmul."
+           "dtype] x efficiency.compute / quantized_matmul.slowdown); other_flops = 4 * heads * head_dim * keys "
            "(+ softmax/norm/activation terms); launches = the sublayer's kernels in the device's runtime on the "
            "attn_norm/ffn_norm unit, 0 on attention/FFN units, 1 per block; decode reads all unit weights once per "
            "token plus the KV cache; prefill of S tokens reads weights once per S tokens; keys = context (decode) "

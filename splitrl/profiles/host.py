@@ -90,6 +90,7 @@ def describe_host(power_active_per_core: float = 3.75, power_idle_per_core: floa
     if m:
         mem_total = int(m.group(1)) * 1024.0
     model_name = info.get("model name", platform.processor() or platform.machine())
+    dot = "int8" if "int8" in peak else "fp32"
     return {
         "schema": DEVICE_SCHEMA,
         "name": "this-host",
@@ -97,6 +98,7 @@ def describe_host(power_active_per_core: float = 3.75, power_idle_per_core: floa
         "role": "edge",
         "runtime": "pytorch-eager",
         "peak_flops": {k: float(f"{v:.4g}") for k, v in peak.items()},
+        "quantized_matmul": {"int8": {"dtype": dot, "slowdown": 2.5}, "int4": {"dtype": dot, "slowdown": 4.0}},
         "mem_bandwidth": float(f"{bw:.4g}"),
         "memory_bytes": float(f"{0.8 * mem_total:.4g}"),
         "power_w": {"active": round(n * power_active_per_core + n * power_idle_per_core, 2),
@@ -122,5 +124,8 @@ def _host_sources(model_name, n, clock, per_cycle, flags, mem_total, bw, power_a
                    "compute efficiency until `splitrl-profiles measure cost` calibrates it",
         "runtime": "the measuring tool runs Hugging Face modules in eager PyTorch (splitrl/lm/units.py); kernel overhead "
                    "8 us per aten op: a one-token RMSNorm (6 ops) took 48 us on the shipped host (docs/profiles.md)",
+        "quantized": "assumption: ggml's int8/int4 dot products cost 2.5x / 4x the instructions of a bare int8 dot "
+                     "stream (counted on its NEON kernels, docs/datasheets.md), at the VNNI int8 rate if the CPU has "
+                     "one, else fp32",
         "command": "splitrl-profiles host --out splitrl/profiles_data/devices/this-host.yaml",
     }

@@ -29,6 +29,7 @@ MODEL_BLOCKS = ("embedding", "final_norm", "lm_head")  # run once per token outs
 DEVICE_ROLES = ("edge", "cloud")
 PROVENANCE_KINDS = ("analytic", "measured")
 PEAK_DTYPES = ("fp32", "fp16", "bf16", "int8")
+QUANTIZED_FORMATS = ("int8", "int4")  # weight formats whose matmul rate a device states (quantized_matmul)
 
 
 def check_schema(r: Reader, expected: str) -> None:
@@ -158,12 +159,15 @@ class Device:
 
     runtime: the inference runtime modelled on it (`splitrl.profiles.launches.RUNTIMES`), which sets
         how many kernels a sublayer launches; kernel_overhead_s is the cost of one launch there.
+    quantized_matmul: how int8/int4 weights are multiplied, {"int8"|"int4": (dtype, slowdown)}:
+        at peak_flops[dtype] / slowdown (the instructions spent unpacking and scaling per MAC).
     """
     name: str
     display_name: str
     role: str
     runtime: str
     peak_flops: dict          # dtype -> FLOP/s (dense); a dtype missing runs at the fp32 rate
+    quantized_matmul: dict    # "int8"/"int4" -> (dtype in peak_flops, slowdown >= 1)
     mem_bandwidth: float      # bytes/s, theoretical peak
     memory_bytes: float       # bytes usable for model weights + KV cache
     power_active_w: float
@@ -180,12 +184,13 @@ class Device:
         r = Reader(path, data)
         if r.raw("schema") == "splitrl.device/v1":
             raise r.fail("schema", "splitrl.device/v1", f"must be {DEVICE_SCHEMA!r}",
-                         "v2 adds runtime: add it (docs/profiles.md, Device) and "
+                         "v2 adds runtime and quantized_matmul: add them (docs/profiles.md, Device) and "
                          f"set schema: {DEVICE_SCHEMA}")
         check_schema(r, DEVICE_SCHEMA)
         f = dict(name=r.str("name"), display_name=r.str("display_name"), role=r.str("role", DEVICE_ROLES),
                  runtime=r.str("runtime", RUNTIMES))
         f["peak_flops"] = _read_peak_flops(r)
+        f["quantized_matmul"] = _read_quantized_matmul(r, f["peak_flops"])
         f["mem_bandwidth"] = r.float("mem_bandwidth", 0, lo_open=True)
         f["memory_bytes"] = r.float("memory_bytes", 0, lo_open=True)
         pw = r.sub("power_w")
@@ -210,8 +215,11 @@ class Device:
         return self.peak_flops.get(dtype, self.peak_flops["fp32"]) * self.compute_efficiency
 
     def weight_flops(self, weight_format: str) -> float:
-        """Achievable FLOP/s of a matmul by weights stored in `weight_format` (int8/int4 are
-        dequantised and multiplied in the activations' dtype)."""
+        """Achievable FLOP/s of a matmul by weights stored in `weight_format`: int8/int4 at the rate
+        of `quantized_matmul`, fp32/fp16 at their own dtype's rate."""
+        if weight_format in self.quantized_matmul:
+            dtype, slowdown = self.quantized_matmul[weight_format]
+            return self.flops(dtype) / slowdown
         return self.flops(compute_dtype(weight_format))
 
     @property
@@ -226,3 +234,19 @@ def _read_peak_flops(r: Reader) -> dict:
     if "fp32" not in peak:
         raise pf.fail("fp32", None, "missing required field", "add it")
     return peak
+
+
+def _read_quantized_matmul(r: Reader, peak: dict) -> dict:
+    """{"int8": (dtype, slowdown), "int4": (...)}: each dtype must have a peak_flops entry."""
+    qm = r.sub("quantized_matmul")
+    out = {}
+    for fmt in QUANTIZED_FORMATS:
+        q = qm.sub(fmt)
+        dtype, slowdown = q.str("dtype", PEAK_DTYPES), q.float("slowdown", 1)
+        q.done()
+        if dtype not in peak:
+            raise q.fail("dtype", dtype, f"must have a peak_flops entry (have {sorted(peak)})",
+                         f"add peak_flops.{dtype} or name a dtype the device lists")
+        out[fmt] = (dtype, slowdown)
+    qm.done()
+    return out
