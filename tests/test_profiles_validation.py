@@ -79,7 +79,7 @@ def test_device_runtime_must_be_a_modelled_one(data_copy):
 
 def test_a_v1_device_file_is_told_what_v2_adds(data_copy):
     _edit_yaml(data_copy / "devices/raspberry-pi-5.yaml", schema="splitrl.device/v1")
-    _raises(lambda: load_device("raspberry-pi-5", data_copy), "raspberry-pi-5.yaml", "schema", "v2 adds runtime and quantized_matmul")
+    _raises(lambda: load_device("raspberry-pi-5", data_copy), "raspberry-pi-5.yaml", "schema", "v2 adds runtime, quantized_matmul and radio")
 
 
 def test_quantized_matmul_must_name_a_dtype_the_device_has(data_copy):

@@ -105,9 +105,15 @@ def describe_host(power_active_per_core: float = 3.75, power_idle_per_core: floa
                     "idle": round(n * power_idle_per_core, 2), "radio_tx": radio_tx},
         "kernel_overhead_s": 8.0e-6,
         "efficiency": {"compute": 0.5, "memory": 1.0},
+        "radio": dict(WIFI_RADIO),
         "source": _host_sources(model_name, n, clock, per_cycle, flags, mem_total, bw,
                                 power_active_per_core, power_idle_per_core, radio_tx),
     }
+
+
+# Huang et al., MobiSys 2012, Wi-Fi power model (Tables 3 and 4; recalled, see docs/datasheets.md).
+WIFI_RADIO = {"link": "wifi", "transfer_w": 0.13286, "tx_w_per_mbps": 0.28317, "rx_w_per_mbps": 0.13701,
+              "connected_w": 0.1193, "tail_w": 0.1193, "tail_s": 0.2381, "promotion_w": 0.1244, "promotion_s": 0.0791}
 
 
 def _host_sources(model_name, n, clock, per_cycle, flags, mem_total, bw, power_active_per_core,
@@ -127,5 +133,6 @@ def _host_sources(model_name, n, clock, per_cycle, flags, mem_total, bw, power_a
         "quantized": "assumption: ggml's int8/int4 dot products cost 2.5x / 4x the instructions of a bare int8 dot "
                      "stream (counted on its NEON kernels, docs/datasheets.md), at the VNNI int8 rate if the CPU has "
                      "one, else fp32",
+        "radio": "assumption: a Wi-Fi link with Huang et al. (MobiSys 2012)'s Wi-Fi power model",
         "command": "splitrl-profiles host --out splitrl/profiles_data/devices/this-host.yaml",
     }

@@ -20,6 +20,7 @@ import numpy as np
 from splitrl.profiles.errors import ProfileError
 from splitrl.profiles.formats import WEIGHT_FORMATS, compute_dtype
 from splitrl.profiles.launches import RUNTIMES
+from splitrl.profiles.radio import Radio, read_radio
 from splitrl.profiles.reader import Reader
 
 MODEL_SCHEMA, DEVICE_SCHEMA, COSTS_SCHEMA, PPL_SCHEMA = (
@@ -161,6 +162,7 @@ class Device:
         how many kernels a sublayer launches; kernel_overhead_s is the cost of one launch there.
     quantized_matmul: how int8/int4 weights are multiplied, {"int8"|"int4": (dtype, slowdown)}:
         at peak_flops[dtype] / slowdown (the instructions spent unpacking and scaling per MAC).
+    radio: the link to the cloud and its energy figures (`splitrl.profiles.radio.Radio`).
     """
     name: str
     display_name: str
@@ -172,10 +174,11 @@ class Device:
     memory_bytes: float       # bytes usable for model weights + KV cache
     power_active_w: float
     power_idle_w: float
-    power_radio_tx_w: float   # extra W while transmitting
+    power_radio_tx_w: float   # one extra figure while transmitting (read by the env until it uses `radio`)
     kernel_overhead_s: float  # the part of one kernel launch that does not overlap work, in `runtime`
     compute_efficiency: float  # achieved fraction of peak FLOP/s on transformer GEMMs
     memory_efficiency: float   # achieved fraction of peak bandwidth on weight streaming
+    radio: Radio
     source: dict
     path: str = ""
 
@@ -184,7 +187,7 @@ class Device:
         r = Reader(path, data)
         if r.raw("schema") == "splitrl.device/v1":
             raise r.fail("schema", "splitrl.device/v1", f"must be {DEVICE_SCHEMA!r}",
-                         "v2 adds runtime and quantized_matmul: add them (docs/profiles.md, Device) and "
+                         "v2 adds runtime, quantized_matmul and radio: add them (docs/profiles.md, Device) and "
                          f"set schema: {DEVICE_SCHEMA}")
         check_schema(r, DEVICE_SCHEMA)
         f = dict(name=r.str("name"), display_name=r.str("display_name"), role=r.str("role", DEVICE_ROLES),
@@ -206,6 +209,7 @@ class Device:
         f["compute_efficiency"] = eff.float("compute", 0, 1, lo_open=True)
         f["memory_efficiency"] = eff.float("memory", 0, 1, lo_open=True)
         eff.done()
+        f["radio"] = read_radio(r, f["role"])
         f["source"] = read_source(r)
         r.done()
         return cls(**f, path=str(path))
