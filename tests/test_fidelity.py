@@ -158,3 +158,42 @@ def test_response_time_percentiles_are_over_requests_and_include_queueing():
     stats = seed_stats(raw)
     # the edge alone cannot keep up: requests queue, so the response p95 is far above one request's service
     assert stats["latency_p95"] > 3 * stats["service_p95"] and stats["backlog_mean"] > 1
+
+
+# ----------------------------------------------------------------------------- mixing, pipelining, radio
+def test_a_split_sublayer_pays_the_measured_mixing_cost(default):
+    env, params = default                                                   # the edge table is measured here
+    assert float(params.costs.mix[0, 1]) > 1.1                             # units one by one: ~1.2x in decode
+    unmixed = params.replace(costs=params.costs.replace(mix=jnp.ones_like(params.costs.mix)))
+    attn = np.asarray(params.costs.unit_is_attn)
+    whole_attn = attn.astype(np.float32)                                    # attention all on the edge, FFN on the cloud
+    half_attn = (attn & (np.cumsum(attn) <= attn.sum() // 2)).astype(np.float32)
+    cond = _cond(bw=1e8)
+    same = [_cost(p, 5, cond, units=whole_attn)["edge_compute_s"] for p in (params, unmixed)]
+    assert same[0] == pytest.approx(same[1])
+    mixed, free = (_cost(p, 5, cond, units=half_attn)["edge_compute_s"] for p in (params, unmixed))
+    assert mixed > free
+
+
+def test_a_pipelined_split_prefill_overlaps_edge_wire_and_cloud(default):
+    env, params = default
+    chunked = params.replace(channel=params.channel.replace(prefill_chunk=jnp.float32(64.0)))
+    cond, prompt = _cond(bw=2.5e5), 1024.0
+    serial, piped = (_cost(p, 8, cond, prompt=prompt, output=1.0)["latency"] for p in (params, chunked))
+    assert piped < 0.9 * serial
+    cloud_only = [_cost(p, 0, cond, prompt=prompt, output=1.0)["latency"] for p in (params, chunked)]
+    assert cloud_only[0] == pytest.approx(cloud_only[1])
+
+
+def test_the_radio_charges_transfers_the_connected_state_and_the_tail():
+    env, params = make("splitwise_gpt2-xl_galaxy-s23")                     # an LTE phone (Huang et al.)
+    rd = params.radio
+    assert float(rd.tail_s) > 5 and float(rd.connected_w) > 0.5
+    cond = _cond(bw=1.25e6)
+    cloud = _cost(params, 0, cond, prompt=128.0, output=64.0)
+    idle_only = float(params.costs.power_idle_w) * cloud["latency"]
+    assert cloud["energy"] > idle_only + float(rd.connected_w) * 0.5 * cloud["latency"]
+    alone = _cost(params, env.n_layers, cond, prompt=128.0, output=64.0)
+    rested = params.replace(radio=rd.replace(**{k: jnp.float32(0.0) for k in rd.__dataclass_fields__}))
+    assert alone["energy"] == pytest.approx(_cost(rested, env.n_layers, cond, prompt=128.0, output=64.0)["energy"])
+    assert cloud["energy"] > _cost(rested, 0, cond, prompt=128.0, output=64.0)["energy"]

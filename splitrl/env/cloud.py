@@ -64,16 +64,31 @@ def kv_slots(free_bytes: float, kv_bytes_per_token: float, context: int) -> int:
     return int(max(1, min(MAX_SLOTS, math.floor(free_bytes / max(kv_bytes_per_token * context, 1.0)))))
 
 
-def load_trace_shape(path: Path, minutes_per_slot: float) -> np.ndarray:
+def read_workload(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(arrival seconds from the first request, prompt tokens, output tokens) of a serving trace
+    (TIMESTAMP, ContextTokens, GeneratedTokens: the Azure LLM inference trace's columns)."""
+    with Path(path).open() as f:
+        rows = list(csv.DictReader(f))
+    stamps = [datetime.datetime.fromisoformat(row["TIMESTAMP"][:26]) for row in rows]
+    seconds = np.array([(t - stamps[0]).total_seconds() for t in stamps])
+    return (seconds, np.array([int(r["ContextTokens"]) for r in rows], np.float64),
+            np.array([int(r["GeneratedTokens"]) for r in rows], np.float64))
+
+
+def load_trace_shape(seconds: np.ndarray, minutes_per_slot: float) -> np.ndarray:
     """The trace's arrival rate per slot over its mean (sample-and-hold of the per-minute counts; the
     last, partial minute is dropped)."""
-    with Path(path).open() as f:
-        stamps = [datetime.datetime.fromisoformat(row["TIMESTAMP"][:26]) for row in csv.DictReader(f)]
-    seconds = np.array([(t - stamps[0]).total_seconds() for t in stamps])
     per_minute = np.bincount((seconds // 60).astype(int))[:-1].astype(np.float64)
     shape = per_minute / per_minute.mean()
     n_slots = max(int(len(shape) / minutes_per_slot), 2)
     return shape[np.minimum((np.arange(n_slots) * minutes_per_slot).astype(int), len(shape) - 1)].astype(np.float32)
+
+
+def clipped_means(prompt: np.ndarray, output: np.ndarray, max_context: int) -> tuple[float, float]:
+    """Mean (prompt, output) tokens with every request clipped to the model's context: output first kept
+    whole up to the context, the prompt truncated to what is left (its oldest tokens dropped)."""
+    out = np.minimum(output, max_context - 1)
+    return float(np.minimum(prompt, max_context - out).mean()), float(out.mean())
 
 
 # ----------------------------------------------------------------------------- in the step (pure JAX)

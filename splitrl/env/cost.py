@@ -79,6 +79,7 @@ class Phase(NamedTuple):
     n_tok: jax.Array     # tokens through the pass
     crossing: jax.Array  # seconds of one hidden-state crossing of this pass
     cloud: jax.Array     # the cloud's time factor in this phase (its batch slows decode steps)
+    mix: jax.Array       # [edge, cloud]: a split sublayer's units over their share of the whole layer
 
 
 def _pass(p: Phase, on_e, is_attn, last):
@@ -93,10 +94,13 @@ def _pass(p: Phase, on_e, is_attn, last):
     # sums of products, not dots: XLA fuses them with their neighbours (dots are separate kernels)
     a_e, a_c = jnp.max(on_e * attn) > 0, jnp.max(on_c * attn) > 0
     f_e, f_c = jnp.max(on_e * ffn) > 0, jnp.max(on_c * ffn) > 0
-    te_attn = n_tok * (jnp.sum(on_e * attn * te) + a_e * ne[0])
-    tc_attn = n_tok * (jnp.sum(on_c * attn * tc) + a_c * nc[0])
-    te_ffn = n_tok * (jnp.sum(on_e * ffn * te) + f_e * ne[1])
-    tc_ffn = n_tok * (jnp.sum(on_c * ffn * tc) + f_c * nc[1])
+    # a sublayer split over both sides runs its units as separate pieces: they cost `mix` x their share
+    m_attn = jnp.where(a_e & a_c, p.mix, 1.0)
+    m_ffn = jnp.where(f_e & f_c, p.mix, 1.0)
+    te_attn = n_tok * (m_attn[0] * jnp.sum(on_e * attn * te) + a_e * ne[0])
+    tc_attn = n_tok * (m_attn[1] * jnp.sum(on_c * attn * tc) + a_c * nc[0])
+    te_ffn = n_tok * (m_ffn[0] * jnp.sum(on_e * ffn * te) + f_e * ne[1])
+    tc_ffn = n_tok * (m_ffn[1] * jnp.sum(on_c * ffn * tc) + f_c * nc[1])
     t_attn = jnp.where(~a_c, te_attn, jnp.where(~a_e, X + tc_attn, jnp.maximum(te_attn, X + tc_attn) + X))
     ffn_edge_holds = jnp.where(~f_c, te_ffn, jnp.where(~f_e, X + tc_ffn, jnp.maximum(te_ffn, X + tc_ffn) + X))
     ffn_cloud_holds = jnp.where(~f_e, tc_ffn, jnp.where(~f_c, X + te_ffn, jnp.maximum(tc_ffn, X + te_ffn + X)))
@@ -108,11 +112,24 @@ def _pass(p: Phase, on_e, is_attn, last):
     base = n_tok * (p.model.edge_embed + row.prefix)
     time = base + t_attn + t_ffn + after
     edge_s = base + te_attn + te_ffn + jnp.where(head_on_edge, head_e, 0.0)
-    edge_j = (n_tok * (p.model.edge_embed_j + row.prefix_j + jnp.sum(on_e * tej) + a_e * nej[0] + f_e * nej[1])
+    edge_j = (n_tok * (p.model.edge_embed_j + row.prefix_j + m_attn[0] * jnp.sum(on_e * attn * tej)
+                       + m_ffn[0] * jnp.sum(on_e * ffn * tej) + a_e * nej[0] + f_e * nej[1])
               + jnp.where(head_on_edge, head_e_j, 0.0))
     n_up = (a_c * 1.0 + (a_e & a_c) + jnp.where(a_c, f_e & f_c, f_c * 1.0 + (f_e & f_c)) + (ends_on_edge & ~last))
     n_down = (a_c & f_e) * 1.0
     return time, edge_s, edge_j, n_up, n_down
+
+
+def pipelined(serial, edge_s, n_cross, crossing, rtt, prompt, chunk):
+    """A split prefill in chunks of `chunk` tokens (0: the prompt crosses at once): the edge's layers, the
+    wire and the cloud's layers work on different chunks at once, a three-stage pipeline of k chunks:
+        n_cross·RTT/2 + (E + N + C)/k + (k − 1)/k · max(E, N, C)
+    with E the edge's compute, N the crossings' wire time and C the rest of the serial pass."""
+    k = jnp.where(chunk > 0, jnp.maximum(jnp.ceil(prompt / jnp.maximum(chunk, 1.0)), 1.0), 1.0)
+    wire = n_cross * jnp.maximum(crossing - rtt / 2, 0.0)
+    rest = jnp.maximum(serial - edge_s - wire - n_cross * rtt / 2, 0.0)
+    stages = jnp.stack([edge_s, wire, rest])
+    return jnp.minimum(serial, n_cross * rtt / 2 + stages.sum() / k + (k - 1) / k * stages.max())
 
 
 # ----------------------------------------------------------------------------- one request
@@ -170,9 +187,10 @@ def request_cost(params: EnvParams, boundary, fmt, edge_units, prompt, output, c
         X = X.at[1:3].set(transfer_time(sizes[1:3], cond.bw, cond.rtt, cond.loss_p, ch.packet_bytes, ch.max_retx))
     phases = Phase(row=decode_layer_row(rows, edge_units.shape[0]), model=model, head=head,
                    n_tok=jnp.stack([prompt, 1.0]), crossing=X[:2],
-                   cloud=jnp.stack([1.0, decode_factor(params.cloud, cond.cloud_load)]))
-    t, es, ej, n_up, n_down = jax.vmap(_pass, in_axes=(Phase(0, 0, None, 0, 0, 0), None, None, None))(
+                   cloud=jnp.stack([1.0, decode_factor(params.cloud, cond.cloud_load)]), mix=c.mix.T)
+    t, es, ej, n_up, n_down = jax.vmap(_pass, in_axes=(Phase(0, 0, None, 0, 0, 0, 0), None, None, None))(
         phases, edge_units, c.unit_is_attn, jnp.minimum(b, L - 1) == L - 1)
+    t = t.at[0].set(pipelined(t[0], es[0], n_up[0] + n_down[0], X[0], cond.rtt, prompt, ch.prefill_chunk))
     start = cond.cloud_wait + cond.reconnect   # a batch slot, and a link that just came back
     split = Timing(pre=start + t[0] + X[2], tok=t[1] + X[2], edge_pre=es[0], edge_tok=es[1], edge_pre_j=ej[0],
                    edge_tok_j=ej[1], prefix=phases.row.prefix[0] + model.edge_embed[0],
@@ -239,14 +257,32 @@ def _finish(params: EnvParams, m: dict, plan: Timing, edge: Timing, edge_only, p
         jnp.where(failed, gave_up[i], jnp.where(timed_out, resumed[i], jnp.where(down, alone[i], planned[i])))
         for i in range(3))
     up = jnp.where(down, 0.0, jnp.where(timed_out, jnp.minimum(m["up"], cond.bw * ch.timeout_s), m["up"]))
-    tx_s = up / cond.bw
-    energy = compute_j + c.power_radio_w * tx_s + c.power_idle_w * jnp.maximum(latency - edge_s - tx_s, 0.0)
+    used_link = ~edge_only & ~down
+    energy = (compute_j + c.power_idle_w * jnp.maximum(latency - edge_s, 0.0)
+              + radio_energy(params, up, jnp.where(down, 0.0, m["down"]), latency, used_link, cond))
     # a resumed request's tokens from before the timeout carry the split's damage; the rest none
     dppl = jnp.where(failed | down, 0.0, jnp.where(timed_out, m["dppl"] * done / jnp.maximum(output, 1.0), m["dppl"]))
     return {"latency": latency, "energy": energy, "delta_ppl": dppl,
             "bytes_up": up, "bytes_down": jnp.where(down, 0.0, m["down"]), "edge_compute_s": edge_s,
             "timed_out": timed_out.astype(jnp.float32), "fell_back": (down & can_fallback).astype(jnp.float32),
             "failed": failed.astype(jnp.float32), "cloud_wait": jnp.where(edge_only | down, 0.0, cond.cloud_wait)}
+
+
+def radio_energy(params: EnvParams, up, down, latency, used_link, cond: Conditions):
+    """Joules the edge's radio adds to a request (Huang et al.'s LTE power model, splitrl/profiles/radio.py):
+    transfers (active time incl. the expected resent share) at transfer_w plus per-Mbit tx/rx energy, the
+    connected state for the rest of the request, and the tail after it and the promotion before it, in
+    expectation over exponential gaps between requests (mean 1 / arrival rate)."""
+    rd, ch = params.radio, params.channel
+    needed, _ = _rounds(up, cond.bw, cond.rtt, cond.loss_p, ch.packet_bytes, ch.max_retx)
+    resent = up * (needed * cond.loss_p ** jnp.arange(1, R_MAX + 1, dtype=jnp.float32)).sum(-1)
+    active = (up + resent + down) / cond.bw
+    gap = 1.0 / jnp.maximum(params.workload.arrival_rate, 1e-6)
+    idle_before = jnp.exp(-rd.tail_s / gap)                     # P(no request in the tail before this one)
+    linked = (rd.transfer_w * active + rd.tx_j_per_mbit * (up + resent) * 8e-6 + rd.rx_j_per_mbit * down * 8e-6
+              + rd.connected_w * jnp.maximum(latency - active, 0.0)
+              + rd.tail_w * gap * (1.0 - jnp.exp(-rd.tail_s / gap)) + idle_before * rd.promotion_w * rd.promotion_s)
+    return jnp.where(used_link, linked, 0.0)
 
 
 def project_action(params: EnvParams, boundary, fmt, units):

@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 
 from splitrl.env.channel import CHANNEL_KINDS
-from splitrl.env.cloud import LOAD_KINDS, kv_slots, load_trace_shape, wait_table
+from splitrl.env.cloud import LOAD_KINDS, clipped_means, kv_slots, load_trace_shape, read_workload, wait_table
 from splitrl.env.cost import R_MAX, request_cost
 from splitrl.env.nominal import batch_knee, cloud_service_s, nominal
 from splitrl.env.nominal import mean_request as nominal_mean_request
@@ -31,6 +31,7 @@ from splitrl.env.types import (
     CostParams,
     EnvParams,
     PPLParams,
+    RadioParams,
     RewardParams,
     WorkloadParams,
 )
@@ -185,6 +186,7 @@ def _channel(c: _Cfg, slot_s: float) -> tuple[str, ChannelParams, dict]:
         fade_rho=f32(fade_rho), fade_log_std=f32(fade_std), packet_bytes=f32(c.get("packet_bytes", 1, lo_open=True)),
         max_retx=f32(max_retx), timeout_s=f32(c.get("timeout_s", 0, lo_open=True)), noise_on=f32(float(noise_on)),
         snr_db_mean=f32(snr_mean), snr_db_std=f32(snr_std), queue_bytes=f32(c.get("queue_kb", 0) * 1e3),
+        prefill_chunk=f32(c.get("prefill_chunk_tokens", kind=int, lo=0)),
         **{k: f32(v) for k, v in link.items()})
     c.done()
     return kind, params, meta
@@ -271,10 +273,15 @@ def make_with_info(scenario: str | Path | dict = "default") -> tuple[SplitEnv, E
     c.done()
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
     cost_params = CostParams(**_to_params(costs), power_active_w=f32(edge.power_active_w),
-                             power_idle_w=f32(edge.power_idle_w), power_radio_w=f32(edge.power_radio_tx_w))
+                             power_idle_w=f32(edge.power_idle_w))
+    rd = edge.radio
+    radio = RadioParams(transfer_w=f32(rd.transfer_w), tx_j_per_mbit=f32(rd.tx_w_per_mbps),
+                        rx_j_per_mbit=f32(rd.rx_w_per_mbps), connected_w=f32(rd.connected_w), tail_w=f32(rd.tail_w),
+                        tail_s=f32(rd.tail_s), promotion_w=f32(rd.promotion_w), promotion_s=f32(rd.promotion_s))
     ppl_params = PPLParams(loss_grid=f32(ppl.loss_grid), snr_grid=f32(ppl.snr_grid),
                            rows=f32(np.concatenate([ppl.fmt, ppl.loss, ppl.snr], axis=1)))
-    params = EnvParams(channel=channel, workload=workload, cloud=cloud_params, costs=cost_params, ppl=ppl_params,
+    params = EnvParams(channel=channel, workload=workload, cloud=cloud_params, costs=cost_params, radio=radio,
+                       ppl=ppl_params,
                        reward=reward, slot_s=f32(slot_s), max_steps_in_episode=jnp.asarray(steps, jnp.int32))
     refs = nominal_refs(params, ch_kind)
     params = params.replace(reward=reward.replace(
@@ -316,34 +323,36 @@ def _reward(rw: _Cfg) -> tuple[RewardParams, dict]:
 
 
 def _serving(c: _Cfg, model, device, weight_format: str, costs: CostArrays, workload: WorkloadParams,
-           slot_s: float) -> tuple[str, CloudParams]:
-    """The shared cloud's engine and background load (splitrl/env/cloud.py); `auto` fills the engine's
-    slots from the KV cache the cloud can hold, the service time and the batch knee from the tables."""
-    prompt, output = nominal_mean_request(workload)
-    slots = c.data.get("slots")
-    c.seen.add("slots")
-    if slots == "auto":   # PagedAttention allocates KV by the tokens a sequence holds: the mean request
-        free = device.memory_bytes - float(model.total_params()) * model.bytes_per_param[weight_format]
-        kv_per_token = float(np.sum(model.unit_kv_values_per_token())) * model.n_layers * model.kv_bytes_per_value
-        slots = kv_slots(free, kv_per_token, int(prompt + output))
-    else:
-        slots = c.get("slots", kind=int, lo=1)
-    service_s = c.data.get("service_s")
-    c.seen.add("service_s")
-    service_s = cloud_service_s(costs, prompt, output) if service_s == "auto" else c.get("service_s", 0, lo_open=True)
+             slot_s: float) -> tuple[str, CloudParams]:
+    """The shared cloud's engine and background load (splitrl/env/cloud.py). The background requests are
+    the trace's (clipped to the model's context) when the load replays one, else like this scenario's;
+    `auto` sizes the engine's slots by the KV cache the cloud holds at their mean length, and their slot
+    holding time and the decode batch knee from the cost tables."""
     ld = c.sub("load")
     kind = ld.get("kind", kind=str)
     if kind not in LOAD_KINDS:
         raise ld.err("kind", kind, f"must be one of {list(LOAD_KINDS)}")
-    trace = np.ones(1, np.float32)
     ld.seen.add("trace")
+    prompt, output = nominal_mean_request(workload)
+    trace = np.ones(1, np.float32)
     if kind == "trace":
         name = ld.data.get("trace")
         path = data_root() / "workloads" / f"{name}.csv"
         if not isinstance(name, str) or not path.is_file():
             known = sorted(p.stem for p in (data_root() / "workloads").glob("*.csv"))
             raise ld.err("trace", name, f"must name a workload in splitrl/profiles_data/workloads; known: {known}")
-        trace = load_trace_shape(path, slot_s / 60.0)
+        seconds, prompts, outputs = read_workload(path)
+        trace = load_trace_shape(seconds, slot_s / 60.0)
+        prompt, output = clipped_means(prompts, outputs, model.max_context)
+    slots, service_s = c.data.get("slots"), c.data.get("service_s")
+    c.seen.update({"slots", "service_s"})
+    if slots == "auto":   # PagedAttention allocates KV by the tokens a sequence holds: the mean request
+        free = device.memory_bytes - float(model.total_params()) * model.bytes_per_param[weight_format]
+        kv_per_token = float(np.sum(model.unit_kv_values_per_token())) * model.n_layers * model.kv_bytes_per_value
+        slots = kv_slots(free, kv_per_token, int(prompt + output))
+    else:
+        slots = c.get("slots", kind=int, lo=1)
+    service_s = cloud_service_s(costs, prompt, output) if service_s == "auto" else c.get("service_s", 0, lo_open=True)
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
     rho_grid, p_wait = wait_table(slots)
     params = CloudParams(slots=f32(slots), service_s=f32(service_s), batch_knee=f32(batch_knee(costs, prompt, output)),

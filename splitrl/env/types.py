@@ -37,6 +37,7 @@ class ChannelParams:
     reconnect_s: jax.Array      # extra delay of the first request over a link that just came back
     detect_s: jax.Array         # time for the edge to notice the cloud is unreachable
     queue_bytes: jax.Array      # bottleneck buffer ahead of the uplink: adds queue_bytes / bw to the RTT
+    prefill_chunk: jax.Array    # tokens per chunk of a pipelined split prefill (0: the prompt crosses at once)
     noise_on: jax.Array         # 1.0: activations cross with additive noise at snr_db (Chen et al.); 0.0: digital
     snr_db_mean: jax.Array
     snr_db_std: jax.Array
@@ -79,9 +80,22 @@ class CostParams:
     boundary_mask: jax.Array    # [L+1] bool
     unit_mask: jax.Array        # [L+1, U] bool
     tx_bytes: jax.Array         # [F] bytes/token of the hidden state per transmission format
+    mix: jax.Array              # [2 sides, 2 phases]: cost of a split sublayer's units over their whole-layer share
     power_active_w: jax.Array   # edge
     power_idle_w: jax.Array
-    power_radio_w: jax.Array
+
+
+@struct.dataclass
+class RadioParams:
+    """The edge's radio (splitrl.profiles.radio, Huang et al.'s LTE power model): powers on top of idle."""
+    transfer_w: jax.Array       # W while data moves
+    tx_j_per_mbit: jax.Array    # J per Mbit sent
+    rx_j_per_mbit: jax.Array    # J per Mbit received
+    connected_w: jax.Array      # W in the connected state while a request is in flight
+    tail_w: jax.Array           # W for tail_s after the last transfer
+    tail_s: jax.Array
+    promotion_w: jax.Array      # W for promotion_s when the radio leaves idle (also a delay)
+    promotion_s: jax.Array
 
 
 @struct.dataclass
@@ -113,6 +127,7 @@ class EnvParams:
     workload: WorkloadParams
     cloud: CloudParams
     costs: CostParams
+    radio: RadioParams
     ppl: PPLParams
     reward: RewardParams
     slot_s: jax.Array           # length of one decision slot, seconds
