@@ -15,7 +15,8 @@ from splitrl.bench.env import random_split_action
 from splitrl.env import Action, ScenarioError, check_params, make, make_with_info
 from splitrl.env import rollout as R
 from splitrl.env.cost import request_cost, transfer_time
-from splitrl.env.scenario import SCENARIO_DIR, load_trace
+from splitrl.env.scenario import SCENARIO_DIR
+from splitrl.env.scenario_sections import load_trace
 from splitrl.env.tables import decode_model_row
 from splitrl.env.types import Conditions
 
