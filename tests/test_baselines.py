@@ -13,12 +13,12 @@ import yaml
 
 from splitrl.agents.networks import FlatPolicy, HierarchicalPolicy
 from splitrl.baselines import BASELINES, Trained, make_baseline, splitllm
-from splitrl.baselines.base import candidate_actions, dpp_objective
 from splitrl.baselines.chen import ChenPPO, fit_surrogate, train_chen
 from splitrl.baselines.dpp import Oracle
 from splitrl.baselines.splitllm import SplitLLMDP
 from splitrl.env import Action, make
 from splitrl.env.chen import interior_splits
+from splitrl.env.dpp import candidate_actions, dpp_objective
 from splitrl.env.scenario import SCENARIO_DIR, load_scenario_dict
 from splitrl.env.types import Conditions
 from splitrl.evaluation.run import scenario_spec
