@@ -169,14 +169,24 @@ def test_oracle_candidates_are_exact_over_all_unit_subsets(default):
 
 
 def test_dpp_objective_is_the_envs(default):
+    """The DPP baselines' one-slot objective is the env's: from the env's own metrics it gives the env's
+    objective, and with the retransmissions at their expectation (no loss) the priced metrics agree too."""
     from splitrl.env.cost import action_cost
     env, params, _ = default
-    for _obs, state, step_key in _states(env, params, 3):
+    lossless = params.replace(channel=params.channel.replace(h_th=jnp.float32(0.0)))
+    for _obs, state, step_key in _states(env, lossless, 3):
         a = Action(boundary=jnp.int32(7), fmt=jnp.int32(1), units=jnp.array([1, 0, 1, 1, 0, 0, 0], jnp.int32))
-        _, new, _, _, info = env.step_env(step_key, state, a, params)
-        cond = Conditions(bw=new.bw, rtt=new.rtt, loss_p=new.loss_p, snr_db=new.snr_db, cloud_load=new.cloud_load)
-        m = action_cost(params, a.boundary, a.fmt, a.units, state.prompt_len, state.output_len, cond)
-        assert float(dpp_objective(params, state, m, info["arrivals"])) == pytest.approx(float(info["objective"]), rel=1e-5)
+        _, new, _, _, info = env.step_env(step_key, state, a, lossless)
+        metrics = {k: info[k] for k in ("latency", "energy", "delta_ppl")} | {"failed": (info["failed"] > 0) * 1.0}
+        assert float(dpp_objective(lossless, state, metrics, info["arrivals"])) == pytest.approx(
+            float(info["objective"]), rel=1e-6)
+        cond = Conditions(bw=new.bw, rtt=new.rtt, loss_p=new.loss_p, snr_db=new.snr_db, cloud_load=new.cloud_load,
+                          cloud_wait=info["cloud_wait"], connected=new.connected,
+                          reconnect=lossless.channel.reconnect_s * (1.0 - state.connected) * new.connected)
+        m = action_cost(lossless, a.boundary, a.fmt, a.units, state.prompt_len, state.output_len, cond)
+        assert float(m["latency"]) == pytest.approx(float(info["latency"]), rel=1e-5)
+        assert float(dpp_objective(lossless, state, m, info["arrivals"])) == pytest.approx(float(info["objective"]),
+                                                                                         rel=1e-5)
 
 
 # ----------------------------------------------------------------------------- SplitLLM DP
@@ -271,4 +281,4 @@ def test_trained_checkpoints_load_and_act(default, tmp_path, policy):
 def test_unknown_baseline_lists_the_known_ones():
     with pytest.raises(ValueError, match="known"):
         make_baseline("neurosurgeon")
-    assert load_scenario_dict("default")[0]["id"] == "default-v1"
+    assert load_scenario_dict("default")[0]["id"] == "default-v2"

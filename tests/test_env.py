@@ -108,8 +108,9 @@ def test_latency_never_below_the_pure_compute_bound(env_data, b, fmt, units, bw_
         assert np.isfinite(float(m[k])) and float(m[k]) >= 0
 
 
-def _cond(bw, rtt, loss_p, snr_db, cloud_load) -> Conditions:
-    return Conditions(bw=bw, rtt=rtt, loss_p=loss_p, snr_db=snr_db, cloud_load=cloud_load)
+def _cond(bw, rtt, loss_p, snr_db, cloud_load, cloud_wait=0.0, connected=1.0, reconnect=0.0) -> Conditions:
+    return Conditions(bw=bw, rtt=rtt, loss_p=loss_p, snr_db=snr_db, cloud_load=cloud_load, cloud_wait=cloud_wait,
+                      connected=connected, reconnect=reconnect)
 
 
 _CACHE = {}

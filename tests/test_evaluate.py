@@ -36,11 +36,12 @@ def test_one_row_per_policy_and_scenario(small):
 
 
 def test_numbers_come_from_the_envs_info(small):
-    """cloud_only's row equals statistics of info["latency"] from a hand-written loop over env.step_env
-    with the same keys."""
+    """cloud_only's row equals statistics of the env's info from a hand-written loop over env.step_env
+    with the same keys: service times per slot, and response times per request (each arrival waits,
+    then is served; dropped or failed ones never answered)."""
     _, rows, raw = small
     env, params, spec = scenario_spec("default")
-    lat, q = [], []
+    lat, q, answered_times, unanswered = [], [], [[], []], [0, 0]
     for seed in range(2):
         ek, _ = episode_keys("default", seed, 2)
         for k in ek:
@@ -51,9 +52,17 @@ def test_numbers_come_from_the_envs_info(small):
                 _, state, _, _, info = env.step_env(jax.random.fold_in(k_steps, t), state, a, params)
                 lat.append(float(info["latency"]))
                 q.append(float(info["backlog"]))
+                n, lost = int(round(float(info["arrivals"]))), int(round(float(info["drops"])))
+                ok = 0 if float(info["request_failed"]) else n - min(lost, n)
+                answered_times[seed] += [float(info["response_time"])] * ok
+                unanswered[seed] += n - ok
     np.testing.assert_allclose(raw["default", "cloud_only"]["latency"].ravel(), lat, rtol=1e-5)
     row = rows[0]
-    assert row["latency_mean"] == pytest.approx(np.mean(lat), rel=1e-5)
+    assert all(answered_times)                                              # per seed, then the mean over seeds
+    assert row["latency_mean"] == pytest.approx(np.mean([np.mean(t) for t in answered_times]), rel=1e-5)
+    assert row["fail_rate"] == pytest.approx(np.mean([u / (len(t) + u) for t, u in zip(answered_times, unanswered)]))
+    assert row["service_p95"] == pytest.approx(np.mean([np.percentile(lat[:12], 95), np.percentile(lat[12:], 95)]),
+                                               rel=1e-5)
     assert row["backlog_max"] == pytest.approx(np.mean([max(q[:12]), max(q[12:])]), rel=1e-5)
 
 

@@ -62,7 +62,7 @@ def test_dynamic_batch_and_metadata(exported):
         assert np.max(np.abs(out[2] - want[2])) <= 1e-5 and (out[3] == want[3]).all()
         assert not bm[np.arange(n), out[3]].__contains__(False)   # greedy boundaries are allowed ones
     meta = sess.get_modelmeta().custom_metadata_map
-    assert meta["splitrl.model"] == "smollm2-135m" and meta["splitrl.scenario"] == "default-v1"
+    assert meta["splitrl.model"] == "smollm2-135m" and meta["splitrl.scenario"] == "default-v2"
     assert len(__import__("json").loads(meta["splitrl.features"])) == env.obs_dim
 
 

@@ -72,6 +72,28 @@ def test_int4_weights_take_a_quarter_of_fp16():
     assert int4.decode_s.sum() < fp16.decode_s.sum()
 
 
+@pytest.mark.parametrize("device,int8_vs_fp16,int4_vs_fp16", [
+    ("raspberry-pi-5", 1.25, 2.0),        # SDOT at 614 GOPS / 2.5 and / 4 against FMLA fp16 at 307 GFLOP/s
+    ("jetson-orin-nx-16gb", 1.0, 1.0),    # a GPU dequantises in the GEMM's load path
+])
+def test_quantized_matmuls_pay_for_dequantisation_where_the_device_does(device, int8_vs_fp16, int4_vs_fp16):
+    """Prefill of 4096 tokens is compute-bound; an FFN unit's time follows the device's matmul rate per format."""
+    m, d = load_model("llama-2-7b"), load_device(device)
+    grid = np.array([4096.0])
+    ffn = m.unit_names.index("ffn.0")
+    t = {f: analytic_costs(m, d, f, grid).prefill_s[0, ffn, 0] for f in ("fp16", "int8", "int4")}
+    assert t["int8"] / t["fp16"] == pytest.approx(int8_vs_fp16, rel=0.01)
+    assert t["int4"] / t["fp16"] == pytest.approx(int4_vs_fp16, rel=0.01)
+    w = 2 * m.unit_params()[ffn]   # the weight matmul dominates: 2 FLOP per weight
+    rate_int4 = d.peak_flops[d.quantized_matmul["int4"][0]] * d.compute_efficiency / d.quantized_matmul["int4"][1]
+    assert t["int4"] == pytest.approx(w / rate_int4, rel=0.01)
+
+
+def test_pi_memory_efficiency_is_its_copy_measurement():
+    """tinymembench copies 5.56 GB/s on the 8 GB Pi 5: 11.1 GB/s of traffic of a 17.07 GB/s peak."""
+    assert load_device("raspberry-pi-5").memory_efficiency == pytest.approx(2 * 5.56e9 / 17.07e9, abs=0.005)
+
+
 def test_placement_memory_accounts_everything_once():
     m = load_model("smollm2-135m")
     edge, cloud = placement_memory(m, "fp16", "fp16", context=0)

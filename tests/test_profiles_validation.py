@@ -72,6 +72,27 @@ def test_bad_device_numbers(data_copy, field, value, expect):
     _raises(lambda: load_device("raspberry-pi-5", data_copy), "raspberry-pi-5.yaml", field, expect)
 
 
+def test_device_runtime_must_be_a_modelled_one(data_copy):
+    _edit_yaml(data_copy / "devices/raspberry-pi-5.yaml", runtime="tensorrt")
+    _raises(lambda: load_device("raspberry-pi-5", data_copy), "raspberry-pi-5.yaml", "runtime", "llama.cpp")
+
+
+def test_a_v1_device_file_is_told_what_v2_adds(data_copy):
+    _edit_yaml(data_copy / "devices/raspberry-pi-5.yaml", schema="splitrl.device/v1")
+    _raises(lambda: load_device("raspberry-pi-5", data_copy), "raspberry-pi-5.yaml", "schema", "v2 adds runtime, quantized_matmul and radio")
+
+
+def test_quantized_matmul_must_name_a_dtype_the_device_has(data_copy):
+    _edit_yaml(data_copy / "devices/galaxy-s23.yaml", **{"quantized_matmul.int4": {"dtype": "int8", "slowdown": 1.0}})
+    _raises(lambda: load_device("galaxy-s23", data_copy), "galaxy-s23.yaml", "quantized_matmul.int4.dtype",
+            "peak_flops entry")
+
+
+def test_quantized_matmul_cannot_be_faster_than_its_dtype(data_copy):
+    _edit_yaml(data_copy / "devices/raspberry-pi-5.yaml", **{"quantized_matmul.int8": {"dtype": "int8", "slowdown": 0.5}})
+    _raises(lambda: load_device("raspberry-pi-5", data_copy), "quantized_matmul.int8.slowdown", ">= 1")
+
+
 def _costs_doc(root):
     return json.loads((root / COSTS).read_text())
 

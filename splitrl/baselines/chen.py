@@ -42,7 +42,8 @@ def surrogate_records(env: SplitEnv, env_params: EnvParams, key, n: int):
     U = env.n_units
 
     def ppl(b, snr_db, loss_p):   # a fast, clean link: only the damage of the split itself
-        cond = Conditions(bw=1e9, rtt=p.rtt_mean_s, loss_p=loss_p, snr_db=snr_db, cloud_load=0.0)
+        cond = Conditions(bw=1e9, rtt=p.rtt_mean_s, loss_p=loss_p, snr_db=snr_db, cloud_load=0.0, cloud_wait=0.0,
+                          connected=1.0, reconnect=0.0)
         return request_cost(env_params, b, 0, jnp.zeros(U), 256.0, 32.0, cond)["delta_ppl"]
 
     dppl = jax.vmap(ppl)(b, snr, loss)

@@ -24,7 +24,7 @@ class GreedyLatency(PolicyBase):
         return candidate_actions(env, env_params, exhaustive=False)
 
     def __call__(self, pparams, key, obs, state, env_params, step_key):
-        m = candidate_costs(env_params, pparams, state.prompt_len, state.output_len, estimated_conditions(state))
+        m = candidate_costs(env_params, pparams, state.prompt_len, state.output_len, estimated_conditions(state, env_params))
         return pick(pparams, jnp.argmin(m["latency"]))
 
 
@@ -40,7 +40,7 @@ class MyopicDPP(PolicyBase):
         return candidate_actions(env, env_params, exhaustive=False)
 
     def __call__(self, pparams, key, obs, state, env_params, step_key):
-        m = candidate_costs(env_params, pparams, state.prompt_len, state.output_len, estimated_conditions(state))
+        m = candidate_costs(env_params, pparams, state.prompt_len, state.output_len, estimated_conditions(state, env_params))
         arrivals = env_params.workload.arrival_rate * env_params.slot_s
         return pick(pparams, jnp.argmin(dpp_objective(env_params, state, m, arrivals)))
 

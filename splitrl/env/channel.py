@@ -1,4 +1,5 @@
-"""Channel processes for one slot: bandwidth (three kinds), RTT, fading -> packet loss, SNR.
+"""Channel processes for one slot: bandwidth (three kinds), whether the cloud is reachable at all, RTT,
+fading -> packet loss, SNR.
 
 Every function takes pre-drawn standard normals/uniforms (the step draws all its random numbers
 from one key split) and returns the next values; no Python control flow on traced values.
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 from splitrl.env.types import ChannelParams
 
 CHANNEL_KINDS = ("gauss_markov", "regime", "trace")
+OUTAGE = 2   # the regime chain's outage regime: the link is down, not slow
 
 
 def ar1(x, mean, rho, std, z):
@@ -53,3 +55,21 @@ def next_bandwidth(kind: str, p: ChannelParams, log_bw, regime, trace_pos, z, u)
     else:  # checked on the host when the env is built
         raise ValueError(f"channel kind {kind!r} is unknown; choose one of {CHANNEL_KINDS}")
     return jnp.maximum(bw, p.bw_min), log_bw, regime, trace_pos
+
+
+def link_up(kind: str, p: ChannelParams, up, regime, trace_pos, u):
+    """(reachable this slot: 1.0 / 0.0, the link process's new state). A disconnection, not a slow link:
+    the regime chain's outage regime, a trace's zero-throughput sample, or the two-state Markov link
+    process (drops with p_drop a slot, comes back with p_restore) of any channel."""
+    up = jnp.where(up > 0.5, u >= p.p_drop, u < p.p_restore).astype(jnp.float32)
+    if kind == "regime":
+        return up * (regime != OUTAGE), up
+    if kind == "trace":
+        return up * (trace_bandwidth(p, trace_pos) > 0), up
+    return up, up
+
+
+def rtt_of(p: ChannelParams, bw, z):
+    """This slot's RTT: the base RTT's lognormal jitter plus the drain time of the bottleneck buffer at
+    this bandwidth (a slow link is a long-delay link: bufferbloat)."""
+    return p.rtt_mean_s * jnp.exp(p.rtt_log_std * z - 0.5 * p.rtt_log_std**2) + p.queue_bytes / bw

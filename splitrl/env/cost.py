@@ -1,4 +1,5 @@
-"""What one request costs under a partition: latency, edge energy, bytes, ΔPPL. Pure JAX.
+"""What one request costs under a partition: latency, edge energy, bytes, ΔPPL, and whether it timed
+out, fell back to the edge or failed. Pure JAX.
 
 The boundary layer b (edge runs layers < b fully) is split unit by unit. Its two sublayers
 (attention, FFN) each run their edge and cloud units in parallel; partial sums merge on the cloud.
@@ -6,8 +7,16 @@ The hidden state lives on one side (the holder): it starts on the edge; a sublay
 first sends it up (one crossing), and a sublayer with both sides' units also sends the edge's
 partial sum up (a second crossing); if the cloud holds it and the FFN has edge units, it is sent down.
 After layer b the cloud runs the rest. Every crossing costs RTT/2 + bytes/bandwidth plus expected
-selective-repeat retransmissions. Decode repeats the pipeline per generated token and returns each
+selective-repeat retransmissions (drawn per crossing in the env's step, their expectation in a
+controller's one-slot model). Decode repeats the pipeline per generated token and returns each
 token to the edge (it embeds the next one); cloud-only streams tokens with no per-token round trip.
+
+A request that uses the cloud first waits for a batch slot (splitrl/env/cloud.py), and the cloud's
+decode steps are shared with its background batch. When the link is down the edge notices after
+`detect_s` and runs the request alone, if the model fits it. A request that overruns `timeout_s`
+resumes on the edge from its last generated token (the runtime's partition checkpoint): the edge
+recomputes the KV cache of the layers it did not hold, then decodes the rest; a request the edge
+cannot finish alone fails at the timeout.
 
 Cost of a step is independent of depth: one row of `layer_rows` per boundary holds everything
 (prefix/suffix sums were taken on the host, splitrl/env/tables.py decodes the row), and both phases
@@ -21,6 +30,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from splitrl.env.cloud import decode_factor
+from splitrl.env.interp import at, lerp_index
 from splitrl.env.tables import LayerRow, ModelRow, decode_layer_row, decode_model_row
 from splitrl.env.types import Conditions, EnvParams
 from splitrl.profiles.formats import TOKEN_ID_BYTES
@@ -28,35 +39,38 @@ from splitrl.profiles.formats import TOKEN_ID_BYTES
 R_MAX = 4            # static bound on retransmission rounds (params.channel.max_retx <= R_MAX)
 
 
-def lerp_index(grid: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Index and weight to interpolate linearly on `grid` at `x` (flat beyond both ends)."""
-    # a compare-and-count fuses into one kernel; jnp.searchsorted lowers to a while loop
-    i = jnp.clip(jnp.sum(grid < x) - 1, 0, grid.shape[0] - 2)
-    w = jnp.clip((x - grid[i]) / (grid[i + 1] - grid[i]), 0.0, 1.0)
-    return i, w
-
-
-def at(a: jax.Array, iw: tuple[jax.Array, jax.Array]) -> jax.Array:
-    """a[..., x] interpolated along the last axis."""
-    i, w = iw
-    return a[..., i] * (1 - w) + a[..., i + 1] * w
-
-
-def transfer_time(nbytes, bw, rtt, loss_p, packet_bytes, max_retx):
-    """Expected one-way time of `nbytes` (any shape) with selective-repeat ARQ; 0 when nothing is sent.
-
-    Round r (r = 1..max_retx) is needed when any packet was lost in all r earlier sends, and costs a
-    retransmission timeout (one RTT) plus resending the lost share.
-    """
+# ----------------------------------------------------------------------------- crossings
+def _rounds(nbytes, bw, rtt, loss_p, packet_bytes, max_retx):
+    """(P(round r is needed), seconds of round r), r = 1..R_MAX, for selective-repeat ARQ over nbytes:
+    round r is needed when some packet was lost in all r earlier sends, and costs a retransmission
+    timeout (one RTT) plus resending the lost share."""
     nbytes = jnp.asarray(nbytes)[..., None]
     n_pk = jnp.maximum(jnp.ceil(nbytes / packet_bytes), 1.0)
     r = jnp.arange(1, R_MAX + 1, dtype=jnp.float32)
     lost_r = loss_p ** r
-    needed = 1.0 - (1.0 - lost_r) ** n_pk
-    rounds = jnp.where(r <= max_retx, needed * (rtt + lost_r * nbytes / bw), 0.0).sum(-1)
-    return jnp.where(nbytes[..., 0] > 0, rtt / 2 + nbytes[..., 0] / bw + rounds, 0.0)
+    needed = jnp.where(r <= max_retx, 1.0 - (1.0 - lost_r) ** n_pk, 0.0)
+    return needed, rtt + lost_r * nbytes / bw
 
 
+def transfer_time(nbytes, bw, rtt, loss_p, packet_bytes, max_retx, u=None):
+    """One-way time of `nbytes` (any shape): RTT/2 + bytes/bandwidth + retransmission rounds, drawn with
+    the uniforms `u` (the rounds needed are the max of the packets' geometric losses: round r happens
+    iff u < P(round r needed), a nested set), or their expectation when `u` is None. 0 when nothing is sent."""
+    needed, cost = _rounds(nbytes, bw, rtt, loss_p, packet_bytes, max_retx)
+    happens = needed if u is None else (jnp.asarray(u)[..., None] < needed).astype(jnp.float32)
+    nbytes = jnp.asarray(nbytes)
+    return jnp.where(nbytes > 0, rtt / 2 + nbytes / bw + (happens * cost).sum(-1), 0.0)
+
+
+def rounds_std(nbytes, bw, rtt, loss_p, packet_bytes, max_retx):
+    """Standard deviation of one crossing's retransmission time (rounds are nested: P(r and s) = P(max))."""
+    needed, cost = _rounds(nbytes, bw, rtt, loss_p, packet_bytes, max_retx)
+    both = needed[..., jnp.maximum(jnp.arange(R_MAX)[:, None], jnp.arange(R_MAX)[None, :])]   # [.., R, R]
+    second = jnp.einsum("...rs,...r,...s->...", both, cost, cost)
+    return jnp.sqrt(jnp.maximum(second - (needed * cost).sum(-1) ** 2, 0.0))
+
+
+# ----------------------------------------------------------------------------- one pipeline pass
 class Phase(NamedTuple):
     """Everything one pipeline pass (prefill, or one decode step) reads; a leading phase axis when batched."""
     row: LayerRow        # the boundary row at this phase's context
@@ -64,12 +78,14 @@ class Phase(NamedTuple):
     head: ModelRow       # ... at the decode context: the head runs once per generated token
     n_tok: jax.Array     # tokens through the pass
     crossing: jax.Array  # seconds of one hidden-state crossing of this pass
+    cloud: jax.Array     # the cloud's time factor in this phase (its batch slows decode steps)
+    mix: jax.Array       # [edge, cloud]: a split sublayer's units over their share of the whole layer
 
 
-def _pass(p: Phase, on_e, is_attn, last, slow):
+def _pass(p: Phase, on_e, is_attn, last):
     """One pipeline pass through a split boundary layer. Returns (seconds, edge compute seconds,
     edge joules, crossings up, crossings down)."""
-    row, X, n_tok = p.row, p.crossing, p.n_tok
+    row, X, n_tok, slow = p.row, p.crossing, p.n_tok, p.cloud
     te, tc, tej = row.edge, slow * row.cloud, row.edge_j
     ne, nc, nej = row.norm_edge, slow * row.norm_cloud, row.norm_edge_j
     head_e, head_e_j, head_c = p.head.edge_head, p.head.edge_head_j, p.head.cloud_head
@@ -78,10 +94,13 @@ def _pass(p: Phase, on_e, is_attn, last, slow):
     # sums of products, not dots: XLA fuses them with their neighbours (dots are separate kernels)
     a_e, a_c = jnp.max(on_e * attn) > 0, jnp.max(on_c * attn) > 0
     f_e, f_c = jnp.max(on_e * ffn) > 0, jnp.max(on_c * ffn) > 0
-    te_attn = n_tok * (jnp.sum(on_e * attn * te) + a_e * ne[0])
-    tc_attn = n_tok * (jnp.sum(on_c * attn * tc) + a_c * nc[0])
-    te_ffn = n_tok * (jnp.sum(on_e * ffn * te) + f_e * ne[1])
-    tc_ffn = n_tok * (jnp.sum(on_c * ffn * tc) + f_c * nc[1])
+    # a sublayer split over both sides runs its units as separate pieces: they cost `mix` x their share
+    m_attn = jnp.where(a_e & a_c, p.mix, 1.0)
+    m_ffn = jnp.where(f_e & f_c, p.mix, 1.0)
+    te_attn = n_tok * (m_attn[0] * jnp.sum(on_e * attn * te) + a_e * ne[0])
+    tc_attn = n_tok * (m_attn[1] * jnp.sum(on_c * attn * tc) + a_c * nc[0])
+    te_ffn = n_tok * (m_ffn[0] * jnp.sum(on_e * ffn * te) + f_e * ne[1])
+    tc_ffn = n_tok * (m_ffn[1] * jnp.sum(on_c * ffn * tc) + f_c * nc[1])
     t_attn = jnp.where(~a_c, te_attn, jnp.where(~a_e, X + tc_attn, jnp.maximum(te_attn, X + tc_attn) + X))
     ffn_edge_holds = jnp.where(~f_c, te_ffn, jnp.where(~f_e, X + tc_ffn, jnp.maximum(te_ffn, X + tc_ffn) + X))
     ffn_cloud_holds = jnp.where(~f_e, tc_ffn, jnp.where(~f_c, X + te_ffn, jnp.maximum(tc_ffn, X + te_ffn + X)))
@@ -93,27 +112,32 @@ def _pass(p: Phase, on_e, is_attn, last, slow):
     base = n_tok * (p.model.edge_embed + row.prefix)
     time = base + t_attn + t_ffn + after
     edge_s = base + te_attn + te_ffn + jnp.where(head_on_edge, head_e, 0.0)
-    edge_j = (n_tok * (p.model.edge_embed_j + row.prefix_j + jnp.sum(on_e * tej) + a_e * nej[0] + f_e * nej[1])
+    edge_j = (n_tok * (p.model.edge_embed_j + row.prefix_j + m_attn[0] * jnp.sum(on_e * attn * tej)
+                       + m_ffn[0] * jnp.sum(on_e * ffn * tej) + a_e * nej[0] + f_e * nej[1])
               + jnp.where(head_on_edge, head_e_j, 0.0))
     n_up = (a_c * 1.0 + (a_e & a_c) + jnp.where(a_c, f_e & f_c, f_c * 1.0 + (f_e & f_c)) + (ends_on_edge & ~last))
     n_down = (a_c & f_e) * 1.0
     return time, edge_s, edge_j, n_up, n_down
 
 
-def request_cost(params: EnvParams, boundary, fmt, edge_units, prompt, output, cond: Conditions) -> dict:
-    """Metrics of one request (prompt + output tokens) under the partition, in this slot's conditions.
+def pipelined(serial, edge_s, n_cross, crossing, rtt, prompt, chunk):
+    """A split prefill in chunks of `chunk` tokens (0: the prompt crosses at once): the edge's layers, the
+    wire and the cloud's layers work on different chunks at once, a three-stage pipeline of k chunks:
+        n_cross·RTT/2 + (E + N + C)/k + (k − 1)/k · max(E, N, C)
+    with E the edge's compute, N the crossings' wire time and C the rest of the serial pass."""
+    k = jnp.where(chunk > 0, jnp.maximum(jnp.ceil(prompt / jnp.maximum(chunk, 1.0)), 1.0), 1.0)
+    wire = n_cross * jnp.maximum(crossing - rtt / 2, 0.0)
+    rest = jnp.maximum(serial - edge_s - wire - n_cross * rtt / 2, 0.0)
+    stages = jnp.stack([edge_s, wire, rest])
+    return jnp.minimum(serial, n_cross * rtt / 2 + stages.sum() / k + (k - 1) / k * stages.max())
 
-    edge_units: f32[U] in {0, 1}, already masked (`project_action`). The cloud's compute slows by
-    1 / (1 - cond.cloud_load). Returns a dict of f32 scalars.
-    """
-    c, ch = params.costs, params.channel
+
+# ----------------------------------------------------------------------------- one request
+def _lookup(params: EnvParams, b, prompt, output):
+    """The boundary's packed rows [2 phases, K] and the model totals [2, M], each phase at its context:
+    one gather of both grid neighbours."""
+    c = params.costs
     L = c.layer_rows.shape[0] - 1
-    b = boundary
-    slow = 1.0 / (1.0 - cond.cloud_load)
-    cloud_only = (b == 0) & ~jnp.any(edge_units > 0)
-    edge_only = (b >= L) | ((b == L - 1) & jnp.all(edge_units > 0))
-
-    # one gather per step: the boundary's rows for both phases, interpolated at each phase's context
     i_pre, w_pre = lerp_index(c.ctx_grid, prompt)
     i_dec, w_dec = lerp_index(c.ctx_grid, prompt + output / 2)  # decode is linear in context: the midpoint is exact
     idx, wts = jnp.stack([i_pre, i_dec]), jnp.stack([w_pre, w_dec])
@@ -122,37 +146,73 @@ def request_cost(params: EnvParams, boundary, fmt, edge_units, prompt, output, c
     rows = near[0] * (1 - wts[:, None]) + near[1] * wts[:, None]
     tot = (jnp.take_along_axis(c.model_rows, idx[:, None, None], -1)[..., 0] * (1 - wts[:, None])
            + jnp.take_along_axis(c.model_rows, idx[:, None, None] + 1, -1)[..., 0] * wts[:, None])  # [2, M]
-    model, head = decode_model_row(tot), decode_model_row(tot[1])
+    return rows, tot
 
+
+class Timing(NamedTuple):
+    """The chosen plan's time course, for the timeout: the first token after `pre`, then one per `tok`."""
+    pre: jax.Array        # s until the first generated token is back at the edge
+    tok: jax.Array        # s per further generated token
+    edge_pre: jax.Array   # edge compute s (and J below) spent in `pre` and per token
+    edge_tok: jax.Array
+    edge_pre_j: jax.Array
+    edge_tok_j: jax.Array
+    prefix: jax.Array     # edge prefill s/token of what the edge holds (its KV cache survives a fallback)
+    prefix_j: jax.Array   # ... J/token
+
+
+def request_cost(params: EnvParams, boundary, fmt, edge_units, prompt, output, cond: Conditions,
+                 draws=None) -> dict:
+    """Metrics of one request (prompt + output tokens) under the partition, in this slot's conditions.
+
+    edge_units: f32[U] in {0, 1}, already masked (`project_action`). draws: f32[3] uniforms + 1 normal
+    for the retransmissions (the env's step), or None for their expectation (a controller's model).
+    Returns a dict of f32 scalars.
+    """
+    c, ch = params.costs, params.channel
+    L = c.layer_rows.shape[0] - 1
+    b = boundary
+    cloud_only = (b == 0) & ~jnp.any(edge_units > 0)
+    edge_only = (b >= L) | ((b == L - 1) & jnp.all(edge_units > 0))
+    rows, tot = _lookup(params, b, prompt, output)
+    model, head = decode_model_row(tot), decode_model_row(tot[1])
     residual = cond.loss_p ** (ch.max_retx + 1.0)   # loss left after the retransmission rounds
 
-    # every crossing's expected time in one vectorised call
+    # crossings: prefill hidden state, one decode token's hidden state, a token id, the prompt's ids
     hidden = c.tx_bytes[fmt]
     sizes = jnp.stack([prompt * hidden, hidden, TOKEN_ID_BYTES, prompt * TOKEN_ID_BYTES])
-    X = transfer_time(sizes, cond.bw, cond.rtt, cond.loss_p, ch.packet_bytes, ch.max_retx)
-    n_tok = jnp.stack([prompt, 1.0])
-    phases = Phase(row=decode_layer_row(rows, edge_units.shape[0]), model=model, head=head, n_tok=n_tok, crossing=X[:2])
-    t, es, ej, n_up, n_down = jax.vmap(_pass, in_axes=(Phase(0, 0, None, 0, 0), None, None, None, None))(
-        phases, edge_units, c.unit_is_attn, jnp.minimum(b, L - 1) == L - 1, slow)
-    tok_back = X[2]
-    split_t = t[0] + tok_back + output * (t[1] + tok_back)
-    split_es, split_ej = es[0] + output * es[1], ej[0] + output * ej[1]
-    split_up = n_up[0] * sizes[0] + output * n_up[1] * hidden
-    split_down = n_down[0] * sizes[0] + output * n_down[1] * hidden + (output + 1) * TOKEN_ID_BYTES
-
-    # cloud-only: the prompt's token ids go up once, tokens stream back; edge-only: nothing crosses
-    c_pass = slow * (n_tok * (model.cloud_embed + model.cloud_all) + head.cloud_head)
-    cloud_t = X[3] + c_pass[0] + output * c_pass[1] + cond.rtt / 2
-    e_pass = n_tok * (model.edge_embed + model.edge_all) + head.edge_head
-    e_pass_j = n_tok * (model.edge_embed_j + model.edge_all_j) + head.edge_head_j
-    edge_t, edge_j = e_pass[0] + output * e_pass[1], e_pass_j[0] + output * e_pass_j[1]
-
-    pick = lambda e, cl, s: jnp.where(edge_only, e, jnp.where(cloud_only, cl, s))  # noqa: E731
-    m = {"latency": pick(edge_t, cloud_t, split_t), "edge_s": pick(edge_t, 0.0, split_es),
-         "compute_j": pick(edge_j, 0.0, split_ej), "up": pick(0.0, prompt * TOKEN_ID_BYTES, split_up),
-         "down": pick(0.0, output * TOKEN_ID_BYTES, split_down),
+    u = None if draws is None else jnp.stack([draws[0], 1.0, 1.0, draws[1]])   # per-token: expectation + CLT below
+    X = transfer_time(sizes, cond.bw, cond.rtt, cond.loss_p, ch.packet_bytes, ch.max_retx, u)
+    if u is not None:
+        X = X.at[1:3].set(transfer_time(sizes[1:3], cond.bw, cond.rtt, cond.loss_p, ch.packet_bytes, ch.max_retx))
+    phases = Phase(row=decode_layer_row(rows, edge_units.shape[0]), model=model, head=head,
+                   n_tok=jnp.stack([prompt, 1.0]), crossing=X[:2],
+                   cloud=jnp.stack([1.0, decode_factor(params.cloud, cond.cloud_load)]), mix=c.mix.T)
+    t, es, ej, n_up, n_down = jax.vmap(_pass, in_axes=(Phase(0, 0, None, 0, 0, 0, 0), None, None, None))(
+        phases, edge_units, c.unit_is_attn, jnp.minimum(b, L - 1) == L - 1)
+    t = t.at[0].set(pipelined(t[0], es[0], n_up[0] + n_down[0], X[0], cond.rtt, prompt, ch.prefill_chunk))
+    start = cond.cloud_wait + cond.reconnect   # a batch slot, and a link that just came back
+    split = Timing(pre=start + t[0] + X[2], tok=t[1] + X[2], edge_pre=es[0], edge_tok=es[1], edge_pre_j=ej[0],
+                   edge_tok_j=ej[1], prefix=phases.row.prefix[0] + model.edge_embed[0],
+                   prefix_j=phases.row.prefix_j[0] + model.edge_embed_j[0])
+    c_pass = phases.cloud * (phases.n_tok * (model.cloud_embed + model.cloud_all) + head.cloud_head)
+    cloud = Timing(pre=start + X[3] + c_pass[0] + cond.rtt / 2, tok=c_pass[1], edge_pre=0.0, edge_tok=0.0,
+                   edge_pre_j=0.0, edge_tok_j=0.0, prefix=0.0, prefix_j=0.0)
+    e_pass = phases.n_tok * (model.edge_embed + model.edge_all) + head.edge_head
+    e_pass_j = phases.n_tok * (model.edge_embed_j + model.edge_all_j) + head.edge_head_j
+    edge = Timing(pre=e_pass[0], tok=e_pass[1], edge_pre=e_pass[0], edge_tok=e_pass[1], edge_pre_j=e_pass_j[0],
+                  edge_tok_j=e_pass_j[1], prefix=0.0, prefix_j=0.0)
+    plan = jax.tree.map(lambda e, cl, s: jnp.where(edge_only, e, jnp.where(cloud_only, cl, s)), edge, cloud, split)
+    crossings_per_tok = jnp.where(cloud_only | edge_only, 0.0, n_up[1] + n_down[1] + 1.0)
+    jitter = 0.0 if draws is None else (jnp.sqrt(output * crossings_per_tok) * draws[2]
+                                        * rounds_std(hidden, cond.bw, cond.rtt, cond.loss_p, ch.packet_bytes, ch.max_retx))
+    m = {"latency": jnp.maximum(plan.pre + output * plan.tok + jitter, plan.pre),
+         "edge_s": plan.edge_pre + output * plan.edge_tok, "compute_j": plan.edge_pre_j + output * plan.edge_tok_j,
+         "up": jnp.where(edge_only, 0.0, jnp.where(cloud_only, sizes[3], n_up[0] * sizes[0] + output * n_up[1] * hidden)),
+         "down": jnp.where(edge_only, 0.0, jnp.where(cloud_only, output * TOKEN_ID_BYTES, n_down[0] * sizes[0]
+                                                      + output * n_down[1] * hidden + (output + 1) * TOKEN_ID_BYTES)),
          "dppl": jnp.where(edge_only | cloud_only, 0.0, delta_ppl(params, b, fmt, edge_units, residual, cond.snr_db))}
-    return _fallback(params, m, edge_only, edge_t, edge_j, cond) | {"residual_loss": residual}
+    return _finish(params, m, plan, edge, edge_only, prompt, output, model, cond) | {"residual_loss": residual}
 
 
 def delta_ppl(params: EnvParams, b, fmt, edge_units, residual_loss, snr_db):
@@ -168,24 +228,61 @@ def delta_ppl(params: EnvParams, b, fmt, edge_units, residual_loss, snr_db):
             + ch.noise_on * at(prow[F + NL:], lerp_index(pp.snr_grid, snr_db)))
 
 
-def _fallback(params: EnvParams, m: dict, edge_only, edge_t, edge_j, cond: Conditions) -> dict:
-    """Partition checkpoints: past the timeout the edge finishes the request alone, if it can."""
+def _finish(params: EnvParams, m: dict, plan: Timing, edge: Timing, edge_only, prompt, output, model,
+            cond: Conditions) -> dict:
+    """The request's outcome: served as planned; run on the edge alone because the link is down; resumed
+    on the edge from its last token past the timeout; or failed (the edge cannot hold the model)."""
     c, ch = params.costs, params.channel
-    L = c.layer_rows.shape[0] - 1
-    latency = m["latency"]
-    timed_out = (latency > ch.timeout_s) & ~edge_only
-    can_fallback = c.boundary_mask[L]
-    failed = timed_out & ~can_fallback
-    fb = lambda v, edge_v: jnp.where(timed_out, jnp.where(can_fallback, edge_v, 0.0), v)  # noqa: E731
-    latency = jnp.where(timed_out, ch.timeout_s, 0.0) + fb(latency, edge_t)
-    edge_s, compute_j = fb(m["edge_s"], edge_t), fb(m["compute_j"], edge_j)
-    dppl = jnp.where(timed_out, 0.0, m["dppl"])
-    up = jnp.where(timed_out, jnp.minimum(m["up"], cond.bw * ch.timeout_s), m["up"])
-    tx_s = up / cond.bw
-    energy = compute_j + c.power_radio_w * tx_s + c.power_idle_w * jnp.maximum(latency - edge_s - tx_s, 0.0)
-    return {"latency": latency, "energy": energy, "delta_ppl": dppl, "bytes_up": up, "bytes_down": m["down"],
-            "edge_compute_s": edge_s, "timed_out": timed_out.astype(jnp.float32),
-            "failed": failed.astype(jnp.float32)}
+    can_fallback = c.boundary_mask[-1]
+    down = (cond.connected < 0.5) & ~edge_only
+    timed_out = (m["latency"] > ch.timeout_s) & ~edge_only & ~down
+    failed = (timed_out | down) & ~can_fallback
+    # kept at the timeout: the tokens generated so far and the KV cache of the layers the edge held
+    started = ch.timeout_s >= plan.pre
+    done = jnp.where(started, jnp.clip(jnp.floor((ch.timeout_s - plan.pre) / jnp.maximum(plan.tok, 1e-9)), 0.0,
+                                       output), 0.0)
+    ran_s = jnp.where(started, plan.edge_pre + done * plan.edge_tok, 0.0)
+    ran_j = jnp.where(started, plan.edge_pre_j + done * plan.edge_tok_j, 0.0)
+    # resumed: rebuild the other layers' KV cache over the context so far, then decode the rest alone
+    ctx, rest = prompt + done, output - done
+    rebuild_s = ctx * jnp.maximum(model.edge_embed[0] + model.edge_all[0] - plan.prefix, 0.0)
+    rebuild_j = ctx * jnp.maximum(model.edge_embed_j[0] + model.edge_all_j[0] - plan.prefix_j, 0.0)
+    resumed = (ch.timeout_s + rebuild_s + rest * edge.tok, ran_s + rebuild_s + rest * edge.tok,
+               ran_j + rebuild_j + rest * edge.edge_tok_j)
+    alone = (ch.detect_s + edge.pre + output * edge.tok, edge.pre + output * edge.tok,
+             edge.edge_pre_j + output * edge.edge_tok_j)
+    gave_up = (ch.timeout_s, jnp.where(timed_out, ran_s, 0.0), jnp.where(timed_out, ran_j, 0.0))
+    planned = (m["latency"], m["edge_s"], m["compute_j"])
+    latency, edge_s, compute_j = (
+        jnp.where(failed, gave_up[i], jnp.where(timed_out, resumed[i], jnp.where(down, alone[i], planned[i])))
+        for i in range(3))
+    up = jnp.where(down, 0.0, jnp.where(timed_out, jnp.minimum(m["up"], cond.bw * ch.timeout_s), m["up"]))
+    used_link = ~edge_only & ~down
+    energy = (compute_j + c.power_idle_w * jnp.maximum(latency - edge_s, 0.0)
+              + radio_energy(params, up, jnp.where(down, 0.0, m["down"]), latency, used_link, cond))
+    # a resumed request's tokens from before the timeout carry the split's damage; the rest none
+    dppl = jnp.where(failed | down, 0.0, jnp.where(timed_out, m["dppl"] * done / jnp.maximum(output, 1.0), m["dppl"]))
+    return {"latency": latency, "energy": energy, "delta_ppl": dppl,
+            "bytes_up": up, "bytes_down": jnp.where(down, 0.0, m["down"]), "edge_compute_s": edge_s,
+            "timed_out": timed_out.astype(jnp.float32), "fell_back": (down & can_fallback).astype(jnp.float32),
+            "failed": failed.astype(jnp.float32), "cloud_wait": jnp.where(edge_only | down, 0.0, cond.cloud_wait)}
+
+
+def radio_energy(params: EnvParams, up, down, latency, used_link, cond: Conditions):
+    """Joules the edge's radio adds to a request (Huang et al.'s LTE power model, splitrl/profiles/radio.py):
+    transfers (active time incl. the expected resent share) at transfer_w plus per-Mbit tx/rx energy, the
+    connected state for the rest of the request, and the tail after it and the promotion before it, in
+    expectation over exponential gaps between requests (mean 1 / arrival rate)."""
+    rd, ch = params.radio, params.channel
+    needed, _ = _rounds(up, cond.bw, cond.rtt, cond.loss_p, ch.packet_bytes, ch.max_retx)
+    resent = up * (needed * cond.loss_p ** jnp.arange(1, R_MAX + 1, dtype=jnp.float32)).sum(-1)
+    active = (up + resent + down) / cond.bw
+    gap = 1.0 / jnp.maximum(params.workload.arrival_rate, 1e-6)
+    idle_before = jnp.exp(-rd.tail_s / gap)                     # P(no request in the tail before this one)
+    linked = (rd.transfer_w * active + rd.tx_j_per_mbit * (up + resent) * 8e-6 + rd.rx_j_per_mbit * down * 8e-6
+              + rd.connected_w * jnp.maximum(latency - active, 0.0)
+              + rd.tail_w * gap * (1.0 - jnp.exp(-rd.tail_s / gap)) + idle_before * rd.promotion_w * rd.promotion_s)
+    return jnp.where(used_link, linked, 0.0)
 
 
 def project_action(params: EnvParams, boundary, fmt, units):

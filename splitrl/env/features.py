@@ -43,6 +43,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("loss_p", "loss_p"),                    # packet-loss probability
     Feature("snr", "snr_db"),                       # dB
     Feature("cloud_load", "cloud_load"),            # the cloud's utilisation in [0, 1)
+    Feature("connected", "connected"),              # 1: the cloud was reachable in the last slot
     Feature("backlog", "backlog"),                  # requests waiting
     Feature("z_energy", "z_energy"),                # Lyapunov virtual queues (normalised units)
     Feature("z_acc", "z_acc"),

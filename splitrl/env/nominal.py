@@ -18,7 +18,9 @@ import math
 import numpy as np
 
 from splitrl.env.channel import loss_probability
-from splitrl.env.types import Conditions, EnvParams
+from splitrl.env.cloud import expected_wait
+from splitrl.env.tables import CostArrays
+from splitrl.env.types import Conditions, EnvParams, WorkloadParams
 
 BANDWIDTH_SUMMARIES = ("mean", "typical")
 
@@ -48,9 +50,8 @@ def bandwidth(kind: str, params: EnvParams, summary: str) -> float:
     return float(np.exp(p.bw_log_mean))
 
 
-def mean_request(params: EnvParams) -> tuple[float, float]:
+def mean_request(w: WorkloadParams) -> tuple[float, float]:
     """(prompt, output) tokens of the mean request over the workload's classes."""
-    w = params.workload
     probs = np.asarray(w.class_probs)
     prompt = float(np.dot(probs, (np.asarray(w.prompt_lo) + np.asarray(w.prompt_hi)) / 2))
     output = float(np.dot(probs, (np.asarray(w.output_lo) + np.asarray(w.output_hi)) / 2))
@@ -60,8 +61,32 @@ def mean_request(params: EnvParams) -> tuple[float, float]:
 def nominal(kind: str, params: EnvParams, bandwidth_summary: str = "mean") -> tuple[float, float, Conditions]:
     """(prompt, output, Conditions) of the mean request in the nominal channel and cloud (floats)."""
     p = params.channel
-    prompt, output = mean_request(params)
+    prompt, output = mean_request(params.workload)
+    load = float(params.cloud.load_mean)
     cond = Conditions(bw=bandwidth(kind, params, bandwidth_summary), rtt=float(p.rtt_mean_s),
                       loss_p=loss_probability(float(p.h_th), float(p.fade_log_mean), xp=math),
-                      snr_db=float(p.snr_db_mean), cloud_load=float(params.workload.cloud_load_mean))
+                      snr_db=float(p.snr_db_mean), cloud_load=load,
+                      cloud_wait=float(expected_wait(params.cloud, load)), connected=1.0, reconnect=0.0)
     return prompt, output, cond
+
+
+def _cloud_totals(costs: CostArrays, prompt: float, output: float) -> tuple[float, float]:
+    """(prefill s/token, decode s/token) of the whole model on the cloud at the request's contexts."""
+    m, grid = costs.model(), costs.ctx_grid
+    per_token = np.asarray(m.cloud_embed) + np.asarray(m.cloud_all)   # [2 phases, G]
+    return (float(np.interp(prompt, grid, per_token[0])),
+            float(np.interp(prompt + output / 2, grid, per_token[1]) + np.interp(prompt + output / 2, grid,
+                                                                                  np.asarray(m.cloud_head)[1])))
+
+
+def cloud_service_s(costs: CostArrays, prompt: float, output: float) -> float:
+    """Seconds a request like the mean one holds a cloud slot: its prefill, then one decode step a token."""
+    pre, dec = _cloud_totals(costs, prompt, output)
+    return prompt * pre + output * dec
+
+
+def batch_knee(costs: CostArrays, prompt: float, output: float) -> float:
+    """B* = decode s/token over prefill s/token on the cloud: memory time over compute time per token, the
+    batch at which a decode step turns compute-bound (at least 1)."""
+    pre, dec = _cloud_totals(costs, prompt, output)
+    return max(dec / max(pre, 1e-12), 1.0)

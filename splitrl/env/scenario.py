@@ -18,16 +18,20 @@ import numpy as np
 import yaml
 
 from splitrl.env.channel import CHANNEL_KINDS
+from splitrl.env.cloud import LOAD_KINDS, clipped_means, kv_slots, load_trace_shape, read_workload, wait_table
 from splitrl.env.cost import R_MAX, request_cost
-from splitrl.env.nominal import nominal
+from splitrl.env.nominal import batch_knee, cloud_service_s, nominal
+from splitrl.env.nominal import mean_request as nominal_mean_request
 from splitrl.env.split_env import SplitEnv
 from splitrl.env.tables import CostArrays, build_cost_arrays, build_ppl_arrays, layer_row_offsets
 from splitrl.env.types import (
     ChannelParams,
+    CloudParams,
     Conditions,
     CostParams,
     EnvParams,
     PPLParams,
+    RadioParams,
     RewardParams,
     WorkloadParams,
 )
@@ -166,6 +170,12 @@ def _channel(c: _Cfg, slot_s: float) -> tuple[str, ChannelParams, dict]:
     max_retx = c.get("max_retx", kind=int, lo=0)
     if max_retx > R_MAX:
         raise c.err("max_retx", max_retx, f"must be <= {R_MAX}")
+    lk = c.sub("link")
+    link = {"p_drop": lk.get("p_drop", 0, 1), "p_restore": lk.get("p_restore", 0, 1),
+            "reconnect_s": lk.get("reconnect_s", 0), "detect_s": lk.get("detect_s", 0)}
+    if link["p_drop"] > 0 and link["p_restore"] == 0:
+        raise lk.err("p_restore", 0.0, "must be > 0 when p_drop > 0 (a link that never comes back)")
+    lk.done()
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
     params = ChannelParams(
         bw_log_mean=f32(math.log(mean_mbps * MBPS)), bw_rho=f32(rho), bw_log_std=f32(log_std),
@@ -175,17 +185,16 @@ def _channel(c: _Cfg, slot_s: float) -> tuple[str, ChannelParams, dict]:
         rtt_log_std=f32(c.get("rtt_log_std", 0)), h_th=f32(h_th), fade_log_mean=f32(math.log(sigma_h)),
         fade_rho=f32(fade_rho), fade_log_std=f32(fade_std), packet_bytes=f32(c.get("packet_bytes", 1, lo_open=True)),
         max_retx=f32(max_retx), timeout_s=f32(c.get("timeout_s", 0, lo_open=True)), noise_on=f32(float(noise_on)),
-        snr_db_mean=f32(snr_mean), snr_db_std=f32(snr_std))
+        snr_db_mean=f32(snr_mean), snr_db_std=f32(snr_std), queue_bytes=f32(c.get("queue_kb", 0) * 1e3),
+        prefill_chunk=f32(c.get("prefill_chunk_tokens", kind=int, lo=0)),
+        **{k: f32(v) for k, v in link.items()})
     c.done()
     return kind, params, meta
 
 
-def _workload(c: _Cfg) -> WorkloadParams:
+def _workload(c: _Cfg) -> tuple[WorkloadParams, int]:
+    """The request classes and the arrival rate; also the longest request (prompt + output tokens)."""
     rate, q_max = c.get("arrival_rate", 0), c.get("q_max", 1)
-    cl = c.sub("cloud_load")
-    load_mean, load_rho = cl.get("mean", 0.001, 0.99), cl.get("rho", 0, 0.999)
-    load_std, load_max = cl.get("logit_std", 0), cl.get("max", 0, 0.995)
-    cl.done()
     c.seen.add("classes")
     classes = c.data.get("classes")
     if not isinstance(classes, list) or not classes:
@@ -208,9 +217,8 @@ def _workload(c: _Cfg) -> WorkloadParams:
     c.done()
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
     w = WorkloadParams(arrival_rate=f32(rate), class_probs=f32(probs), prompt_lo=f32(plo), prompt_hi=f32(phi),
-                       output_lo=f32(olo), output_hi=f32(ohi), q_max=f32(q_max), cloud_load_mean=f32(load_mean),
-                       cloud_load_rho=f32(load_rho), cloud_load_std=f32(load_std), cloud_load_max=f32(load_max))
-    return w
+                       output_lo=f32(olo), output_hi=f32(ohi), q_max=f32(q_max))
+    return w, int(max(p + o for p, o in zip(phi, ohi, strict=True)))
 
 
 def _to_params(arrays) -> dict:
@@ -231,6 +239,7 @@ class ScenarioInfo:
     trace: str
     refs: dict
     costs: CostArrays       # the env's cost tables on the host, decodable (`layer()`, `model()`, `memory`)
+    context: int            # KV-cache tokens reserved in the memory masks
 
 
 def make(scenario: str | Path | dict = "default") -> tuple[SplitEnv, EnvParams]:
@@ -244,52 +253,115 @@ def make_with_info(scenario: str | Path | dict = "default") -> tuple[SplitEnv, E
     c = _Cfg(data, where)
     sid = c.get("id", kind=str)
     model = load_model(c.get("model", kind=str))
-    edge, cloud = load_device(c.get("edge", kind=str)), load_device(c.get("cloud", kind=str))
+    edge, cloud_dev = load_device(c.get("edge", kind=str)), load_device(c.get("cloud", kind=str))
     wf, cwf = c.get("edge_weight_format", kind=str), c.get("cloud_weight_format", kind=str)
     for key, v in (("edge_weight_format", wf), ("cloud_weight_format", cwf)):
         if v not in WEIGHT_FORMATS:
             raise c.err(key, v, f"must be one of {list(WEIGHT_FORMATS)}")
+    workload, max_context = _workload(c.sub("workload"))
+    context = _context(c, max_context)
     kind = c.get("table_kind", kind=str)
-    context = c.get("context", kind=int, lo=1)
-    et, ct = load_costs(model, edge.name, wf, kind), load_costs(model, cloud.name, cwf, kind)
-    costs = build_cost_arrays(model, edge, cloud, et, ct, context)
-    ppl_name = c.get("ppl_table", kind=str)
-    ppl_model = load_model(ppl_name)
+    et, ct = load_costs(model, edge.name, wf, kind), load_costs(model, cloud_dev.name, cwf, kind)
+    costs = build_cost_arrays(model, edge, cloud_dev, et, ct, context)
+    ppl_model = load_model(c.get("ppl_table", kind=str))
     ppl = build_ppl_arrays(load_ppl(ppl_model), ppl_model, model)
     slot_s = c.get("slot_s", 0, lo_open=True)
     steps = c.get("episode_slots", kind=int, lo=1)
     ch_kind, channel, meta = _channel(c.sub("channel"), slot_s)
-    workload = _workload(c.sub("workload"))
+    load_kind, cloud_params = _serving(c.sub("serving"), model, cloud_dev, cwf, costs, workload, slot_s)
+    reward, rw_raw = _reward(c.sub("reward"))
+    c.done()
+    f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    cost_params = CostParams(**_to_params(costs), power_active_w=f32(edge.power_active_w),
+                             power_idle_w=f32(edge.power_idle_w))
+    rd = edge.radio
+    radio = RadioParams(transfer_w=f32(rd.transfer_w), tx_j_per_mbit=f32(rd.tx_w_per_mbps),
+                        rx_j_per_mbit=f32(rd.rx_w_per_mbps), connected_w=f32(rd.connected_w), tail_w=f32(rd.tail_w),
+                        tail_s=f32(rd.tail_s), promotion_w=f32(rd.promotion_w), promotion_s=f32(rd.promotion_s))
+    ppl_params = PPLParams(loss_grid=f32(ppl.loss_grid), snr_grid=f32(ppl.snr_grid),
+                           rows=f32(np.concatenate([ppl.fmt, ppl.loss, ppl.snr], axis=1)))
+    params = EnvParams(channel=channel, workload=workload, cloud=cloud_params, costs=cost_params, radio=radio,
+                       ppl=ppl_params,
+                       reward=reward, slot_s=f32(slot_s), max_steps_in_episode=jnp.asarray(steps, jnp.int32))
+    refs = nominal_refs(params, ch_kind)
+    params = params.replace(reward=reward.replace(
+        **{k: f32(refs[k] if rw_raw[k] == "auto" else rw_raw[k]) for k in rw_raw}))
     rate = float(workload.arrival_rate) * slot_s
     max_arrivals = int(min(max(math.ceil(rate + 10 * math.sqrt(rate) + 10), 16), 512))
-    rw = c.sub("reward")
-    rw_raw = {k: rw.data.get(k) for k in ("energy_budget_j", "lat_ref_s", "energy_ref_j", "acc_ref")}
+    env = SplitEnv(model.n_layers, int(costs.unit_is_attn.shape[0]), ch_kind, max_arrivals, params, sid, load_kind)
+    check_params(env, params)
+    info = ScenarioInfo(id=sid, model=model.name, edge=edge.name, cloud=cloud_dev.name, edge_weight_format=wf,
+                        cost_sources=(et.path, ct.path), ppl_source=ppl.source, trace=meta.get("trace_file", ""),
+                        refs={k: float(getattr(params.reward, k)) for k in rw_raw}, costs=costs, context=context)
+    return env, params, info
+
+
+def _context(c: _Cfg, max_context: int) -> int:
+    """KV-cache tokens reserved when checking which placements fit: `auto` is the workload's longest request."""
+    c.seen.add("context")
+    v = c.data.get("context")
+    if v == "auto":
+        return max_context
+    return c.get("context", kind=int, lo=1)
+
+
+def _reward(rw: _Cfg) -> tuple[RewardParams, dict]:
+    """The reward's weights, and its normalisers as written (numbers, or 'auto' to fill from the tables)."""
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    raw = {k: rw.data.get(k) for k in ("energy_budget_j", "lat_ref_s", "energy_ref_j", "acc_ref")}
     reward = RewardParams(V=f32(rw.get("V", 0)), w_lat=f32(rw.get("w_lat", 0)), w_en=f32(rw.get("w_en", 0)),
-                          w_acc=f32(rw.get("w_acc", 0)), energy_budget_j=f32(1.0), acc_budget=f32(rw.get("acc_budget", 0)),
-                          lat_ref_s=f32(1.0), energy_ref_j=f32(1.0), acc_ref=f32(1.0),
-                          z_max=f32(rw.get("z_max", 0, lo_open=True)), scale=f32(rw.get("scale", 0, lo_open=True)))
-    for k, v in rw_raw.items():
+                          w_acc=f32(rw.get("w_acc", 0)), w_fail=f32(rw.get("w_fail", 0)), energy_budget_j=f32(1.0),
+                          acc_budget=f32(rw.get("acc_budget", 0)), lat_ref_s=f32(1.0), energy_ref_j=f32(1.0),
+                          acc_ref=f32(1.0), z_max=f32(rw.get("z_max", 0, lo_open=True)),
+                          scale=f32(rw.get("scale", 0, lo_open=True)))
+    for k, v in raw.items():
         rw.seen.add(k)
         if v != "auto" and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
             raise rw.err(k, v, "must be a positive number or 'auto'")
     rw.done()
+    return reward, raw
+
+
+def _serving(c: _Cfg, model, device, weight_format: str, costs: CostArrays, workload: WorkloadParams,
+             slot_s: float) -> tuple[str, CloudParams]:
+    """The shared cloud's engine and background load (splitrl/env/cloud.py). The background requests are
+    the trace's (clipped to the model's context) when the load replays one, else like this scenario's;
+    `auto` sizes the engine's slots by the KV cache the cloud holds at their mean length, and their slot
+    holding time and the decode batch knee from the cost tables."""
+    ld = c.sub("load")
+    kind = ld.get("kind", kind=str)
+    if kind not in LOAD_KINDS:
+        raise ld.err("kind", kind, f"must be one of {list(LOAD_KINDS)}")
+    ld.seen.add("trace")
+    prompt, output = nominal_mean_request(workload)
+    trace = np.ones(1, np.float32)
+    if kind == "trace":
+        name = ld.data.get("trace")
+        path = data_root() / "workloads" / f"{name}.csv"
+        if not isinstance(name, str) or not path.is_file():
+            known = sorted(p.stem for p in (data_root() / "workloads").glob("*.csv"))
+            raise ld.err("trace", name, f"must name a workload in splitrl/profiles_data/workloads; known: {known}")
+        seconds, prompts, outputs = read_workload(path)
+        trace = load_trace_shape(seconds, slot_s / 60.0)
+        prompt, output = clipped_means(prompts, outputs, model.max_context)
+    slots, service_s = c.data.get("slots"), c.data.get("service_s")
+    c.seen.update({"slots", "service_s"})
+    if slots == "auto":   # PagedAttention allocates KV by the tokens a sequence holds: the mean request
+        free = device.memory_bytes - float(model.total_params()) * model.bytes_per_param[weight_format]
+        kv_per_token = float(np.sum(model.unit_kv_values_per_token())) * model.n_layers * model.kv_bytes_per_value
+        slots = kv_slots(free, kv_per_token, int(prompt + output))
+    else:
+        slots = c.get("slots", kind=int, lo=1)
+    service_s = cloud_service_s(costs, prompt, output) if service_s == "auto" else c.get("service_s", 0, lo_open=True)
+    f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    rho_grid, p_wait = wait_table(slots)
+    params = CloudParams(slots=f32(slots), service_s=f32(service_s), batch_knee=f32(batch_knee(costs, prompt, output)),
+                         wait_rho=f32(rho_grid), wait_p=f32(p_wait), load_mean=f32(ld.get("mean", 0.001, 0.99)),
+                         load_rho=f32(ld.get("rho", 0, 0.999)), load_std=f32(ld.get("logit_std", 0)),
+                         load_max=f32(ld.get("max", 0, 0.995)), load_trace=f32(trace))
+    ld.done()
     c.done()
-    cost_params = CostParams(**_to_params(costs), power_active_w=f32(edge.power_active_w),
-                             power_idle_w=f32(edge.power_idle_w), power_radio_w=f32(edge.power_radio_tx_w))
-    ppl_params = PPLParams(loss_grid=f32(ppl.loss_grid), snr_grid=f32(ppl.snr_grid),
-                           rows=f32(np.concatenate([ppl.fmt, ppl.loss, ppl.snr], axis=1)))
-    params = EnvParams(channel=channel, workload=workload, costs=cost_params, ppl=ppl_params, reward=reward,
-                       slot_s=f32(slot_s), max_steps_in_episode=jnp.asarray(steps, jnp.int32))
-    refs = nominal_refs(params, ch_kind)
-    reward = reward.replace(**{k: f32(refs[k] if rw_raw[k] == "auto" else rw_raw[k]) for k in rw_raw})
-    params = params.replace(reward=reward)
-    env = SplitEnv(model.n_layers, int(costs.unit_is_attn.shape[0]), ch_kind, max_arrivals, params, sid)
-    check_params(env, params)
-    info = ScenarioInfo(id=sid, model=model.name, edge=edge.name, cloud=cloud.name, edge_weight_format=wf,
-                        cost_sources=(et.path, ct.path), ppl_source=ppl.source, trace=meta.get("trace_file", ""),
-                        refs={k: float(getattr(reward, k)) for k in rw_raw}, costs=costs)
-    return env, params, info
+    return kind, params
 
 
 @jax.jit
@@ -344,8 +416,11 @@ def check_params(env: SplitEnv, params: EnvParams) -> None:
         ("workload.class_probs", bool(np.all(np.asarray(w.class_probs) >= 0)) and abs(float(np.sum(w.class_probs)) - 1) < 1e-5, "must be probabilities summing to 1"),
         ("workload.arrival_rate", float(w.arrival_rate) >= 0, "must be >= 0"),
         ("workload.q_max", float(w.q_max) > 0, "must be > 0"),
-        ("workload.cloud_load_max", 0 <= float(w.cloud_load_max) < 1, "must lie in [0, 1)"),
-        ("workload.cloud_load_mean", 0 < float(w.cloud_load_mean) < 1, "must lie in (0, 1)"),
+        ("cloud.load_max", 0 <= float(params.cloud.load_max) < 1, "must lie in [0, 1)"),
+        ("cloud.load_mean", 0 < float(params.cloud.load_mean) < 1, "must lie in (0, 1)"),
+        ("cloud.slots", float(params.cloud.slots) >= 1, "must be >= 1"),
+        ("cloud.service_s", float(params.cloud.service_s) > 0, "must be > 0"),
+        ("channel.p_drop", 0 <= float(ch.p_drop) <= 1 and 0 <= float(ch.p_restore) <= 1, "must be probabilities"),
         ("reward.lat_ref_s", float(r.lat_ref_s) > 0, "must be > 0"),
         ("reward.energy_ref_j", float(r.energy_ref_j) > 0, "must be > 0"),
         ("reward.acc_ref", float(r.acc_ref) > 0, "must be > 0"),

@@ -22,9 +22,12 @@ The exact drift telescopes: its (discounted) sum is a non-negative combination o
 only way to lower it is to keep the queues short. See docs/environment.md.
 Observation: `Observation(features f32[17], boundary_mask bool[L+1], format_mask bool[3],
 unit_mask bool[L+1, U])`; the features are the observation contract (splitrl/env/features.py). Episodes end by time limit only (truncated).
-info: latency, energy, delta_ppl, backlog, bytes_sent (up), bytes_recv, served, arrivals, drops,
-failed, timed_out, queue_delay, objective (the bracket above, unscaled), penalty (the bracket's
-weighted cost before V), drift (L(Θ') - L(Θ)), bandwidth, cloud_load, boundary, fmt, edge_frac.
+info: latency (the priced request's service time), energy, delta_ppl, backlog, bytes_sent (up),
+bytes_recv, served, arrivals, drops, failed (failed requests served), request_failed (the priced
+request failed), timed_out, fell_back (ran on the edge alone: link down), response_time (queueing
+wait + service of this slot's arrivals), queue_delay, cloud_wait, connected, objective (the bracket
+above, unscaled), penalty (the bracket's weighted cost before V), drift (L(Θ') - L(Θ)), bandwidth,
+cloud_load, boundary, fmt, edge_frac.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from gymnax.environments import environment, spaces
 from jax.scipy.special import gammaln, ndtri
 
 from splitrl.env import channel as ch
+from splitrl.env import cloud
 from splitrl.env import features as F
 from splitrl.env.cost import project_action, request_cost
 from splitrl.env.types import Action, Conditions, EnvParams, EnvState, Observation
@@ -59,9 +63,11 @@ def lyapunov(params: EnvParams, backlog, z_energy, z_acc) -> jax.Array:
 
 
 def slot_penalty(params: EnvParams, m: dict) -> jax.Array:
-    """The penalty of the drift-plus-penalty (before V): w_lat lat/lat_ref + w_en E/E_ref + w_acc ΔPPL/acc_ref."""
+    """The penalty of the drift-plus-penalty (before V): w_lat lat/lat_ref + w_en E/E_ref + w_acc ΔPPL/acc_ref
+    + w_fail · failed (a request that never gets an answer costs more than any slow one)."""
     r = params.reward
-    return r.w_lat * m["latency"] / r.lat_ref_s + r.w_en * m["energy"] / r.energy_ref_j + r.w_acc * m["delta_ppl"] / r.acc_ref
+    return (r.w_lat * m["latency"] / r.lat_ref_s + r.w_en * m["energy"] / r.energy_ref_j
+            + r.w_acc * m["delta_ppl"] / r.acc_ref + r.w_fail * m["failed"])
 
 
 def slot_queues(params: EnvParams, state: EnvState, m: dict, arrivals) -> dict:
@@ -73,30 +79,37 @@ def slot_queues(params: EnvParams, state: EnvState, m: dict, arrivals) -> dict:
     q_next = jnp.maximum(state.backlog - served, 0.0) + arrivals
     drops = jnp.maximum(q_next - w.q_max, 0.0)
     q_next = jnp.minimum(q_next, w.q_max)
+    # FIFO: this slot's arrivals queue behind the backlog left after serving, at this slot's service time
+    queue_delay = jnp.maximum(state.backlog - served, 0.0) * m["latency"]
     z_energy = jnp.clip(state.z_energy + (m["energy"] - r.energy_budget_j) / r.energy_ref_j, 0.0, r.z_max)
     z_acc = jnp.clip(state.z_acc + (m["delta_ppl"] - r.acc_budget) / r.acc_ref, 0.0, r.z_max)
     penalty = slot_penalty(params, m)
     drift = (lyapunov(params, q_next, z_energy, z_acc)
              - lyapunov(params, state.backlog, state.z_energy, state.z_acc))
     return {"served": served, "backlog": q_next, "drops": drops, "z_energy": z_energy, "z_acc": z_acc,
+            "queue_delay": queue_delay, "response_time": queue_delay + m["latency"],
             "penalty": penalty, "drift": drift, "objective": r.V * penalty + drift}
 
 
-def estimated_conditions(state: EnvState) -> Conditions:
+def estimated_conditions(state: EnvState, params: EnvParams) -> Conditions:
     """What a causal policy knows of the coming slot: the bandwidth estimate and last slot's RTT, loss,
-    SNR and cloud load (the observation shows exactly these, normalised)."""
+    SNR, cloud load and link state (the observation shows exactly these, normalised); the admission wait
+    at its expectation for that load. A link that was down is expected to stay down."""
     return Conditions(bw=state.bw_est, rtt=state.rtt, loss_p=state.loss_p, snr_db=state.snr_db,
-                      cloud_load=state.cloud_load)
+                      cloud_load=state.cloud_load, cloud_wait=cloud.expected_wait(params.cloud, state.cloud_load),
+                      connected=state.connected, reconnect=jnp.float32(0.0))
 
 
 class SplitEnv(environment.Environment[EnvState, EnvParams]):
     """Static structure only (layers, units, channel kind, table sizes); numbers live in EnvParams."""
 
     def __init__(self, n_layers: int, n_units: int, channel_kind: str, max_arrivals: int = 64,
-                 default_params: EnvParams | None = None, scenario_id: str = "custom"):
+                 default_params: EnvParams | None = None, scenario_id: str = "custom", load_kind: str = "ar1"):
         if channel_kind not in ch.CHANNEL_KINDS:
             raise ValueError(f"channel kind {channel_kind!r} is unknown; choose one of {ch.CHANNEL_KINDS}")
-        self.n_layers, self.n_units, self.channel_kind = n_layers, n_units, channel_kind
+        if load_kind not in cloud.LOAD_KINDS:
+            raise ValueError(f"cloud load kind {load_kind!r} is unknown; choose one of {cloud.LOAD_KINDS}")
+        self.n_layers, self.n_units, self.channel_kind, self.load_kind = n_layers, n_units, channel_kind, load_kind
         self.max_arrivals = max_arrivals
         self.scenario_id = scenario_id
         self._default_params = default_params
@@ -133,7 +146,7 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
         return self.num_boundaries * self.num_formats * 2**self.n_units
 
     # ---- dynamics ---------------------------------------------------------------------------
-    N_RESET_DRAWS, N_STEP_DRAWS = 9, 12
+    N_RESET_DRAWS, N_STEP_DRAWS = 10, 17   # (reset: 5 normals, 5 uniforms; step: 8 normals, 9 uniforms)
 
     def reset_env(self, key: jax.Array, params: EnvParams) -> tuple[Observation, EnvState]:
         return self._reset(_uniforms(key, self.N_RESET_DRAWS), params)
@@ -145,7 +158,7 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
     # Equality is the static structure: two envs that differ only in their numbers share compiled
     # code. That is safe because params always enter a trace as an argument, never as a constant.
     def _static(self) -> tuple:
-        return (type(self), self.n_layers, self.n_units, self.channel_kind, self.max_arrivals)
+        return (type(self), self.n_layers, self.n_units, self.channel_kind, self.max_arrivals, self.load_kind)
 
     def __eq__(self, other) -> bool:
         return isinstance(other, SplitEnv) and self._static() == other._static()
@@ -179,7 +192,7 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
 
     def _reset(self, u: jax.Array, params: EnvParams) -> tuple[Observation, EnvState]:
         z = ndtri(u[:5])
-        p = params.channel
+        p, cl = params.channel, params.cloud
         log_bw = p.bw_log_mean + p.bw_log_std * z[0]
         regime = jnp.int32(0)
         trace_pos = u[5] * p.trace_bw.shape[0]
@@ -193,56 +206,63 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
         bw = jnp.maximum(bw, p.bw_min)
         log_sigma_h = p.fade_log_mean + p.fade_log_std * z[1]
         prompt, output = self._draw_request(params.workload, u[6:9])
+        cloud_pos = u[9] * cl.load_trace.shape[0]
+        load, cloud_logit, _ = cloud.next_load(self.load_kind, cl, self._load_logit0(cl, z[4]), cloud_pos - 1.0, 0.0)
         state = EnvState(
             bw=bw, bw_est=bw * jnp.exp(p.bw_est_log_std * z[2]), log_bw=log_bw, regime=regime, trace_pos=trace_pos,
-            rtt=p.rtt_mean_s, log_sigma_h=log_sigma_h, loss_p=ch.loss_probability(p.h_th, log_sigma_h),
-            snr_db=p.snr_db_mean + p.snr_db_std * z[3], cloud_logit=self._cloud_logit0(params.workload, z[4]),
-            cloud_load=jnp.float32(0.0), backlog=jnp.float32(0.0), z_energy=jnp.float32(0.0),
+            rtt=ch.rtt_of(p, bw, 0.0), log_sigma_h=log_sigma_h, loss_p=ch.loss_probability(p.h_th, log_sigma_h),
+            snr_db=p.snr_db_mean + p.snr_db_std * z[3], cloud_logit=cloud_logit, cloud_pos=cloud_pos, cloud_load=load,
+            connected=jnp.float32(1.0), link=jnp.float32(1.0), backlog=jnp.float32(0.0), z_energy=jnp.float32(0.0),
             z_acc=jnp.float32(0.0), prompt_len=prompt, output_len=output, last_boundary=jnp.int32(0),
             last_fmt=jnp.int32(0), last_edge_frac=jnp.float32(0.0), time=jnp.int32(0))
         return self.get_obs(state, params), state
 
-    def _step(self, draws: jax.Array, state: EnvState, action: Action, params: EnvParams):
-        z, u = ndtri(draws[:7]), draws[7:]  # 7 normals by inverse CDF, 5 uniforms
-        p, w, r = params.channel, params.workload, params.reward
-
-        # this slot's channel: what the agent did not know when it chose
+    def _channel(self, z, u, state: EnvState, params: EnvParams):
+        """This slot's channel and cloud: what the agent did not know when it chose. Returns (Conditions,
+        the updated latent channel fields of the state)."""
+        p, cl = params.channel, params.cloud
         bw, log_bw, regime, trace_pos = ch.next_bandwidth(self.channel_kind, p, state.log_bw, state.regime,
                                                           state.trace_pos, z[0], u[0])
-        rtt = p.rtt_mean_s * jnp.exp(p.rtt_log_std * z[1] - 0.5 * p.rtt_log_std**2)
+        connected, link = ch.link_up(self.channel_kind, p, state.link, regime, trace_pos, u[5])
         log_sigma_h = ch.ar1(state.log_sigma_h, p.fade_log_mean, p.fade_rho, p.fade_log_std, z[2])
-        loss_p = ch.loss_probability(p.h_th, log_sigma_h)
-        snr_db = p.snr_db_mean + p.snr_db_std * z[3]
-        cloud_logit = ch.ar1(state.cloud_logit, _logit(w.cloud_load_mean), w.cloud_load_rho, w.cloud_load_std, z[5])
-        cloud_load = jnp.minimum(jax.nn.sigmoid(cloud_logit), w.cloud_load_max)
+        load, cloud_logit, cloud_pos = cloud.next_load(self.load_kind, cl, state.cloud_logit, state.cloud_pos, z[5])
+        cond = Conditions(bw=bw, rtt=ch.rtt_of(p, bw, z[1]), loss_p=ch.loss_probability(p.h_th, log_sigma_h),
+                          snr_db=p.snr_db_mean + p.snr_db_std * z[3], cloud_load=load,
+                          cloud_wait=cloud.sample_wait(cl, load, u[6], u[7]), connected=connected,
+                          reconnect=p.reconnect_s * (1.0 - state.connected) * connected)
+        latent = dict(log_bw=log_bw, regime=regime, trace_pos=trace_pos, log_sigma_h=log_sigma_h,
+                      cloud_logit=cloud_logit, cloud_pos=cloud_pos, link=link)
+        return cond, latent
 
+    def _step(self, draws: jax.Array, state: EnvState, action: Action, params: EnvParams):
+        z, u = ndtri(draws[:8]), draws[8:]  # 8 normals by inverse CDF, 9 uniforms
+        p, w, r = params.channel, params.workload, params.reward
+        cond, latent = self._channel(z, u, state, params)
         b, fmt, edge_units = project_action(params, action.boundary, action.fmt, action.units)
-        cond = Conditions(bw=bw, rtt=rtt, loss_p=loss_p, snr_db=snr_db, cloud_load=cloud_load)
-        m = request_cost(params, b, fmt, edge_units, state.prompt_len, state.output_len, cond)
-
+        m = request_cost(params, b, fmt, edge_units, state.prompt_len, state.output_len, cond,
+                         draws=jnp.stack([u[8], u[4], z[7]]))
         arrivals = self._poisson(w.arrival_rate * params.slot_s, u[1])
         q = slot_queues(params, state, m, arrivals)
-        reward = -r.scale * q["objective"]
-
         prompt, output = self._draw_request(w, u[2:5])
-        new = EnvState(
-            bw=bw, bw_est=bw * jnp.exp(p.bw_est_log_std * z[6]), log_bw=log_bw, regime=regime, trace_pos=trace_pos,
-            rtt=rtt, log_sigma_h=log_sigma_h, loss_p=loss_p, snr_db=snr_db, cloud_logit=cloud_logit,
-            cloud_load=cloud_load, backlog=q["backlog"], z_energy=q["z_energy"], z_acc=q["z_acc"],
-            prompt_len=prompt, output_len=output, last_boundary=b, last_fmt=fmt,
-            last_edge_frac=jnp.mean(edge_units), time=state.time + 1)
+        new = state.replace(
+            bw=cond.bw, bw_est=cond.bw * jnp.exp(p.bw_est_log_std * z[6]), rtt=cond.rtt, loss_p=cond.loss_p,
+            snr_db=cond.snr_db, cloud_load=cond.cloud_load, connected=cond.connected, backlog=q["backlog"],
+            z_energy=q["z_energy"], z_acc=q["z_acc"], prompt_len=prompt, output_len=output, last_boundary=b,
+            last_fmt=fmt, last_edge_frac=jnp.mean(edge_units), time=state.time + 1, **latent)
         info = {
             "latency": m["latency"], "energy": m["energy"], "delta_ppl": m["delta_ppl"], "backlog": q["backlog"],
             "bytes_sent": m["bytes_up"], "bytes_recv": m["bytes_down"], "served": q["served"], "arrivals": arrivals,
-            "drops": q["drops"], "failed": m["failed"] * q["served"], "timed_out": m["timed_out"],
-            "queue_delay": q["backlog"] * m["latency"], "objective": q["objective"], "penalty": q["penalty"],
-            "drift": q["drift"], "bandwidth": bw, "cloud_load": cloud_load,
+            "drops": q["drops"], "failed": m["failed"] * q["served"], "request_failed": m["failed"],
+            "timed_out": m["timed_out"],
+            "fell_back": m["fell_back"], "response_time": q["response_time"], "queue_delay": q["queue_delay"],
+            "cloud_wait": m["cloud_wait"], "connected": cond.connected, "objective": q["objective"],
+            "penalty": q["penalty"], "drift": q["drift"], "bandwidth": cond.bw, "cloud_load": cond.cloud_load,
             "boundary": b.astype(jnp.float32), "fmt": fmt.astype(jnp.float32), "edge_frac": jnp.mean(edge_units),
         }
-        return self.get_obs(new, params), new, reward, jnp.bool_(False), info
+        return self.get_obs(new, params), new, -r.scale * q["objective"], jnp.bool_(False), info
 
-    def _cloud_logit0(self, w, z):
-        return _logit(w.cloud_load_mean) + w.cloud_load_std * z
+    def _load_logit0(self, cl, z):
+        return _logit(cl.load_mean) + cl.load_std * z
 
     def _draw_request(self, w, u3):
         k = jnp.minimum(jnp.sum(u3[0] > jnp.cumsum(w.class_probs)), w.class_probs.shape[0] - 1)

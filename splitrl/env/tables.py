@@ -94,6 +94,7 @@ class CostArrays:
     boundary_mask: np.ndarray     # [L+1] bool: boundary b fits edge memory (any worker choice within unit_mask)
     unit_mask: np.ndarray         # [L+1, U] bool: unit u may run on the edge when the boundary is b
     tx_bytes: np.ndarray          # [F] bytes per token of the hidden state in each transmission format
+    mix: np.ndarray               # [2 sides (edge, cloud), 2 phases]: a split sublayer's units over their share of the whole layer
     memory: EdgeMemory | None = None
 
     def layer(self) -> LayerRow:
@@ -120,6 +121,19 @@ def _resample(table: CostTable, grid: np.ndarray) -> CostTable:
                                decode_j=interp(table.decode_j), blocks=blocks)
 
 
+def fusion(table: CostTable) -> np.ndarray:
+    """[prefill, decode] cost of a layer's units run one by one over the whole layer run at once: a
+    measured table's own `provenance.layer_vs_units` (geometric mean over contexts, at least 1; the
+    project's measurement of SmolLM2 on this host gives 1.18-1.23 in decode). 1 for analytic tables,
+    whose units sum to the layer by construction and whose launch costs are charged per sublayer and
+    side already (splitrl/profiles/launches.py)."""
+    ratios = (table.provenance or {}).get("layer_vs_units")
+    if not ratios:
+        return np.ones(2)
+    return np.array([max(float(np.exp(np.mean(np.log(ratios[ph]["ratio_units_over_layer"])))), 1.0)
+                     for ph in ("prefill", "decode")])
+
+
 def _phases(t: CostTable, kind: str) -> np.ndarray:
     """[2, L, U, G] prefill and decode arrays of a table ('s' seconds or 'j' joules)."""
     return np.stack([getattr(t, f"prefill_{kind}"), getattr(t, f"decode_{kind}")])
@@ -138,7 +152,11 @@ def build_cost_arrays(model: ModelArch, edge: Device, cloud: Device, edge_table:
     kinds = np.array(model.unit_kinds)
     norm_idx = np.flatnonzero(kinds == "norm")
     work_idx = np.flatnonzero(kinds != "norm")
-    e_s, c_s, e_j = _phases(edge_table, "s"), _phases(cloud_table, "s"), _phases(edge_table, "j")
+    # whole layers at the layer's cost (units of a measured table were timed one by one; `fusion` says how
+    # much more that costs), so a split sublayer's units cost `mix` times the whole-layer share
+    mix = np.stack([fusion(edge_table), fusion(cloud_table)])                    # [2 sides, 2 phases]
+    e_s, e_j = _phases(edge_table, "s") / mix[0, :, None, None, None], _phases(edge_table, "j") / mix[0, :, None, None, None]
+    c_s = _phases(cloud_table, "s") / mix[1, :, None, None, None]
     L = model.n_layers
     zeros = np.zeros((2, 1, len(grid)))
     edge_prefix = np.concatenate([zeros, np.cumsum(e_s.sum(axis=2), axis=1)], axis=1)
@@ -172,7 +190,7 @@ def build_cost_arrays(model: ModelArch, edge: Device, cloud: Device, edge_table:
         ctx_grid=grid.astype(f32), layer_rows=rows.transpose(1, 3, 0, 2).astype(f32),
         model_rows=np.stack(totals, axis=1).astype(f32),
         unit_is_attn=(kinds[work_idx] == "attn"), boundary_mask=boundary_mask, unit_mask=unit_mask,
-        tx_bytes=np.array([tx_bytes_per_token(model.d_model, f) for f in TX_FORMATS], dtype=f32),
+        tx_bytes=np.array([tx_bytes_per_token(model.d_model, f) for f in TX_FORMATS], dtype=f32), mix=mix.astype(f32),
         memory=memory,
     )
 

@@ -31,7 +31,13 @@ class ChannelParams:
     fade_log_std: jax.Array
     packet_bytes: jax.Array
     max_retx: jax.Array         # retransmission rounds before a lost packet is zero-filled (<= R_MAX)
-    timeout_s: jax.Array        # a request whose split latency exceeds this falls back to the edge
+    timeout_s: jax.Array        # a request whose split latency exceeds this resumes on the edge from its last token
+    p_drop: jax.Array           # P(the link drops in a slot | connected): a disconnection, not a slow link
+    p_restore: jax.Array        # P(the link comes back in a slot | disconnected)
+    reconnect_s: jax.Array      # extra delay of the first request over a link that just came back
+    detect_s: jax.Array         # time for the edge to notice the cloud is unreachable
+    queue_bytes: jax.Array      # bottleneck buffer ahead of the uplink: adds queue_bytes / bw to the RTT
+    prefill_chunk: jax.Array    # tokens per chunk of a pipelined split prefill (0: the prompt crosses at once)
     noise_on: jax.Array         # 1.0: activations cross with additive noise at snr_db (Chen et al.); 0.0: digital
     snr_db_mean: jax.Array
     snr_db_std: jax.Array
@@ -46,10 +52,21 @@ class WorkloadParams:
     output_lo: jax.Array        # [K]
     output_hi: jax.Array
     q_max: jax.Array            # backlog cap (requests); arrivals beyond it are dropped
-    cloud_load_mean: jax.Array  # cloud utilisation rho follows a Gauss-Markov process in logit space;
-    cloud_load_rho: jax.Array   # cloud compute slows by 1 / (1 - rho) (M/M/1 response-time factor),
-    cloud_load_std: jax.Array   # so a busy shared cloud makes keeping layers on the edge worth it
-    cloud_load_max: jax.Array   # cap on rho (< 1)
+
+
+@struct.dataclass
+class CloudParams:
+    """The shared cloud (splitrl/env/cloud.py): admission queueing and batched decode."""
+    slots: jax.Array            # c: sequences the engine decodes together (Erlang-C servers)
+    service_s: jax.Array        # mean seconds a background request holds a slot
+    batch_knee: jax.Array       # B*: the batch at which a decode step turns compute-bound
+    wait_rho: jax.Array         # [NR] utilisation grid of the Erlang-C table
+    wait_p: jax.Array           # [NR] P(an arrival waits) = C(c, c·rho)
+    load_mean: jax.Array        # background utilisation of the slots: mean,
+    load_rho: jax.Array         # slot-to-slot correlation (ar1),
+    load_std: jax.Array         # stationary std in logit space (ar1),
+    load_max: jax.Array         # cap (< 1)
+    load_trace: jax.Array       # [T] load shape per slot (trace kind; [1] otherwise)
 
 
 @struct.dataclass
@@ -63,9 +80,22 @@ class CostParams:
     boundary_mask: jax.Array    # [L+1] bool
     unit_mask: jax.Array        # [L+1, U] bool
     tx_bytes: jax.Array         # [F] bytes/token of the hidden state per transmission format
+    mix: jax.Array              # [2 sides, 2 phases]: cost of a split sublayer's units over their whole-layer share
     power_active_w: jax.Array   # edge
     power_idle_w: jax.Array
-    power_radio_w: jax.Array
+
+
+@struct.dataclass
+class RadioParams:
+    """The edge's radio (splitrl.profiles.radio, Huang et al.'s LTE power model): powers on top of idle."""
+    transfer_w: jax.Array       # W while data moves
+    tx_j_per_mbit: jax.Array    # J per Mbit sent
+    rx_j_per_mbit: jax.Array    # J per Mbit received
+    connected_w: jax.Array      # W in the connected state while a request is in flight
+    tail_w: jax.Array           # W for tail_s after the last transfer
+    tail_s: jax.Array
+    promotion_w: jax.Array      # W for promotion_s when the radio leaves idle (also a delay)
+    promotion_s: jax.Array
 
 
 @struct.dataclass
@@ -81,6 +111,7 @@ class RewardParams:
     w_lat: jax.Array
     w_en: jax.Array
     w_acc: jax.Array
+    w_fail: jax.Array           # weight of a failed request (no answer) in the penalty
     energy_budget_j: jax.Array  # per-request edge energy budget (virtual queue Z_E)
     acc_budget: jax.Array       # per-request ΔPPL budget (virtual queue Z_A)
     lat_ref_s: jax.Array        # normalisers so every term is O(1)
@@ -94,7 +125,9 @@ class RewardParams:
 class EnvParams:
     channel: ChannelParams
     workload: WorkloadParams
+    cloud: CloudParams
     costs: CostParams
+    radio: RadioParams
     ppl: PPLParams
     reward: RewardParams
     slot_s: jax.Array           # length of one decision slot, seconds
@@ -110,6 +143,9 @@ class Conditions:
     loss_p: jax.Array           # packet-loss probability
     snr_db: jax.Array           # channel SNR (dB; matters where the scenario has analog noise)
     cloud_load: jax.Array       # the cloud's utilisation in [0, 1)
+    cloud_wait: jax.Array       # s: admission wait for a batch slot (sampled, or its expectation)
+    connected: jax.Array        # 1.0: the cloud is reachable; 0.0: the link is down
+    reconnect: jax.Array        # s: extra delay of the first crossing over a link that just came back
 
 
 @struct.dataclass
@@ -123,8 +159,11 @@ class EnvState:
     log_sigma_h: jax.Array      # fading scale latent
     loss_p: jax.Array           # packet-loss probability implied by the current fading scale
     snr_db: jax.Array
-    cloud_logit: jax.Array      # latent of the cloud's utilisation
+    cloud_logit: jax.Array      # latent of the cloud's utilisation (ar1 load)
+    cloud_pos: jax.Array        # position in the load trace (trace load)
     cloud_load: jax.Array       # the cloud's utilisation in the last slot (reported to the edge)
+    connected: jax.Array        # 1.0 when the cloud was reachable in the last slot
+    link: jax.Array             # state of the two-state Markov link process (1.0: up)
     backlog: jax.Array          # Q, requests
     z_energy: jax.Array         # Z_E (normalised)
     z_acc: jax.Array            # Z_A (normalised)

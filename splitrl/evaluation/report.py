@@ -10,11 +10,13 @@ from pathlib import Path
 
 from splitrl.evaluation.stats import LABELS
 
-TABLE_COLUMNS = ("objective", "latency_mean", "latency_p50", "latency_p95", "latency_p99", "energy", "delta_ppl",
-                 "backlog_mean", "backlog_max", "backlog_growth")
+TABLE_COLUMNS = ("objective", "latency_mean", "latency_p50", "latency_p95", "latency_p99", "service_p95", "energy",
+                 "delta_ppl", "fail_rate", "backlog_mean", "backlog_max", "backlog_growth")
 
 
 def fmt_number(x: float) -> str:
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
     if not math.isfinite(x):
         return "nan"
     if x == 0:

@@ -37,7 +37,8 @@ from splitrl.training.rundir import RunDir, RunDirError
 CONF_DIR = str(config_dir())
 # info entries recorded per slot (all f32 scalars of the env's info)
 RECORD = ("latency", "energy", "delta_ppl", "backlog", "objective", "served", "arrivals", "drops", "failed",
-          "timed_out", "bandwidth", "boundary", "fmt", "edge_frac", "bytes_sent")
+          "request_failed", "timed_out", "fell_back", "response_time", "cloud_wait", "connected", "bandwidth",
+          "boundary", "fmt", "edge_frac", "bytes_sent")
 
 
 # ----------------------------------------------------------------------------- rollout

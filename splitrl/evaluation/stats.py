@@ -6,31 +6,53 @@ import math
 
 import numpy as np
 
-METRICS = ("latency_mean", "latency_p50", "latency_p95", "latency_p99", "energy", "delta_ppl", "backlog_mean",
-           "backlog_max", "backlog_growth", "objective", "return", "drops", "timed_out", "failed", "edge_frac",
-           "boundary")
-LABELS = {"latency_mean": "latency mean (s)", "latency_p50": "p50 (s)", "latency_p95": "p95 (s)",
-          "latency_p99": "p99 (s)", "energy": "energy/req (J)", "delta_ppl": "ΔPPL", "backlog_mean": "backlog",
+METRICS = ("latency_mean", "latency_p50", "latency_p95", "latency_p99", "service_p95", "energy", "delta_ppl",
+           "backlog_mean", "backlog_max", "backlog_growth", "objective", "return", "drops", "timed_out", "failed",
+           "fail_rate", "cloud_wait", "edge_frac", "boundary")
+LABELS = {"latency_mean": "response mean (s)", "latency_p50": "p50 (s)", "latency_p95": "p95 (s)",
+          "latency_p99": "p99 (s)", "service_p95": "service p95, per slot (s)", "energy": "energy/req (J)",
+          "delta_ppl": "ΔPPL", "backlog_mean": "backlog", "fail_rate": "unanswered", "cloud_wait": "cloud wait (s)",
           "backlog_max": "max backlog", "backlog_growth": "backlog growth (req/slot)", "objective": "DPP objective",
           "return": "return", "drops": "drops/ep", "timed_out": "timeouts", "failed": "failed",
           "edge_frac": "edge units", "boundary": "boundary"}
 
 
+def request_times(out: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(response time of every request that arrived, whether it got an answer), pooled over episodes.
+    A slot's arrivals wait behind the backlog, then are served (`info["response_time"]`: queueing plus
+    service); an arrival dropped at the full queue, or of a request type that failed in that slot, never
+    gets an answer: its response time is +inf, so it counts in every percentile it exceeds."""
+    arrivals = np.rint(out["arrivals"]).astype(np.int64).ravel()
+    dropped = np.minimum(np.rint(out["drops"]).astype(np.int64).ravel(), arrivals)
+    failed = out["request_failed"].ravel() > 0
+    answered = np.where(failed, 0, arrivals - dropped)
+    times = np.concatenate([np.repeat(out["response_time"].ravel(), answered),
+                            np.full(int((arrivals - answered).sum()), np.inf)])
+    return times, np.isfinite(times)
+
+
 def seed_stats(out: dict[str, np.ndarray]) -> dict[str, float]:
-    """Statistics of one seed's episodes ({key: [N, T]} from `rollout`). Latency percentiles pool
-    every slot's request; backlog growth is the least-squares slope of the episode-mean backlog over
-    the slots (requests per slot: > 0 means the queue is not stable over the horizon)."""
-    lat = out["latency"].ravel()
+    """Statistics of one seed's episodes ({key: [N, T]} from `rollout`). Response-time percentiles are over
+    requests (queueing wait + service; unanswered requests count as +inf); the mean is over answered
+    requests; `service_p95` is the old per-slot figure (one request's service time per slot, no queueing).
+    Backlog growth is the least-squares slope of the episode-mean backlog over the slots (requests per
+    slot: > 0 means the queue is not stable over the horizon)."""
+    times, answered = request_times(out)
+    # the empirical quantile (no interpolation: between two unanswered requests it would be inf - inf)
+    pct = (lambda p: float(np.percentile(times, p, method="inverted_cdf"))) if times.size else (lambda p: float("nan"))
     q = out["backlog"].mean(0)
     t = np.arange(q.shape[0], dtype=np.float64)
     slope = float(np.polyfit(t, q, 1)[0]) if q.shape[0] > 1 else 0.0
-    return {"latency_mean": float(lat.mean()), "latency_p50": float(np.percentile(lat, 50)),
-            "latency_p95": float(np.percentile(lat, 95)), "latency_p99": float(np.percentile(lat, 99)),
+    return {"latency_mean": float(times[answered].mean()) if answered.any() else float("nan"),
+            "latency_p50": pct(50), "latency_p95": pct(95), "latency_p99": pct(99),
+            "service_p95": float(np.percentile(out["latency"], 95)),
             "energy": float(out["energy"].mean()), "delta_ppl": float(out["delta_ppl"].mean()),
             "backlog_mean": float(out["backlog"].mean()), "backlog_max": float(out["backlog"].max()),
             "backlog_growth": slope, "objective": float(out["objective"].mean()),
             "return": float(out["reward"].sum(1).mean()), "drops": float(out["drops"].sum(1).mean()),
             "timed_out": float(out["timed_out"].mean()), "failed": float(out["failed"].sum(1).mean()),
+            "fail_rate": float(1.0 - answered.mean()) if times.size else 0.0,
+            "cloud_wait": float(out["cloud_wait"].mean()),
             "edge_frac": float(out["edge_frac"].mean()), "boundary": float(out["boundary"].mean())}
 
 
@@ -38,6 +60,8 @@ def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """(mean, half-width) of a Student-t confidence interval over seeds (0 half-width for one seed)."""
     from scipy import stats
     v = np.asarray(values, np.float64)
+    if np.isinf(v).any():   # some seed left requests unanswered beyond this percentile
+        return float(v.max()), float("nan")
     if v.size < 2:
         return float(v.mean()), 0.0
     return float(v.mean()), float(stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))

@@ -118,6 +118,9 @@ def show(a, parser, console) -> None:
         d, _ = load_scenario_dict(a.scenario)
         a.model, a.device, a.cloud, a.weight_format = d["model"], d["edge"], d["cloud"], d["edge_weight_format"]
         a.cloud_weight_format, a.context, a.kind = d["cloud_weight_format"], d["context"], d["table_kind"]
+        if a.context == "auto":   # the workload's longest request, as the scenario reserves it
+            from splitrl.env.scenario import make_with_info
+            a.context = make_with_info(a.scenario)[2].context
     elif not (a.model and a.device):
         parser.error("show needs MODEL DEVICE or --scenario NAME")
     show_profile(load_model(a.model), load_device(a.device), load_device(a.cloud) if a.cloud else None,

@@ -35,6 +35,7 @@ def tx_bytes_per_token(d_model: int, fmt: str) -> float:
 
 
 def compute_dtype(weight_format: str) -> str:
-    """The arithmetic a device uses for a weight format: int8/int4 are weight-only quantisation
-    (dequantised to fp16 before the matmul, as llama.cpp and GPTQ kernels do)."""
+    """The arithmetic of the activations (norms, attention scores, activations) for a weight format:
+    int8/int4 are weight-only quantisation, so the activations stay fp16. The matmul by int8/int4
+    weights runs at the rate each device states (`Device.quantized_matmul`)."""
     return {"fp32": "fp32", "fp16": "fp16", "int8": "fp16", "int4": "fp16"}[weight_format]

@@ -90,28 +90,49 @@ def describe_host(power_active_per_core: float = 3.75, power_idle_per_core: floa
     if m:
         mem_total = int(m.group(1)) * 1024.0
     model_name = info.get("model name", platform.processor() or platform.machine())
+    dot = "int8" if "int8" in peak else "fp32"
     return {
         "schema": DEVICE_SCHEMA,
         "name": "this-host",
         "display_name": f"{model_name}, {n} cores at {clock / 1000:.2f} GHz (this host)",
         "role": "edge",
+        "runtime": "pytorch-eager",
         "peak_flops": {k: float(f"{v:.4g}") for k, v in peak.items()},
+        "quantized_matmul": {"int8": {"dtype": dot, "slowdown": 2.5}, "int4": {"dtype": dot, "slowdown": 4.0}},
         "mem_bandwidth": float(f"{bw:.4g}"),
         "memory_bytes": float(f"{0.8 * mem_total:.4g}"),
         "power_w": {"active": round(n * power_active_per_core + n * power_idle_per_core, 2),
                     "idle": round(n * power_idle_per_core, 2), "radio_tx": radio_tx},
-        "kernel_overhead_s": 5.0e-6,
+        "kernel_overhead_s": 8.0e-6,
         "efficiency": {"compute": 0.5, "memory": 1.0},
-        "source": {
-            "read": f"/proc/cpuinfo: {model_name}; {n} usable cores; {clock:.0f} MHz; {per_cycle} FP32 FLOP/cycle/core "
-                    f"from SIMD flags ({', '.join(sorted(f for f in flags if f.startswith(('avx', 'fma', 'amx'))))}); "
-                    f"/proc/meminfo MemTotal {mem_total / 1e9:.1f} GB (80% usable for a model)",
-            "measured": f"memory bandwidth: numpy copy of 256 MiB, best of 5, read+write bytes/s, on "
-                        f"{datetime.date.today().isoformat()} ({platform.node() or 'host'}, numpy {np.__version__}); "
-                        "efficiency.memory = 1 because the measured figure is already achieved bandwidth",
-            "assumed": f"power cannot be read inside a VM: {power_active_per_core} W/core active (a 360 W, 96-core "
-                       f"server CPU's TDP share) + {power_idle_per_core} W/core idle; radio {radio_tx} W (a Wi-Fi NIC); "
-                       "kernel overhead and compute efficiency until `splitrl-profiles measure cost` calibrates them",
-            "command": "splitrl-profiles host --out splitrl/profiles_data/devices/this-host.yaml",
-        },
+        "radio": dict(WIFI_RADIO),
+        "source": _host_sources(model_name, n, clock, per_cycle, flags, mem_total, bw,
+                                power_active_per_core, power_idle_per_core, radio_tx),
+    }
+
+
+# Huang et al., MobiSys 2012, Wi-Fi power model (Tables 3 and 4; recalled, see docs/datasheets.md).
+WIFI_RADIO = {"link": "wifi", "transfer_w": 0.13286, "tx_w_per_mbps": 0.28317, "rx_w_per_mbps": 0.13701,
+              "connected_w": 0.1193, "tail_w": 0.1193, "tail_s": 0.2381, "promotion_w": 0.1244, "promotion_s": 0.0791}
+
+
+def _host_sources(model_name, n, clock, per_cycle, flags, mem_total, bw, power_active_per_core,
+                  power_idle_per_core, radio_tx) -> dict:
+    simd = ", ".join(sorted(f for f in flags if f.startswith(("avx", "fma", "amx"))))
+    return {
+        "read": f"/proc/cpuinfo: {model_name}; {n} usable cores; {clock:.0f} MHz; {per_cycle} FP32 FLOP/cycle/core "
+                f"from SIMD flags ({simd}); /proc/meminfo MemTotal {mem_total / 1e9:.1f} GB (80% usable for a model)",
+        "measured": f"memory bandwidth: numpy copy of 256 MiB, best of 5, read+write bytes/s, on "
+                    f"{datetime.date.today().isoformat()} ({platform.node() or 'host'}, numpy {np.__version__}); "
+                    "efficiency.memory = 1 because the measured figure is already achieved bandwidth",
+        "assumed": f"power cannot be read inside a VM: {power_active_per_core} W/core active (a 360 W, 96-core "
+                   f"server CPU's TDP share) + {power_idle_per_core} W/core idle; radio {radio_tx} W (a Wi-Fi NIC); "
+                   "compute efficiency until `splitrl-profiles measure cost` calibrates it",
+        "runtime": "the measuring tool runs Hugging Face modules in eager PyTorch (splitrl/lm/units.py); kernel overhead "
+                   "8 us per aten op: a one-token RMSNorm (6 ops) took 48 us on the shipped host (docs/profiles.md)",
+        "quantized": "assumption: ggml's int8/int4 dot products cost 2.5x / 4x the instructions of a bare int8 dot "
+                     "stream (counted on its NEON kernels, docs/datasheets.md), at the VNNI int8 rate if the CPU has "
+                     "one, else fp32",
+        "radio": "assumption: a Wi-Fi link with Huang et al. (MobiSys 2012)'s Wi-Fi power model",
+        "command": "splitrl-profiles host --out splitrl/profiles_data/devices/this-host.yaml",
     }

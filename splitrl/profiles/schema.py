@@ -18,15 +18,19 @@ from pathlib import Path
 import numpy as np
 
 from splitrl.profiles.errors import ProfileError
-from splitrl.profiles.formats import WEIGHT_FORMATS
+from splitrl.profiles.formats import WEIGHT_FORMATS, compute_dtype
+from splitrl.profiles.launches import RUNTIMES
+from splitrl.profiles.radio import Radio, read_radio
 from splitrl.profiles.reader import Reader
 
 MODEL_SCHEMA, DEVICE_SCHEMA, COSTS_SCHEMA, PPL_SCHEMA = (
-    "splitrl.model/v1", "splitrl.device/v1", "splitrl.costs/v1", "splitrl.ppl/v1")
+    "splitrl.model/v1", "splitrl.device/v2", "splitrl.costs/v1", "splitrl.ppl/v1")
 FAMILIES = ("llama", "gpt2")  # llama: RMSNorm, SwiGLU, RoPE; gpt2: LayerNorm+bias, GELU MLP, learned positions
 MODEL_BLOCKS = ("embedding", "final_norm", "lm_head")  # run once per token outside the layers
 DEVICE_ROLES = ("edge", "cloud")
 PROVENANCE_KINDS = ("analytic", "measured")
+PEAK_DTYPES = ("fp32", "fp16", "bf16", "int8")
+QUANTIZED_FORMATS = ("int8", "int4")  # weight formats whose matmul rate a device states (quantized_matmul)
 
 
 def check_schema(r: Reader, expected: str) -> None:
@@ -152,32 +156,44 @@ class ModelArch:
 
 @dataclasses.dataclass(frozen=True)
 class Device:
+    """A device's datasheet figures. Every model-of-the-world number cites a source in the YAML.
+
+    runtime: the inference runtime modelled on it (`splitrl.profiles.launches.RUNTIMES`), which sets
+        how many kernels a sublayer launches; kernel_overhead_s is the cost of one launch there.
+    quantized_matmul: how int8/int4 weights are multiplied, {"int8"|"int4": (dtype, slowdown)}:
+        at peak_flops[dtype] / slowdown (the instructions spent unpacking and scaling per MAC).
+    radio: the link to the cloud and its energy figures (`splitrl.profiles.radio.Radio`).
+    """
     name: str
     display_name: str
     role: str
+    runtime: str
     peak_flops: dict          # dtype -> FLOP/s (dense); a dtype missing runs at the fp32 rate
+    quantized_matmul: dict    # "int8"/"int4" -> (dtype in peak_flops, slowdown >= 1)
     mem_bandwidth: float      # bytes/s, theoretical peak
     memory_bytes: float       # bytes usable for model weights + KV cache
     power_active_w: float
     power_idle_w: float
-    power_radio_tx_w: float
-    kernel_overhead_s: float  # fixed cost of launching one kernel / op
+    power_radio_tx_w: float   # one extra figure while transmitting (read by the env until it uses `radio`)
+    kernel_overhead_s: float  # the part of one kernel launch that does not overlap work, in `runtime`
     compute_efficiency: float  # achieved fraction of peak FLOP/s on transformer GEMMs
     memory_efficiency: float   # achieved fraction of peak bandwidth on weight streaming
+    radio: Radio
     source: dict
     path: str = ""
 
     @classmethod
     def from_dict(cls, data: dict, path: Path | str = "<dict>") -> Device:
         r = Reader(path, data)
+        if r.raw("schema") == "splitrl.device/v1":
+            raise r.fail("schema", "splitrl.device/v1", f"must be {DEVICE_SCHEMA!r}",
+                         "v2 adds runtime, quantized_matmul and radio: add them (docs/profiles.md, Device) and "
+                         f"set schema: {DEVICE_SCHEMA}")
         check_schema(r, DEVICE_SCHEMA)
-        f = dict(name=r.str("name"), display_name=r.str("display_name"), role=r.str("role", DEVICE_ROLES))
-        pf = r.sub("peak_flops")
-        peak = {k: pf.float(k, 0, lo_open=True) for k in ("fp32", "fp16", "bf16", "int8") if k in pf.data}
-        pf.done()
-        if "fp32" not in peak:
-            raise ProfileError(path, "peak_flops.fp32", None, "missing required field", "add it")
-        f["peak_flops"] = peak
+        f = dict(name=r.str("name"), display_name=r.str("display_name"), role=r.str("role", DEVICE_ROLES),
+                 runtime=r.str("runtime", RUNTIMES))
+        f["peak_flops"] = _read_peak_flops(r)
+        f["quantized_matmul"] = _read_quantized_matmul(r, f["peak_flops"])
         f["mem_bandwidth"] = r.float("mem_bandwidth", 0, lo_open=True)
         f["memory_bytes"] = r.float("memory_bytes", 0, lo_open=True)
         pw = r.sub("power_w")
@@ -193,6 +209,7 @@ class Device:
         f["compute_efficiency"] = eff.float("compute", 0, 1, lo_open=True)
         f["memory_efficiency"] = eff.float("memory", 0, 1, lo_open=True)
         eff.done()
+        f["radio"] = read_radio(r, f["role"])
         f["source"] = read_source(r)
         r.done()
         return cls(**f, path=str(path))
@@ -201,6 +218,39 @@ class Device:
         """Achievable FLOP/s for `dtype` (peak x efficiency); unsupported dtypes run at fp32 speed."""
         return self.peak_flops.get(dtype, self.peak_flops["fp32"]) * self.compute_efficiency
 
+    def weight_flops(self, weight_format: str) -> float:
+        """Achievable FLOP/s of a matmul by weights stored in `weight_format`: int8/int4 at the rate
+        of `quantized_matmul`, fp32/fp16 at their own dtype's rate."""
+        if weight_format in self.quantized_matmul:
+            dtype, slowdown = self.quantized_matmul[weight_format]
+            return self.flops(dtype) / slowdown
+        return self.flops(compute_dtype(weight_format))
+
     @property
     def bandwidth(self) -> float:
         return self.mem_bandwidth * self.memory_efficiency
+
+
+def _read_peak_flops(r: Reader) -> dict:
+    pf = r.sub("peak_flops")
+    peak = {k: pf.float(k, 0, lo_open=True) for k in PEAK_DTYPES if k in pf.data}
+    pf.done()
+    if "fp32" not in peak:
+        raise pf.fail("fp32", None, "missing required field", "add it")
+    return peak
+
+
+def _read_quantized_matmul(r: Reader, peak: dict) -> dict:
+    """{"int8": (dtype, slowdown), "int4": (...)}: each dtype must have a peak_flops entry."""
+    qm = r.sub("quantized_matmul")
+    out = {}
+    for fmt in QUANTIZED_FORMATS:
+        q = qm.sub(fmt)
+        dtype, slowdown = q.str("dtype", PEAK_DTYPES), q.float("slowdown", 1)
+        q.done()
+        if dtype not in peak:
+            raise q.fail("dtype", dtype, f"must have a peak_flops entry (have {sorted(peak)})",
+                         f"add peak_flops.{dtype} or name a dtype the device lists")
+        out[fmt] = (dtype, slowdown)
+    qm.done()
+    return out

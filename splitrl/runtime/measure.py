@@ -42,7 +42,8 @@ def predict(env_params, plan, prompt_len: int, output_len: int, bw_bytes_s: floa
     b, f, units = project_action(env_params, jnp.int32(plan.boundary), jnp.int32(TX_FORMATS.index(plan.fmt)),
                                  jnp.asarray(plan.units, jnp.int32))
     cond = Conditions(bw=jnp.float32(bw_bytes_s), rtt=jnp.float32(rtt_s), loss_p=jnp.float32(0.0),
-                      snr_db=jnp.float32(30.0), cloud_load=jnp.float32(0.0))
+                      snr_db=jnp.float32(30.0), cloud_load=jnp.float32(0.0), cloud_wait=jnp.float32(0.0),
+                      connected=jnp.float32(1.0), reconnect=jnp.float32(0.0))   # a dedicated loopback cloud
     m = request_cost(env_params, b, f, units, jnp.float32(prompt_len), jnp.float32(output_len), cond)
     return float(m["latency"])
 

@@ -43,12 +43,13 @@ class OnnxPolicy:
         return F.evaluate(m.features, m.shift, m.scale, raw, np, m.feature_bound)
 
     def observe(self, bw_bytes_s: float, rtt_s: float, prompt_len: int, output_len: int, backlog: float = 0.0,
-                cloud_load: float = 0.0, loss_p: float = 0.0) -> np.ndarray:
+                cloud_load: float = 0.0, loss_p: float = 0.0, connected: bool = True) -> np.ndarray:
         """The features from the edge's own measurements, its last decision and the slot count; what it
         cannot measure (SNR, the virtual queues, the expected load) at the scenario's values."""
         last_b, last_f, last_frac = self.last
         raw = self.meta.raw_defaults | {
             "bw_est": max(bw_bytes_s, 1.0), "rtt": rtt_s, "loss_p": loss_p, "cloud_load": cloud_load,
+            "connected": float(connected),
             "backlog": backlog, "prompt_len": prompt_len, "output_len": output_len, "last_boundary": last_b,
             "last_fmt": last_f, "last_edge_frac": last_frac, "time": self.t % self.meta.episode_slots}
         return self.features(raw)
