@@ -48,7 +48,8 @@ def measure(sm, plans, prompts, max_new: int, mbps: float, rtt_ms: float, env_pa
     from splitrl.runtime.edge import EdgeClient, Request
     from splitrl.runtime.faults import LinkProxy
     bw = mbps * 1e6 / 8
-    cloud = CloudServer(sm, read_timeout=120).start()
+    from splitrl.runtime.limits import Limits
+    cloud = CloudServer(sm, insecure_no_auth=True, limits=Limits(read_s=120, step_s=120)).start()
     rows = []
     try:
         with LinkProxy((cloud.host, cloud.port), bandwidth=bw, rtt_s=rtt_ms / 1e3) as proxy:
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--out", default="outputs/measure")
     a = ap.parse_args(argv)
     from splitrl.lm.model import load_causal_lm
-    from splitrl.runtime.edge import parse_plan
+    from splitrl.runtime.edge_cli import parse_plan
     from splitrl.runtime.split_model import SplitModel
     torch.set_num_threads(a.threads)
     lm = load_causal_lm(a.model)

@@ -12,35 +12,56 @@ import numpy as np
 from splitrl.export import metadata as metadata_io
 
 
-class PolicyMismatch(RuntimeError):
-    pass
+class PolicyError(RuntimeError):
+    """The policy file cannot be used: missing, not ONNX, not exported by splitrl-export."""
+
+
+class PolicyMismatch(PolicyError):
+    """A valid policy for another model or unit layout."""
 
 
 class OnnxPolicy:
     def __init__(self, path: str | Path, model_name: str | None = None, sm=None):
         import onnxruntime as ort
         self.path = Path(path)
-        self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        if not self.path.is_file():
+            raise PolicyError(f"{self.path}: no such file; export a trained run with "
+                              f"splitrl-export RUN_DIR --out {self.path}")
+        try:
+            self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises several types for a bad file
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise PolicyError(f"{self.path}: not a loadable ONNX model ({first}); re-export it with splitrl-export") from None
         self.meta = metadata_io.read(self.session)
         missing = {"model", "features", "obs_norm", "masks", "units"} - set(self.meta)
         if missing:
-            raise PolicyMismatch(f"{self.path} lacks splitrl metadata {sorted(missing)}: export it with splitrl-export")
+            raise PolicyError(f"{self.path} lacks splitrl metadata {sorted(missing)}: export it with splitrl-export")
         self.model = self.meta["model"]
+        try:
+            self.features = json.loads(self.meta["features"])
+            self.norm = json.loads(self.meta["obs_norm"])
+            masks = json.loads(self.meta["masks"])
+            self.boundary_mask = np.asarray(masks["boundary_mask"], bool)
+            self.unit_mask = np.asarray(masks["unit_mask"], bool)
+            self.units = json.loads(self.meta["units"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise PolicyError(f"{self.path}: its splitrl metadata is damaged ({e}); re-export it with splitrl-export") from None
+        self.sm = None
+        self.last = (0, 0, 0.0)   # last boundary, format, edge fraction
+        self.t = 0
+        self.bind(model_name, sm)
+
+    def bind(self, model_name: str | None, sm=None) -> OnnxPolicy:
+        """Check the policy against the model the runtime loaded (PolicyMismatch when it is another)."""
         if model_name is not None and model_name != self.model:
             raise PolicyMismatch(f"{self.path} was trained for model {self.model!r}, but this runtime runs "
                                  f"{model_name!r}: export a policy trained on a scenario of that model")
-        self.features = json.loads(self.meta["features"])
-        self.norm = json.loads(self.meta["obs_norm"])
-        masks = json.loads(self.meta["masks"])
-        self.boundary_mask = np.asarray(masks["boundary_mask"], bool)
-        self.unit_mask = np.asarray(masks["unit_mask"], bool)
-        units = json.loads(self.meta["units"])
+        units = self.units
         if sm is not None and (units["n_units"] != sm.n_units or units["n_layers"] != sm.n_layers):
             raise PolicyMismatch(f"{self.path}: {units} placement units, the loaded model has "
                                  f"{sm.n_units} units and {sm.n_layers} layers")
-        self.sm = sm
-        self.last = (0, 0, 0.0)   # last boundary, format, edge fraction
-        self.t = 0
+        self.sm = sm if sm is not None else self.sm
+        return self
 
     def observe(self, bw_bytes_s: float, rtt_s: float, prompt_len: int, output_len: int, backlog: float = 0.0,
                 cloud_load: float = 0.0, loss_p: float = 0.0) -> np.ndarray:
