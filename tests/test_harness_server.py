@@ -308,3 +308,80 @@ def test_a_server_without_auth_ignores_the_mac_and_one_with_auth_refuses_an_empt
             A.client_handshake(s, None, 5)
     assert server.stats["rejected/auth"] == 1
 
+
+def test_health_endpoints_say_loading_then_ready_then_draining(sm):
+    import json
+    import urllib.error
+    import urllib.request
+
+    from splitrl.runtime.health import HealthServer
+
+    def get(path):
+        try:
+            with urllib.request.urlopen(f"http://{health.host}:{health.port}{path}", timeout=5) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+    health = HealthServer("127.0.0.1", 0).start()
+    try:
+        assert get("/v2/health/live") == (200, {"live": True})
+        assert get("/v2/health/ready") == (503, {"ready": False, "reason": "loading the model"})
+        server = CloudServer(sm, token=TOKEN, limits=LIMITS).start()
+        health.status = server.readiness
+        code, body = get("/v2/health/ready")
+        assert code == 200 and body["ready"] and body["free_sessions"] == LIMITS.max_sessions
+        server.request_drain()
+        assert server.wait_for(lambda s: s.draining, 5)
+        code, body = get("/v2/health/ready")
+        assert code == 503 and body["reason"] in ("draining", "stopped")
+        assert get("/nope")[0] == 404
+    finally:
+        health.close()
+        server.stop()
+
+
+def test_drain_finishes_in_flight_requests_and_refuses_new_ones(sm):
+    server = CloudServer(sm, token=TOKEN, limits=LIMITS).start()
+    busy, idle = authed(server), authed(server)
+    busy.sendall(P.encode_frame(_open(*SPLIT_H)))
+    assert P.read_frame(busy, 5).kind == P.Kind.OK            # a request in flight
+    server.request_drain()
+    assert server.wait_for(lambda s: s.draining, 5)
+    with pytest.raises(P.ConnectionClosed):                  # the idle connection is closed
+        P.read_frame(idle, 5)
+    with pytest.raises(OSError):                             # nobody new gets in
+        authed(server)
+    busy.sendall(P.encode_frame(_up(P.Kind.UP_H, 8)))         # the in-flight request finishes
+    assert P.read_frame(busy, 5).kind == P.Kind.TOKEN
+    busy.sendall(P.encode_frame(P.Frame(P.Kind.CLOSE, 7)))
+    assert P.read_frame(busy, 5).kind == P.Kind.OK
+    with pytest.raises(P.ConnectionClosed):                  # then its connection closes too
+        P.read_frame(busy, 5)
+    server._thread.join(5)
+    assert not server._thread.is_alive() and server.stopping and server.stats["closed"] == 1
+    busy.close()
+    idle.close()
+
+
+def test_an_edge_skips_a_draining_or_full_endpoint(sm):
+    full = CloudServer(sm, token=TOKEN, limits=Limits(max_sessions=1, read_s=2.0)).start()
+    other = CloudServer(sm, token=TOKEN, limits=LIMITS).start()
+    keep = authed(full)
+    keep.sendall(P.encode_frame(_open(*SPLIT_H)))
+    assert P.read_frame(keep, 5).kind == P.Kind.OK            # its only request slot is taken
+    client = EdgeClient(sm, [(full.host, full.port), (other.host, other.port)], token=TOKEN, timeout=5)
+    try:
+        res = client.generate(Request(0, PROMPT, 3), sm.plan(1, "fp16", (0,) * 6))
+        assert res.status == "ok" and res.fell_back == "endpoint" and res.retries == 1   # PONG said "not ready"
+        assert client.errors["unready"] == 1
+        full.request_drain()                     # it finishes `keep`'s request, takes no new one
+        assert full.wait_for(lambda s: s.draining, 5)
+        res = client.generate(Request(1, PROMPT, 3), sm.plan(1, "fp16", (0,) * 6))
+        assert res.status == "ok" and res.fell_back == "endpoint"
+        assert full.readiness()["reason"] == "draining" and full.session_count() == 1
+    finally:
+        client.close()
+        keep.close()
+        full.stop()
+        other.stop()
+    assert full.stats["opened"] == 1 and other.stats["closed"] == 2
