@@ -68,3 +68,22 @@ def legit_request(sm, address, token=None, n=4, timeout=5.0) -> tuple[bool, floa
         client.close()
     seconds = time.perf_counter() - t0
     return res.status == "ok" and not res.fell_back and res.tokens == reference_tokens(sm, n=n), seconds
+
+
+CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
+
+
+def save_tiny_model(directory) -> str:
+    """The tiny model (same weights as tiny_split_model) as a Hugging Face directory with a word-level
+    tokenizer of its 128 ids and a chat template, so the CLIs can load it (no download)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(125)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(directory)
+    tiny_split_model().model.save_pretrained(directory)
+    return str(directory)
