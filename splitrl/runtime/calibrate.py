@@ -1,0 +1,176 @@
+"""Sim-to-real calibration of the env's latency model from grid measurements (grid.py).
+
+Five terms, each a change to `splitrl.env.cost.request_cost`'s inputs (identity = no change):
+
+    edge_compute_scale   x every edge compute time: CostParams.layer_rows columns "edge", "norm_edge",
+                         "prefix" and model_rows "edge_embed", "edge_head", "edge_all" (tables.py)
+    cloud_compute_scale  x every cloud compute time: layer_rows "cloud", "norm_cloud", "suffix" and
+                         model_rows "cloud_embed", "cloud_head", "cloud_all"
+    bandwidth_scale      the link's goodput: transfers see bw x bandwidth_scale
+    crossing_s           fixed seconds per crossing (framing, (de)quantisation, a thread hop): rtt + 2 x crossing_s
+    loss_scale           loss recovery: transfers see loss_p x loss_scale
+
+Energy (J) columns are not touched: nothing here measures energy. `apply_costs` and `link_inputs` are
+the pure functions the env applies; `predict_rows` is request_cost with both, over measured rows.
+
+The fit minimises the squared relative error (predicted / measured - 1) over the rows with scipy's
+bounded least squares, plus a weak pull of each term towards the identity (PRIOR). `held_out` refits with each repeat left out in turn and predicts that repeat,
+so every row's calibrated prediction comes from a fit that never saw it. The file (schema
+`splitrl.runtime-calibration/v1`) holds the terms fitted on every row, the held-out errors and the
+provenance; `load_calibration` refuses any other schema or a missing, non-finite or out-of-range term.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA = "splitrl.runtime-calibration/v1"
+# term -> (identity, lower bound, upper bound)
+TERMS = {"edge_compute_scale": (1.0, 0.1, 10.0), "cloud_compute_scale": (1.0, 0.1, 10.0),
+         "bandwidth_scale": (1.0, 0.1, 10.0), "crossing_s": (0.0, 0.0, 0.5), "loss_scale": (1.0, 0.05, 50.0)}
+IDENTITY = {k: v[0] for k, v in TERMS.items()}
+_UNIT = np.array([1.0, 1.0, 1.0, 1e-3, 1.0])     # the optimiser works with crossing_s in ms
+_SCALES = np.array([True, True, True, False, True])
+# A weak pull towards "no change" (a 1 % relative error per factor e of a scale, per 0.5 ms of
+# crossing time): terms the rows cannot tell apart stay at the identity instead of at a bound.
+PRIOR = 0.01
+
+
+class CalibrationError(ValueError):
+    pass
+
+
+def _masks(params):
+    from splitrl.env.tables import MODEL_ROWS, layer_row_offsets
+    U = params.costs.unit_is_attn.shape[0]
+    o = layer_row_offsets(U)
+    K = o["K"]
+    edge, cloud = np.zeros(K, np.float32), np.zeros(K, np.float32)
+    edge[o["edge"]:o["edge"] + U] = edge[o["norm_edge"]:o["norm_edge"] + 2] = edge[o["prefix"]] = 1
+    cloud[o["cloud"]:o["cloud"] + U] = cloud[o["norm_cloud"]:o["norm_cloud"] + 2] = cloud[o["suffix"]] = 1
+    m_edge, m_cloud = np.zeros(len(MODEL_ROWS), np.float32), np.zeros(len(MODEL_ROWS), np.float32)
+    m_edge[[MODEL_ROWS[k] for k in ("edge_embed", "edge_head", "edge_all")]] = 1
+    m_cloud[[MODEL_ROWS[k] for k in ("cloud_embed", "cloud_head", "cloud_all")]] = 1
+    return edge, cloud, m_edge, m_cloud
+
+
+def apply_costs(params, terms: dict):
+    """EnvParams with the compute-time tables scaled (pure; works on traced values too)."""
+    edge, cloud, m_edge, m_cloud = _masks(params)
+    ke, kc = terms["edge_compute_scale"], terms["cloud_compute_scale"]
+    c = params.costs
+    layer = c.layer_rows * (1 + (ke - 1) * edge + (kc - 1) * cloud)
+    model = c.model_rows * (1 + (ke - 1) * m_edge + (kc - 1) * m_cloud)[None, :, None]
+    return params.replace(costs=c.replace(layer_rows=layer, model_rows=model))
+
+
+def link_inputs(terms: dict, bw, rtt, loss_p):
+    """(bandwidth, RTT, loss) as request_cost's transfers should see them (pure)."""
+    return bw * terms["bandwidth_scale"], rtt + 2 * terms["crossing_s"], loss_p * terms["loss_scale"]
+
+
+def row_arrays(rows: list[dict]) -> dict:
+    """The request_cost inputs of measured rows (plans as 'b,fmt,units')."""
+    fmts = ("fp16", "int8", "int4")
+    plans = [r["plan"].split(",") for r in rows]
+    return {"boundary": np.array([int(p[0]) for p in plans], np.int32),
+            "fmt": np.array([fmts.index(p[1]) for p in plans], np.int32),
+            "units": np.array([[int(u) for u in p[2]] for p in plans], np.int32),
+            "prompt": np.array([r["prompt"] for r in rows], np.float32),
+            "output": np.array([r["output"] for r in rows], np.float32),
+            "bw": np.array([r["mbps"] * 1e6 / 8 for r in rows], np.float32),
+            "rtt": np.array([r["rtt_ms"] / 1e3 for r in rows], np.float32),
+            "loss": np.array([r["loss"] for r in rows], np.float32)}
+
+
+def _latency_fn(params):
+    import jax
+    import jax.numpy as jnp
+
+    from splitrl.env.cost import project_action, request_cost
+
+    def one(p, x, terms):
+        b, f, u = project_action(p, x["boundary"], x["fmt"], x["units"])
+        bw, rtt, loss = link_inputs(terms, x["bw"], x["rtt"], x["loss"])
+        return request_cost(p, b, f, u, x["prompt"], x["output"], bw, rtt, loss, jnp.float32(30.0),
+                            jnp.float32(0.0))["latency"]
+
+    @jax.jit
+    def batch(theta, x):
+        terms = dict(zip(TERMS, theta, strict=True))
+        return jax.vmap(one, in_axes=(None, 0, None))(apply_costs(params, terms), x, terms)
+    return batch
+
+
+def predict_rows(params, rows: list[dict], terms: dict = IDENTITY) -> np.ndarray:
+    x = row_arrays(rows)
+    return np.asarray(_latency_fn(params)(np.array([terms[k] for k in TERMS], np.float32), x))
+
+
+def fit(params, rows: list[dict]) -> dict:
+    """The terms that minimise the squared relative error of the prediction over `rows`."""
+    from scipy.optimize import least_squares
+    batch, x = _latency_fn(params), row_arrays(rows)
+    measured = np.array([r["measured_s"] for r in rows])
+
+    def residual(z):
+        theta = (z * _UNIT).astype(np.float32)
+        prior = PRIOR * np.where(_SCALES, np.log(np.maximum(z, 1e-9)), 2 * z)
+        return np.concatenate([np.asarray(batch(theta, x), np.float64) / measured - 1.0, prior])
+    lo = np.array([v[1] for v in TERMS.values()]) / _UNIT
+    hi = np.array([v[2] for v in TERMS.values()]) / _UNIT
+    # start inside the bounds (at crossing_s = 0 the bound and the prior hold the optimiser there)
+    z0 = np.clip(np.array([v[0] for v in TERMS.values()]) / _UNIT, lo, hi) + np.array([0, 0, 0, 0.5, 0])
+    sol = least_squares(residual, z0, bounds=(lo, hi), diff_step=1e-3, x_scale="jac")
+    return {k: float(v) for k, v in zip(TERMS, sol.x * _UNIT, strict=True)}
+
+
+def held_out(params, rows: list[dict]) -> tuple[np.ndarray, list[dict]]:
+    """Leave-one-repeat-out: (each row's prediction by a fit without its repeat, the fits)."""
+    repeats = sorted({r["repeat"] for r in rows})
+    if len(repeats) < 2:
+        raise CalibrationError(f"held-out errors need >= 2 repeats; the rows have {repeats}")
+    pred, fits = np.zeros(len(rows)), []
+    for k in repeats:
+        train = [r for r in rows if r["repeat"] != k]
+        test = [i for i, r in enumerate(rows) if r["repeat"] == k]
+        terms = fit(params, train)
+        fits.append({"held_out_repeat": k, **terms})
+        pred[test] = predict_rows(params, [rows[i] for i in test], terms)
+    return pred, fits
+
+
+def write_calibration(path: Path, terms: dict, fit_info: dict, provenance: dict) -> Path:
+    doc = {"schema": SCHEMA, "terms": terms, "fit": fit_info, "provenance": provenance}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    return path
+
+
+def load_calibration(path: str | Path) -> dict:
+    """The terms of a calibration file, or CalibrationError naming the file and the field."""
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise CalibrationError(f"{p}: cannot read a calibration from it ({e})") from None
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        raise CalibrationError(f"{p}: schema = {doc.get('schema') if isinstance(doc, dict) else None!r}; "
+                               f"a runtime calibration has schema {SCHEMA!r} (write one with splitrl-harness calibrate)")
+    terms = doc.get("terms")
+    if not isinstance(terms, dict):
+        raise CalibrationError(f"{p}: terms is missing; it maps {list(TERMS)} to numbers")
+    out = {}
+    for k, (_, lo, hi) in TERMS.items():
+        v = terms.get(k)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
+            raise CalibrationError(f"{p}: terms.{k} = {v!r}; must be a number in [{lo}, {hi}]")
+        out[k] = float(v)
+    extra = set(terms) - set(TERMS)
+    if extra:
+        raise CalibrationError(f"{p}: unknown terms {sorted(extra)}; known: {list(TERMS)}")
+    return out
