@@ -14,7 +14,7 @@ from splitrl.runtime.faults import LinkProxy
 from tests.harness_tiny import PROMPT, reference_tokens, tiny_split_model
 
 TRUE = {"edge_compute_scale": 1.3, "cloud_compute_scale": 0.8, "bandwidth_scale": 0.9, "crossing_s": 0.002,
-        "loss_scale": 2.0}
+        "loss_scale": 2.0, "request_rtts": 1.0, "pipelined_share": 0.2}
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +100,10 @@ def test_the_fit_recovers_known_terms_and_held_out_errors_shrink(params, tmp_pat
     from splitrl.runtime.gridreport import calibrate_and_report
     rows = synthetic_rows(params, 0.02)
     terms = C.fit(params, rows)
-    for k, v in TRUE.items():      # loss moves latency little at 1 %: 2 % noise blurs its term most
-        assert terms[k] == pytest.approx(v, rel=0.5 if k == "loss_scale" else 0.1, abs=5e-4), k
+    # one round trip a request and 1 % loss move latency little: 2 % noise blurs their terms most
+    tolerance = {"loss_scale": dict(rel=0.5), "request_rtts": dict(abs=0.25), "crossing_s": dict(rel=0.1, abs=5e-4)}
+    for k, v in TRUE.items():
+        assert terms[k] == pytest.approx(v, **tolerance.get(k, dict(rel=0.1))), k
     cal, summ = calibrate_and_report(params, rows, tmp_path, "test", tmp_path / "grid.jsonl", "default")
     assert summ["before"]["median_cell_mae"] > 0.08 and summ["after"]["worst_cell_mae"] < 0.05
     assert C.load_calibration(cal) == pytest.approx(json.loads(cal.read_text())["terms"])
@@ -138,3 +140,20 @@ def test_apply_costs_scales_only_compute_time(params):
     np.testing.assert_array_equal(bm[:, m_edge == 0], am[:, m_edge == 0])
     assert C.link_inputs({**C.IDENTITY, "crossing_s": 0.001, "bandwidth_scale": 0.5}, 100.0, 0.04, 0.01) == \
         pytest.approx((50.0, 0.042, 0.01))
+
+
+@pytest.mark.parametrize("plan, pipelined, cloud", [
+    ("0,fp16,0000000", 0, True),       # cloud-only: only the request round trips
+    ("30,fp16,0000000", 0, False),     # edge-only: nothing
+    ("8,fp16,0000000", 0, True),       # a layer split: one tensor up per pass
+    ("15,int8,1010110", 1, True),      # mixed attention: pa follows h up
+    ("22,int4,1111000", 1, True),      # attention on the edge, FFN mixed: pf follows h up
+    ("22,int4,1110000", 0, True),      # FFN all on the cloud: h alone
+])
+def test_corrections_count_request_round_trips_and_pipelined_crossings(params, plan, pipelined, cloud):
+    import jax.numpy as jnp
+    b, _, u = plan.split(",")
+    terms = {**C.IDENTITY, "request_rtts": 1.0, "pipelined_share": 0.0}
+    got = float(C.corrections(params, terms, jnp.int32(int(b)), jnp.asarray([int(c) for c in u]), 31.0, 0.1))
+    assert got == pytest.approx((0.1 if cloud else 0.0) - pipelined * 0.05 * 32, abs=1e-6)
+    assert float(C.corrections(params, C.IDENTITY, jnp.int32(int(b)), jnp.asarray([int(c) for c in u]), 31.0, 0.1)) == 0

@@ -30,6 +30,7 @@ import torch
 
 from splitrl.runtime import auth, wire
 from splitrl.runtime import protocol as P
+from splitrl.runtime.estimate import LinkEstimator
 from splitrl.runtime.split_model import CloudSession, EdgeSession, Plan, SplitModel
 
 log = logging.getLogger("splitrl.edge")
@@ -50,7 +51,13 @@ class Result:
     plan: Plan | None
     retries: int = 0                # failed attempts that were retried
     fell_back: str = ""             # "" | "endpoint" (another cloud) | "edge" (ran the rest locally)
-    latency_s: float = 0.0
+    latency_s: float = 0.0          # to the last token (the answer); CLOSE's round trip is bookkeeping
+    total_s: float = 0.0            # including CLOSE
+    answered_at: float = 0.0
+
+    def add(self, tok: int) -> None:
+        self.tokens.append(tok)
+        self.answered_at = time.perf_counter()
     bytes_up: int = 0
     bytes_down: int = 0
     error: str = ""
@@ -66,32 +73,6 @@ class RetryPolicy:
 
     def backoff(self, k: int, rng: random.Random) -> float:
         return min(self.cap_s, self.base_s * self.factor**k) * (1.0 + self.jitter * rng.uniform(-1.0, 1.0))
-
-
-class LinkEstimator:
-    """Bandwidth and RTT as the edge measures them on its own transfers (EWMA)."""
-
-    def __init__(self, alpha: float = 0.3, bw0: float = 12.5e6, rtt0: float = 0.02):
-        self.alpha, self.bw, self.rtt = alpha, bw0, rtt0
-        self.bw_samples = self.rtt_samples = 0
-
-    def _ewma(self, old, new, n):
-        return new if n == 0 else (1 - self.alpha) * old + self.alpha * new
-
-    def rtt_sample(self, seconds: float) -> None:
-        self.rtt = self._ewma(self.rtt, max(seconds, 1e-6), self.rtt_samples)
-        self.rtt_samples += 1
-
-    def transfer(self, nbytes: int, seconds: float, crossings: int) -> None:
-        """A step's network time (wall time minus the cloud's compute) for `nbytes` in `crossings`
-        one-way transfers: large transfers give a bandwidth sample, small ones an RTT sample."""
-        if nbytes >= 16384:
-            t = seconds - crossings * self.rtt / 2
-            if t > 0:
-                self.bw = self._ewma(self.bw, nbytes / t, self.bw_samples)
-                self.bw_samples += 1
-        else:
-            self.rtt_sample(2 * max(seconds - nbytes / self.bw, 0.0) / max(crossings, 1))
 
 
 class Unreachable(Exception):
@@ -264,7 +245,8 @@ class EdgeClient:
                 self._split(wire_req, plan, res)
         except Unreachable as e:
             res.status, res.error = "failed", str(e)
-        res.latency_s = time.perf_counter() - t0
+        res.total_s = time.perf_counter() - t0
+        res.latency_s = res.answered_at - t0 if res.tokens else res.total_s
         res.bytes_up = sum(lk.bytes_up for lk in self.links) - up0
         res.bytes_down = sum(lk.bytes_down for lk in self.links) - down0
         self.results[req.rid] = res
@@ -341,7 +323,7 @@ class EdgeClient:
                 tok, extra = (local() if state["local"] is not None else
                               self._with_retries(res, state, attempt, local))
                 history.append({**pending, **extra})
-            res.tokens.append(tok)
+            res.add(tok)
             if self.eos is not None and tok == self.eos:
                 break
             ids = [tok]
@@ -380,7 +362,7 @@ class EdgeClient:
 
         def attempt(link):
             link.cloud_only(req.rid, plan, list(req.prompt) + res.tokens, len(res.tokens),
-                            req.max_new - len(res.tokens), self.eos, res.tokens.append)
+                            req.max_new - len(res.tokens), self.eos, res.add)
             link.close_request(req.rid)
 
         def local():
@@ -388,7 +370,7 @@ class EdgeClient:
             ids = list(req.prompt) + res.tokens
             while len(res.tokens) < req.max_new and not (self.eos is not None and res.tokens
                                                          and res.tokens[-1] == self.eos):
-                res.tokens.append(cloud.step({"ids": torch.as_tensor(ids)}))
+                res.add(cloud.step({"ids": torch.as_tensor(ids)}))
                 ids = [res.tokens[-1]]
         self._with_retries(res, state, attempt, local)
 

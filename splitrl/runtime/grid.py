@@ -1,9 +1,12 @@
 """The sim-to-real grid: every (uplink, RTT, loss) link cell x partition x repeat, measured through
 `LinkProxy` beside the simulator's prediction, one JSON row per request appended as it is measured.
 
-Order: repeat by repeat, the link cells shuffled (seeded) within each repeat, so that a slow spell of
-the host lands on different cells in different repeats instead of on one cell's every repeat (the
-repeats are what the calibration holds out). A rerun with the same output file skips the rows it
+Order: repeat by repeat, the link cells shuffled (seeded) within each repeat and the plans within a
+cell, so that a slow spell of the host lands on different cells in different repeats instead of on
+one cell's every repeat (the repeats are what the calibration holds out). Each cell's connection is
+made (handshake, PING) before its first request: the env prices a request on a live link. The
+measured latency is to the request's last token (`Result.latency_s`; CLOSE's round trip is not part
+of the answer). A rerun with the same output file skips the rows it
 already has, so an interrupted grid resumes.
 """
 
@@ -82,9 +85,12 @@ def run_grid(sm, plans, prompt: Sequence[int], max_new: int, grid: Sequence[Cell
                         continue
                     t0 = time.perf_counter()
                     bw = cell.mbps * 1e6 / 8
+                    cell_seed = zlib.crc32(f"{seed}/{repeat}/{cell.name}".encode())
+                    random.Random(cell_seed).shuffle(todo)
                     with LinkProxy((cloud.host, cloud.port), bandwidth=bw, rtt_s=cell.rtt_ms / 1e3, loss=cell.loss,
-                                   seed=zlib.crc32(f"{seed}/{repeat}/{cell.name}".encode())) as proxy:
+                                   seed=cell_seed) as proxy:
                         client = EdgeClient(sm, [proxy.address], timeout=300, fallback="none")
+                        client.links[0].connect()     # a request on a live connection, as the env prices it
                         for plan in todo:
                             rid += 1
                             lost0 = sum(proxy.lost_segments.values())

@@ -41,12 +41,15 @@ def simulator(scenario: str = "default", host_cloud: bool = True):
 
 def predict(env_params, plan, prompt_len: int, output_len: int, bw_bytes_s: float, rtt_s: float,
             loss_p: float = 0.0) -> float:
+    """The env's latency for a request that returns `output_len` tokens."""
     import jax.numpy as jnp
 
     from splitrl.env.cost import project_action, request_cost
+    from splitrl.runtime.calibrate import env_output
     b, f, units = project_action(env_params, jnp.int32(plan.boundary), jnp.int32(["fp16", "int8", "int4"].index(plan.fmt)),
                                  jnp.asarray(plan.units, jnp.int32))
-    m = request_cost(env_params, b, f, units, jnp.float32(prompt_len), jnp.float32(output_len), jnp.float32(bw_bytes_s),
+    m = request_cost(env_params, b, f, units, jnp.float32(prompt_len), jnp.float32(env_output(output_len)),
+                     jnp.float32(bw_bytes_s),
                      jnp.float32(rtt_s), jnp.float32(loss_p), jnp.float32(30.0), jnp.float32(0.0))
     return float(m["latency"])
 
