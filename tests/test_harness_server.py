@@ -127,6 +127,8 @@ INVALID = {   # case -> (frames, the reason the cloud must name)
     "inf": ([_open(*SPLIT_H), _up(P.Kind.UP_H, 8, fill=float("inf"))], "nonfinite"),
     "step_past_max_new": ([_open(*SPLIT_H, max_new=1), _up(P.Kind.UP_H, 8, seq=1)], "limit"),
     "step_without_open": ([_up(P.Kind.UP_H, 8)], "unexpected"),
+    "activation_to_cloud_only": ([_open(*CLOUD), _up(P.Kind.UP_H, 8)], "unexpected"),
+    "ids_to_a_split": ([_open(*SPLIT_H), P.array_frame(P.Kind.IDS, [5, 6], 7)], "unexpected"),
 }
 
 

@@ -178,6 +178,8 @@ class Connection:
         """Split: gather the step's uplink frames, compute, answer TOKEN (or OK after a replay)."""
         self._request(f)
         plan, session, seq = self.session.plan, self.session, f.seq
+        if plan.mode != "split":
+            raise P.FrameError("unexpected", f"{f.kind.name} for request {self.rid}, which is cloud-only (send IDS)")
         replay = seq == P.REPLAY
         if not replay and seq >= self.max_new:
             raise P.FrameError("limit", f"step {seq} of a request opened with max_new = {self.max_new}")
