@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import time
 import zlib
@@ -102,7 +103,7 @@ def run_grid(sm, plans, prompt: Sequence[int], max_new: int, grid: Sequence[Cell
                                                           cell.loss),
                                    "bytes_up": res.bytes_up, "bytes_down": res.bytes_down, "status": res.status,
                                    "retries": res.retries, "lost_segments": sum(proxy.lost_segments.values()) - lost0,
-                                   "time": time.time()}
+                                   "time": time.time(), "load1": os.getloadavg()[0]}   # a busy host explains outliers
                             f.write(json.dumps(row) + "\n")
                             f.flush()
                         client.close()
