@@ -55,6 +55,7 @@ def heatmap(stats: list[dict], path: Path) -> Path:
     from matplotlib.colors import LogNorm
     cols = sorted({s["cell"] for s in stats}, key=lambda c: (c.loss, c.rtt_ms, c.mbps))
     plans = sorted({s["plan"] for s in stats}, key=_plan_order)
+    modes = {s["plan"]: s["mode"].replace("_", "-") for s in stats}
     fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.55 * len(cols) + 2), 2 * (1.2 + 0.45 * len(plans))))
     for ax, when in zip(axes, ("before", "after"), strict=True):
         grid = np.full((len(plans), len(cols)), np.nan)
@@ -63,11 +64,13 @@ def heatmap(stats: list[dict], path: Path) -> Path:
         im = ax.imshow(grid, cmap="RdBu_r", norm=LogNorm(0.5, 2.0), aspect="auto")
         for (i, j), v in np.ndenumerate(grid):
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6)
-        ax.set_yticks(range(len(plans)), plans, fontsize=7)
+        ax.set_yticks(range(len(plans)), [f"{p} ({modes[p]})" for p in plans], fontsize=7)
         ax.set_xticks(range(len(cols)), [c.name.replace("/", "\n") for c in cols], fontsize=6)
         ax.set_title(f"measured / predicted, {'uncalibrated' if when == 'before' else 'calibrated (held-out repeats)'}",
                      fontsize=9)
-        fig.colorbar(im, ax=ax, fraction=0.02)
+        bar = fig.colorbar(im, ax=ax, fraction=0.02)
+        bar.ax.minorticks_off()
+        bar.set_ticks([0.5, 0.67, 0.8, 1.0, 1.25, 1.5, 2.0], labels=["0.5", "0.67", "0.8", "1", "1.25", "1.5", "2"])
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
