@@ -95,7 +95,7 @@ def test_edge_accepts_bracketed_ipv6():
     ("missing.onnx", ["no such file", "splitrl-export"]),
     ("junk.onnx", ["not a loadable ONNX model", "re-export"]),
     ("truncated.onnx", ["not a loadable ONNX model", "re-export"]),
-    ("plain.onnx", ["lacks splitrl metadata", "splitrl-export"]),
+    ("plain.onnx", ["metadata_format", "re-export", "splitrl-export"]),
 ])
 def test_edge_policy_errors_name_the_file(files, capsys, name, words):
     err = one_line_error(edge_cli.main, ["--policy", str(files / name)], capsys)

@@ -130,14 +130,18 @@ def test_calibration_file_errors_name_the_field(tmp_path):
 
 
 def test_apply_costs_scales_only_compute_time(params):
+    from splitrl.env.tables import decode_layer_row, decode_model_row
     scaled = C.apply_costs(params, {**C.IDENTITY, "edge_compute_scale": 2.0})
-    edge, cloud, m_edge, _ = C._masks(params)
-    a, b = np.asarray(params.costs.layer_rows), np.asarray(scaled.costs.layer_rows)
-    np.testing.assert_allclose(b[..., edge == 1], 2 * a[..., edge == 1], rtol=1e-6)
-    np.testing.assert_array_equal(b[..., edge == 0], a[..., edge == 0])       # cloud, energy columns untouched
-    am, bm = np.asarray(params.costs.model_rows), np.asarray(scaled.costs.model_rows)
-    np.testing.assert_allclose(bm[:, m_edge == 1], 2 * am[:, m_edge == 1], rtol=1e-6)
-    np.testing.assert_array_equal(bm[:, m_edge == 0], am[:, m_edge == 0])
+    U = params.costs.unit_is_attn.shape[0]
+    a, b = (decode_layer_row(np.asarray(p.costs.layer_rows), U) for p in (params, scaled))
+    for name in ("edge", "norm_edge", "prefix"):                               # the edge's compute seconds
+        np.testing.assert_allclose(getattr(b, name), 2 * getattr(a, name), rtol=1e-6)
+    for name in ("cloud", "norm_cloud", "suffix", "edge_j", "norm_edge_j", "prefix_j"):   # cloud and joules untouched
+        np.testing.assert_array_equal(getattr(b, name), getattr(a, name))
+    am, bm = (decode_model_row(np.moveaxis(np.asarray(p.costs.model_rows), 1, -1)) for p in (params, scaled))
+    for name in am._fields:
+        factor = 2.0 if name in ("edge_embed", "edge_head", "edge_all") else 1.0
+        np.testing.assert_allclose(getattr(bm, name), factor * getattr(am, name), rtol=1e-6)
     assert C.link_inputs({**C.IDENTITY, "crossing_s": 0.001, "bandwidth_scale": 0.5}, 100.0, 0.04, 0.01) == \
         pytest.approx((50.0, 0.042, 0.01))
 
@@ -154,6 +158,6 @@ def test_corrections_count_request_round_trips_and_pipelined_crossings(params, p
     import jax.numpy as jnp
     b, _, u = plan.split(",")
     terms = {**C.IDENTITY, "request_rtts": 1.0, "pipelined_share": 0.0}
-    got = float(C.corrections(params, terms, jnp.int32(int(b)), jnp.asarray([int(c) for c in u]), 31.0, 0.1))
+    got = float(C.corrections(params, terms, jnp.int32(int(b)), jnp.asarray([int(c) for c in u]), 32.0, 0.1))
     assert got == pytest.approx((0.1 if cloud else 0.0) - pipelined * 0.05 * 32, abs=1e-6)
-    assert float(C.corrections(params, C.IDENTITY, jnp.int32(int(b)), jnp.asarray([int(c) for c in u]), 31.0, 0.1)) == 0
+    assert float(C.corrections(params, C.IDENTITY, jnp.int32(int(b)), jnp.asarray([int(c) for c in u]), 32.0, 0.1)) == 0
