@@ -15,7 +15,8 @@ from splitrl.bench.env import random_split_action
 from splitrl.env import Action, ScenarioError, check_params, make, make_with_info
 from splitrl.env import rollout as R
 from splitrl.env.cost import request_cost, transfer_time
-from splitrl.env.scenario import SCENARIO_DIR, load_trace
+from splitrl.env.scenario import SCENARIO_DIR
+from splitrl.env.scenario_sections import load_trace
 from splitrl.env.tables import decode_model_row
 from splitrl.env.types import Conditions
 
@@ -66,7 +67,9 @@ def test_a_layer_split_sends_the_hidden_state_per_token(default):
     for fmt, per_token in enumerate(np.asarray(params.costs.tx_bytes)):
         _, _, _, _, _, info = env.step(jax.random.PRNGKey(1), state, _action(env, b, fmt), params)
         if not float(info["timed_out"]):
-            tokens = float(state.prompt_len + state.output_len)
+            # the prompt crosses once, then each decode step's one new token (the prefill already yields
+            # the first output token, so there are output - 1 decode steps)
+            tokens = float(state.prompt_len + state.output_len - 1)
             assert float(info["bytes_sent"]) == pytest.approx(tokens * per_token, rel=1e-5)
 
 

@@ -60,7 +60,8 @@ def test_numbers_come_from_the_envs_info(small):
     row = rows[0]
     assert all(answered_times)                                              # per seed, then the mean over seeds
     assert row["latency_mean"] == pytest.approx(np.mean([np.mean(t) for t in answered_times]), rel=1e-5)
-    assert row["fail_rate"] == pytest.approx(np.mean([u / (len(t) + u) for t, u in zip(answered_times, unanswered)]))
+    assert row["fail_rate"] == pytest.approx(np.mean([u / (len(t) + u) for t, u in zip(answered_times, unanswered,
+                                                                                                    strict=True)]))
     assert row["service_p95"] == pytest.approx(np.mean([np.percentile(lat[:12], 95), np.percentile(lat[12:], 95)]),
                                                rel=1e-5)
     assert row["backlog_max"] == pytest.approx(np.mean([max(q[:12]), max(q[12:])]), rel=1e-5)
