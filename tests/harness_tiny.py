@@ -27,10 +27,15 @@ def tiny_split_model():
 
 def reference_tokens(sm, prompt=PROMPT, n=6) -> list[int]:
     """The unsplit model's greedy tokens (transformers' own generate)."""
+    return list(_reference(sm, tuple(prompt), n))
+
+
+@functools.lru_cache(maxsize=16)
+def _reference(sm, prompt: tuple, n: int) -> tuple:
     import torch
     ids = torch.tensor([list(prompt)])
     out = sm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False)
-    return out[0, len(prompt):].tolist()
+    return tuple(out[0, len(prompt):].tolist())
 
 
 # one plan per partition case of the boundary layer (units: 2 attention units, then 4 FFN chunks)
@@ -45,3 +50,40 @@ CASES = {
     "attn_edge_ffn_cloud": (0, (1, 1, 0, 0, 0, 0)),
     "whole_layer_on_edge": (1, (1, 1, 1, 1, 1, 1)),
 }
+
+
+LEGIT_PLAN = (1, "fp16", (1, 0, 1, 0, 0, 1))     # mixed attention and FFN: three crossing kinds
+
+
+def legit_request(sm, address, token=None, n=4, timeout=5.0) -> tuple[bool, float]:
+    """One well-behaved edge request from a fresh client: (tokens correct and no fallback, seconds)."""
+    import time
+
+    from splitrl.runtime.edge import EdgeClient, Request
+    client = EdgeClient(sm, [address], token=token, timeout=timeout, fallback="none")
+    t0 = time.perf_counter()
+    try:
+        res = client.generate(Request(0, PROMPT, n), sm.plan(*LEGIT_PLAN))
+    finally:
+        client.close()
+    seconds = time.perf_counter() - t0
+    return res.status == "ok" and not res.fell_back and res.tokens == reference_tokens(sm, n=n), seconds
+
+
+CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
+
+
+def save_tiny_model(directory) -> str:
+    """The tiny model (same weights as tiny_split_model) as a Hugging Face directory with a word-level
+    tokenizer of its 128 ids and a chat template, so the CLIs can load it (no download)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(125)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(directory)
+    tiny_split_model().model.save_pretrained(directory)
+    return str(directory)

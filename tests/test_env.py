@@ -67,7 +67,9 @@ def test_a_layer_split_sends_the_hidden_state_per_token(default):
     for fmt, per_token in enumerate(np.asarray(params.costs.tx_bytes)):
         _, _, _, _, _, info = env.step(jax.random.PRNGKey(1), state, _action(env, b, fmt), params)
         if not float(info["timed_out"]):
-            tokens = float(state.prompt_len + state.output_len)
+            # the prompt crosses once, then each decode step's one new token (the prefill already yields
+            # the first output token, so there are output - 1 decode steps)
+            tokens = float(state.prompt_len + state.output_len - 1)
             assert float(info["bytes_sent"]) == pytest.approx(tokens * per_token, rel=1e-5)
 
 

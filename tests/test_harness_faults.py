@@ -13,10 +13,12 @@ from splitrl.runtime import protocol as P
 from splitrl.runtime.cloud import CloudServer
 from splitrl.runtime.edge import EdgeClient, Request, RetryPolicy
 from splitrl.runtime.faults import DOWN, UP, LinkProxy, Rule
+from splitrl.runtime.limits import Limits
 from tests.harness_tiny import PROMPT, reference_tokens, tiny_split_model
 
 N_REQ, N_TOK = 3, 5
 FAST_RETRY = RetryPolicy(attempts=3, base_s=0.01, cap_s=0.05)
+LIMITS = Limits(read_s=2.0)
 # mixed attention with the FFN's edge chunks after it: every crossing kind (h, pa, down h1, pf)
 PLAN = (1, "fp16", (0, 1, 1, 0, 1, 0))
 
@@ -48,7 +50,7 @@ def counts(client):
 
 @pytest.fixture
 def cloud(sm):
-    s = CloudServer(sm, read_timeout=2.0).start()
+    s = CloudServer(sm, insecure_no_auth=True, limits=LIMITS).start()
     yield s
     s.stop()
 
@@ -91,7 +93,7 @@ def test_short_delays_need_no_retry(sm, want, cloud):
 
 
 def test_cloud_killed_mid_request_falls_back_to_the_edge(sm, want):
-    cloud = CloudServer(sm, read_timeout=2.0).start()
+    cloud = CloudServer(sm, insecure_no_auth=True, limits=LIMITS).start()
     rule = Rule(DOWN, P.Kind.TOKEN, nth=7, action="call", hook=cloud.kill)   # request 1, its 2nd token
     with LinkProxy((cloud.host, cloud.port), rules=[rule]) as proxy:
         client, results = run(sm, [proxy.address])
@@ -103,7 +105,7 @@ def test_cloud_killed_mid_request_falls_back_to_the_edge(sm, want):
 
 
 def test_cloud_killed_mid_request_falls_over_to_a_second_endpoint(sm, want):
-    first, second = CloudServer(sm, read_timeout=2.0).start(), CloudServer(sm, read_timeout=2.0).start()
+    first, second = CloudServer(sm, insecure_no_auth=True, limits=LIMITS).start(), CloudServer(sm, insecure_no_auth=True, limits=LIMITS).start()
     rule = Rule(DOWN, P.Kind.TOKEN, nth=7, action="call", hook=first.kill)
     try:
         with LinkProxy((first.host, first.port), rules=[rule]) as proxy:
@@ -116,13 +118,13 @@ def test_cloud_killed_mid_request_falls_over_to_a_second_endpoint(sm, want):
 
 
 def test_cloud_restarted_on_the_same_port_resumes_from_the_checkpoint(sm, want):
-    cloud = CloudServer(sm, read_timeout=2.0).start()
+    cloud = CloudServer(sm, insecure_no_auth=True, limits=LIMITS).start()
     host, port = cloud.host, cloud.port
     holder = {}
 
     def crash_and_restart():
         cloud.kill()
-        holder["new"] = CloudServer(sm, host=host, port=port, read_timeout=2.0).start()
+        holder["new"] = CloudServer(sm, host=host, port=port, insecure_no_auth=True, limits=LIMITS).start()
     rule = Rule(DOWN, P.Kind.TOKEN, nth=3, action="call", hook=crash_and_restart)
     try:
         with LinkProxy((host, port), rules=[rule]) as proxy:

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from splitrl.runtime import auth as A
 from splitrl.runtime import protocol as P
 from splitrl.runtime.cloud import CloudServer
 from splitrl.runtime.edge import EdgeClient, Request
+from splitrl.runtime.limits import Limits
 from tests.harness_tiny import PROMPT, reference_tokens, tiny_split_model
 
 TOKEN = b"correct horse battery staple"
@@ -26,7 +28,7 @@ def sm():
 
 @pytest.fixture
 def server(sm):
-    s = CloudServer(sm, token=TOKEN, read_timeout=1.0, max_payload=1 << 16).start()
+    s = CloudServer(sm, token=TOKEN, limits=Limits(read_s=1.0, max_payload=1 << 16)).start()
     yield s
     s.stop()
 
@@ -70,7 +72,7 @@ def _bad_frames():
 def test_server_rejects_each_bad_frame_and_stays_up(server, sm, reason):
     data = _bad_frames()[reason]
     with socket.create_connection((server.host, server.port), timeout=5) as s:
-        P.client_handshake(s, TOKEN, 5)
+        A.client_handshake(s, TOKEN, 5)
         s.sendall(data)
         if reason == "truncated":
             s.shutdown(socket.SHUT_WR)      # the peer hangs up mid-frame
@@ -91,7 +93,7 @@ def test_auth_rejects_wrong_and_missing_tokens(server, sm):
     for token in (b"wrong", None):
         with socket.create_connection((server.host, server.port), timeout=5) as s:
             with pytest.raises(P.FrameError, match="auth"):
-                P.client_handshake(s, token, 5)
+                A.client_handshake(s, token, 5)
     assert server.stats["rejected/auth"] == 2
     assert good_request_works(server, sm, rid=101)
 
@@ -99,7 +101,7 @@ def test_auth_rejects_wrong_and_missing_tokens(server, sm):
 def test_binds_loopback_by_default_and_every_read_has_a_deadline(server, sm):
     assert server.host == "127.0.0.1"
     with socket.create_connection((server.host, server.port), timeout=5) as s:
-        P.client_handshake(s, TOKEN, 5)
+        A.client_handshake(s, TOKEN, 5)
         s.sendall(P.encode_frame(P.Frame(P.Kind.PING))[:10])     # half a header, then silence
         t0 = time.monotonic()
         reply = P.read_frame(s, 5)

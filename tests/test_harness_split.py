@@ -83,7 +83,7 @@ def test_smollm2_split_equals_unsplit_over_the_wire():
     s = SplitModel(lm.model)
     ids = lm.tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
     want = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False)[0, ids.shape[1]:].tolist()
-    server = CloudServer(s).start()
+    server = CloudServer(s, insecure_no_auth=True).start()
     client = EdgeClient(s, [(server.host, server.port)], timeout=60)
     try:
         for i, (b, units) in enumerate([(15, (1, 0, 1, 1, 0, 1, 0)), (7, (0, 0, 0, 0, 0, 0, 0))]):

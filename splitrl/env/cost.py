@@ -204,13 +204,14 @@ def request_cost(params: EnvParams, boundary, fmt, edge_units, prompt, output, c
                   edge_tok_j=e_pass_j[1], prefix=0.0, prefix_j=0.0)
     plan = jax.tree.map(lambda e, cl, s: jnp.where(edge_only, e, jnp.where(cloud_only, cl, s)), edge, cloud, split)
     crossings_per_tok = jnp.where(cloud_only | edge_only, 0.0, n_up[1] + n_down[1] + 1.0)
-    jitter = 0.0 if draws is None else (jnp.sqrt(output * crossings_per_tok) * draws[2]
+    steps = jnp.maximum(output - 1.0, 0.0)   # decode steps: the prefill pass already yields the first token
+    jitter = 0.0 if draws is None else (jnp.sqrt(steps * crossings_per_tok) * draws[2]
                                         * rounds_std(hidden, cond.bw, cond.rtt, cond.loss_p, ch.packet_bytes, ch.max_retx))
-    m = {"latency": jnp.maximum(plan.pre + output * plan.tok + jitter, plan.pre),
-         "edge_s": plan.edge_pre + output * plan.edge_tok, "compute_j": plan.edge_pre_j + output * plan.edge_tok_j,
-         "up": jnp.where(edge_only, 0.0, jnp.where(cloud_only, sizes[3], n_up[0] * sizes[0] + output * n_up[1] * hidden)),
+    m = {"latency": jnp.maximum(plan.pre + steps * plan.tok + jitter, plan.pre),
+         "edge_s": plan.edge_pre + steps * plan.edge_tok, "compute_j": plan.edge_pre_j + steps * plan.edge_tok_j,
+         "up": jnp.where(edge_only, 0.0, jnp.where(cloud_only, sizes[3], n_up[0] * sizes[0] + steps * n_up[1] * hidden)),
          "down": jnp.where(edge_only, 0.0, jnp.where(cloud_only, output * TOKEN_ID_BYTES, n_down[0] * sizes[0]
-                                                      + output * n_down[1] * hidden + (output + 1) * TOKEN_ID_BYTES)),
+                                                      + steps * n_down[1] * hidden + output * TOKEN_ID_BYTES)),
          "dppl": jnp.where(edge_only | cloud_only, 0.0, delta_ppl(params, b, fmt, edge_units, residual, cond.snr_db))}
     return _finish(params, m, plan, edge, edge_only, prompt, output, model, cond) | {"residual_loss": residual}
 
@@ -237,20 +238,23 @@ def _finish(params: EnvParams, m: dict, plan: Timing, edge: Timing, edge_only, p
     down = (cond.connected < 0.5) & ~edge_only
     timed_out = (m["latency"] > ch.timeout_s) & ~edge_only & ~down
     failed = (timed_out | down) & ~can_fallback
-    # kept at the timeout: the tokens generated so far and the KV cache of the layers the edge held
+    # kept at the timeout: the tokens generated so far (the first at `pre`, then one per `tok`) and the KV
+    # cache of the layers the edge held
     started = ch.timeout_s >= plan.pre
-    done = jnp.where(started, jnp.clip(jnp.floor((ch.timeout_s - plan.pre) / jnp.maximum(plan.tok, 1e-9)), 0.0,
-                                       output), 0.0)
-    ran_s = jnp.where(started, plan.edge_pre + done * plan.edge_tok, 0.0)
-    ran_j = jnp.where(started, plan.edge_pre_j + done * plan.edge_tok_j, 0.0)
+    steps_done = jnp.where(started, jnp.clip(jnp.floor((ch.timeout_s - plan.pre) / jnp.maximum(plan.tok, 1e-9)),
+                                             0.0, jnp.maximum(output - 1.0, 0.0)), 0.0)
+    done = jnp.where(started, 1.0 + steps_done, 0.0)
+    ran_s = jnp.where(started, plan.edge_pre + steps_done * plan.edge_tok, 0.0)
+    ran_j = jnp.where(started, plan.edge_pre_j + steps_done * plan.edge_tok_j, 0.0)
     # resumed: rebuild the other layers' KV cache over the context so far, then decode the rest alone
     ctx, rest = prompt + done, output - done
     rebuild_s = ctx * jnp.maximum(model.edge_embed[0] + model.edge_all[0] - plan.prefix, 0.0)
     rebuild_j = ctx * jnp.maximum(model.edge_embed_j[0] + model.edge_all_j[0] - plan.prefix_j, 0.0)
     resumed = (ch.timeout_s + rebuild_s + rest * edge.tok, ran_s + rebuild_s + rest * edge.tok,
                ran_j + rebuild_j + rest * edge.edge_tok_j)
-    alone = (ch.detect_s + edge.pre + output * edge.tok, edge.pre + output * edge.tok,
-             edge.edge_pre_j + output * edge.edge_tok_j)
+    steps = jnp.maximum(output - 1.0, 0.0)
+    alone = (ch.detect_s + edge.pre + steps * edge.tok, edge.pre + steps * edge.tok,
+             edge.edge_pre_j + steps * edge.edge_tok_j)
     gave_up = (ch.timeout_s, jnp.where(timed_out, ran_s, 0.0), jnp.where(timed_out, ran_j, 0.0))
     planned = (m["latency"], m["edge_s"], m["compute_j"])
     latency, edge_s, compute_j = (

@@ -55,6 +55,24 @@ def decode_layer_row(rows, U: int) -> LayerRow:
                     prefix_j=rows[..., o["prefix_j"]], suffix=rows[..., o["suffix"]])
 
 
+def scale_compute(layer_rows, model_rows, edge_scale, cloud_scale):
+    """(layer_rows, model_rows) with every compute time of the edge side times `edge_scale` and of the cloud
+    side times `cloud_scale` (the joules unchanged): a calibration of either side's speed (numpy or JAX,
+    traced scales included)."""
+    U = (layer_rows.shape[-1] - 9) // 3
+    o = layer_row_offsets(U)
+    k = np.arange(o["K"])
+    edge = (k < U) | ((k >= o["norm_edge"]) & (k < o["norm_edge"] + 2)) | (k == o["prefix"])
+    cloud = ((k >= o["cloud"]) & (k < o["cloud"] + U)) | ((k >= o["norm_cloud"]) & (k < o["norm_cloud"] + 2)) \
+        | (k == o["suffix"])
+    names = ModelRow._fields
+    m_edge = np.array([n in ("edge_embed", "edge_head", "edge_all") for n in names])
+    m_cloud = np.array([n in ("cloud_embed", "cloud_head", "cloud_all") for n in names])
+    layer = layer_rows * (1 + (edge_scale - 1) * edge + (cloud_scale - 1) * cloud)
+    model = model_rows * (1 + (edge_scale - 1) * m_edge + (cloud_scale - 1) * m_cloud)[None, :, None]
+    return layer, model
+
+
 class ModelRow(NamedTuple):
     """Whole-model totals (`model_rows[phase, M, G]`, M in this order), s/token unless _j (J/token)."""
     edge_embed: Any

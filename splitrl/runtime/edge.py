@@ -8,6 +8,9 @@ replay the checkpoint, so the cloud rebuilds its KV caches and the step continue
 After `attempts` failures on an endpoint it moves to the next endpoint, and after the last one it
 runs the cloud's share itself from the same checkpoint (`fallback="edge"`) or fails the request
 with the reason (`fallback="none"`). The answer is delivered once; the cloud refuses a CLOSEd id.
+On the wire each request has a fresh random 64-bit id (the caller's `Request.rid` stays local), so
+two runs of the edge, or two edges, never collide on the cloud. A cloud that refuses the request
+itself (busy, draining, a limit) or reports itself not ready is not retried: the next endpoint is.
 
 Because the replayed bytes are the bytes the cloud saw, a recovered request gives the same tokens
 as an undisturbed one (the fault tests check this).
@@ -15,7 +18,6 @@ as an undisturbed one (the fault tests check this).
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import logging
@@ -26,8 +28,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from splitrl.runtime import auth, wire
 from splitrl.runtime import protocol as P
-from splitrl.runtime import wire
+from splitrl.runtime.estimate import LinkEstimator
 from splitrl.runtime.split_model import CloudSession, EdgeSession, Plan, SplitModel
 
 log = logging.getLogger("splitrl.edge")
@@ -48,7 +51,13 @@ class Result:
     plan: Plan | None
     retries: int = 0                # failed attempts that were retried
     fell_back: str = ""             # "" | "endpoint" (another cloud) | "edge" (ran the rest locally)
-    latency_s: float = 0.0
+    latency_s: float = 0.0          # to the last token (the answer); CLOSE's round trip is bookkeeping
+    total_s: float = 0.0            # including CLOSE
+    answered_at: float = 0.0
+
+    def add(self, tok: int) -> None:
+        self.tokens.append(tok)
+        self.answered_at = time.perf_counter()
     bytes_up: int = 0
     bytes_down: int = 0
     error: str = ""
@@ -66,34 +75,20 @@ class RetryPolicy:
         return min(self.cap_s, self.base_s * self.factor**k) * (1.0 + self.jitter * rng.uniform(-1.0, 1.0))
 
 
-class LinkEstimator:
-    """Bandwidth and RTT as the edge measures them on its own transfers (EWMA)."""
-
-    def __init__(self, alpha: float = 0.3, bw0: float = 12.5e6, rtt0: float = 0.02):
-        self.alpha, self.bw, self.rtt = alpha, bw0, rtt0
-        self.bw_samples = self.rtt_samples = 0
-
-    def _ewma(self, old, new, n):
-        return new if n == 0 else (1 - self.alpha) * old + self.alpha * new
-
-    def rtt_sample(self, seconds: float) -> None:
-        self.rtt = self._ewma(self.rtt, max(seconds, 1e-6), self.rtt_samples)
-        self.rtt_samples += 1
-
-    def transfer(self, nbytes: int, seconds: float, crossings: int) -> None:
-        """A step's network time (wall time minus the cloud's compute) for `nbytes` in `crossings`
-        one-way transfers: large transfers give a bandwidth sample, small ones an RTT sample."""
-        if nbytes >= 16384:
-            t = seconds - crossings * self.rtt / 2
-            if t > 0:
-                self.bw = self._ewma(self.bw, nbytes / t, self.bw_samples)
-                self.bw_samples += 1
-        else:
-            self.rtt_sample(2 * max(seconds - nbytes / self.bw, 0.0) / max(crossings, 1))
-
-
 class Unreachable(Exception):
     pass
+
+
+# what a cloud refuses the request itself for (serve.py, validate.py): retrying that endpoint is futile
+REFUSALS = {"busy", "draining", "answered", "ttl", "limit", "plan", "tokens"}
+
+
+class RemoteError(P.FrameError):
+    """An ERROR frame from the cloud; `remote_reason` is the cloud's one-word reason."""
+
+    def __init__(self, text: str):
+        super().__init__("remote", f"the cloud says: {text}")
+        self.remote_reason = text.split(":", 1)[0].strip()
 
 
 class RemoteLink:
@@ -116,13 +111,15 @@ class RemoteLink:
         sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            P.client_handshake(sock, self.token, self.timeout)
+            auth.client_handshake(sock, self.token, self.timeout)
             t0 = time.perf_counter()
             self._send_on(sock, P.Frame(P.Kind.PING))
             pong = P.read_frame(sock, self.timeout, self.max_payload)
             if pong.kind != P.Kind.PONG:
                 raise P.FrameError("unexpected", f"expected PONG, got {pong.kind.name}")
             self.est.rtt_sample(time.perf_counter() - t0)
+            if pong.payload and pong.dtype == P.DType.I64 and pong.array().reshape(-1)[:1].tolist() == [0]:
+                raise P.FrameError("unready", f"{self.name} is not ready (draining, or no request slot free)")
         except BaseException:
             sock.close()
             raise
@@ -143,7 +140,7 @@ class RemoteLink:
         f = P.read_frame(self.sock, self.timeout, self.max_payload)
         self.bytes_down += P.HEADER.size + len(f.payload)
         if f.kind == P.Kind.ERROR:
-            raise P.FrameError("remote", f"the cloud says: {f.text()}")
+            raise RemoteError(f.text())
         return f
 
     def expect(self, rid: int, seq: int, *kinds) -> P.Frame:
@@ -219,6 +216,7 @@ class EdgeClient:
         self.links = [RemoteLink(h, p, token, timeout, self.est) for h, p in endpoints]
         self.policy = policy
         self.rng = random.Random(seed)
+        self._wire_ids = random.SystemRandom()
         self.results: dict[int, Result] = {}
         self.counts: collections.Counter = collections.Counter()
         self.errors: collections.Counter = collections.Counter()
@@ -239,14 +237,16 @@ class EdgeClient:
         up0 = sum(lk.bytes_up for lk in self.links)
         down0 = sum(lk.bytes_down for lk in self.links)
         res = Result(req.rid, "ok", [], plan)
+        wire_req = dataclasses.replace(req, rid=self._wire_ids.getrandbits(64))   # unique on the cloud
         try:
             if plan.mode == "cloud_only":
-                self._cloud_only(req, plan, res)
+                self._cloud_only(wire_req, plan, res)
             else:
-                self._split(req, plan, res)
+                self._split(wire_req, plan, res)
         except Unreachable as e:
             res.status, res.error = "failed", str(e)
-        res.latency_s = time.perf_counter() - t0
+        res.total_s = time.perf_counter() - t0
+        res.latency_s = res.answered_at - t0 if res.tokens else res.total_s
         res.bytes_up = sum(lk.bytes_up for lk in self.links) - up0
         res.bytes_down = sum(lk.bytes_down for lk in self.links) - down0
         self.results[req.rid] = res
@@ -278,6 +278,8 @@ class EdgeClient:
                 self.errors[reason] += 1
                 state["failures"] += 1
                 log.info("request %d: attempt on %s failed (%s)", res.rid, link.name, e)
+                if reason == "unready" or getattr(e, "remote_reason", "") in REFUSALS:
+                    state["failures"] = self.retry.attempts      # this endpoint will not take it: move on
                 if state["failures"] >= self.retry.attempts:
                     state["endpoint"] += 1
                     state["failures"] = 0
@@ -321,7 +323,7 @@ class EdgeClient:
                 tok, extra = (local() if state["local"] is not None else
                               self._with_retries(res, state, attempt, local))
                 history.append({**pending, **extra})
-            res.tokens.append(tok)
+            res.add(tok)
             if self.eos is not None and tok == self.eos:
                 break
             ids = [tok]
@@ -360,7 +362,7 @@ class EdgeClient:
 
         def attempt(link):
             link.cloud_only(req.rid, plan, list(req.prompt) + res.tokens, len(res.tokens),
-                            req.max_new - len(res.tokens), self.eos, res.tokens.append)
+                            req.max_new - len(res.tokens), self.eos, res.add)
             link.close_request(req.rid)
 
         def local():
@@ -368,69 +370,12 @@ class EdgeClient:
             ids = list(req.prompt) + res.tokens
             while len(res.tokens) < req.max_new and not (self.eos is not None and res.tokens
                                                          and res.tokens[-1] == self.eos):
-                res.tokens.append(cloud.step({"ids": torch.as_tensor(ids)}))
+                res.add(cloud.step({"ids": torch.as_tensor(ids)}))
                 ids = [res.tokens[-1]]
         self._with_retries(res, state, attempt, local)
 
 
-# ----------------------------------------------------------------------------- CLI
-def parse_plan(text: str, sm: SplitModel) -> Plan:
-    """'b,fmt,u1u2...' e.g. '12,int8,1010110' (units: attention units then FFN chunks, 1 = edge)."""
-    try:
-        b, fmt, units = text.split(",")
-        return sm.plan(int(b), fmt, [int(c) for c in units])
-    except ValueError as e:
-        raise SystemExit(f"--plan {text!r}: {e}; write boundary,format,units e.g. 12,int8,{'0' * sm.n_units}") from e
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="splitrl-edge", description="Run prompts split with a splitrl-cloud.")
-    ap.add_argument("--cloud", action="append", default=None, help="host:port (repeat for fallback endpoints)")
-    ap.add_argument("--policy", default=None, help="ONNX policy from splitrl-export (default: needs --plan)")
-    ap.add_argument("--plan", default=None, help="fixed partition 'b,fmt,units' instead of a policy")
-    ap.add_argument("--model", default=None, help="HF model directory or .gguf (default: the embedded SmolLM2)")
-    ap.add_argument("--token-file", default=None)
-    ap.add_argument("--prompt", action="append", default=None, help="prompt text (repeat for a conversation)")
-    ap.add_argument("--max-new", type=int, default=32)
-    ap.add_argument("--timeout", type=float, default=30.0)
-    ap.add_argument("--attempts", type=int, default=3)
-    ap.add_argument("--fallback", choices=("edge", "none"), default="edge")
-    ap.add_argument("--threads", type=int, default=1)
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from splitrl.lm.model import load_causal_lm
-    torch.set_num_threads(a.threads)
-    lm = load_causal_lm(a.model)
-    sm = SplitModel(lm.model)
-    endpoints = [(c.rsplit(":", 1)[0], int(c.rsplit(":", 1)[1])) for c in (a.cloud or ["127.0.0.1:7341"])]
-    token = open(a.token_file, "rb").read().strip() if a.token_file else None
-    policy = None
-    if a.policy:
-        from splitrl.runtime.policy import OnnxPolicy
-        policy = OnnxPolicy(a.policy, model_name=lm.name, sm=sm).for_requests
-    elif not a.plan:
-        raise SystemExit("give --policy policy.onnx or --plan b,fmt,units")
-    client = EdgeClient(sm, endpoints, token, policy, RetryPolicy(attempts=a.attempts), a.timeout, a.fallback,
-                        eos=lm.tokenizer.eos_token_id)
-    fixed = parse_plan(a.plan, sm) if a.plan else None
-    history: list[dict] = []
-    for i, text in enumerate(a.prompt or ["What is the capital of France?"]):
-        history.append({"role": "user", "content": text})
-        ids = lm.tokenizer.apply_chat_template(history, add_generation_prompt=True)
-        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-        res = client.generate(Request(i, tuple(int(t) for t in ids), a.max_new), fixed)
-        answer = lm.tokenizer.decode(res.tokens, skip_special_tokens=True)
-        history.append({"role": "assistant", "content": answer})
-        p = res.plan
-        print(f"[{i}] plan b={p.boundary} fmt={p.fmt} units={''.join(map(str, p.units))} ({p.mode}); "
-              f"{res.status} in {res.latency_s:.2f} s, {res.bytes_up} B up, {res.bytes_down} B down, "
-              f"retries {res.retries}{', fell back to ' + res.fell_back if res.fell_back else ''}; "
-              f"est. bw {client.est.bw / 1e6:.1f} MB/s rtt {client.est.rtt * 1e3:.1f} ms")
-        print(f"user: {text}\nassistant: {answer}", flush=True)
-    client.close()
-    print(f"counts: {client.summary()}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    """The command line (splitrl/cli.py points here; `python -m splitrl.runtime.edge_cli` runs it too)."""
+    from splitrl.runtime.edge_cli import main as cli_main
+    return cli_main(argv)

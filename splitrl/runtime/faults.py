@@ -4,7 +4,12 @@
 
 Shaping (per direction, like one bottleneck queue): a frame of n bytes leaves `n / bandwidth` after
 the link is free and arrives `rtt / 2` later; the bandwidth may follow a trace (bytes/s per
-`trace_step_s`). Faults are `Rule`s matched on (direction, frame kind, n-th occurrence overall):
+`trace_step_s`). Packet loss (`loss`, per direction) is a simplified TCP: the frame is cut into
+segments of `mss` bytes, each lost with probability `loss`; a lost segment is re-sent one RTT later
+when at least three later segments of the frame arrive (fast retransmit), otherwise after a tail-loss
+probe of max(2 RTT, 10 ms); a re-sent segment lost again waits a retransmission timeout of
+max(200 ms, 2 RTT). The frame arrives when its last segment does (in order, like TCP), and re-sent
+bytes occupy the link. Faults are `Rule`s matched on (direction, frame kind, n-th occurrence overall):
 drop the frame, corrupt one payload byte, reset both connections, delay it, or call a hook (e.g.
 kill the cloud) and drop it. Every rule fires once and is counted in `fired`.
 This is the user-space stand-in for `tc netem` where network namespaces are not permitted.
@@ -14,12 +19,15 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import queue
 import socket
 import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
+
+import numpy as np
 
 from splitrl.runtime import protocol as P
 
@@ -45,9 +53,14 @@ class Rule:
 
 class LinkProxy:
     def __init__(self, upstream: tuple[str, int], rules: Sequence[Rule] = (), bandwidth: float | None = None,
-                 rtt_s: float = 0.0, trace: Sequence[float] | None = None, trace_step_s: float = 1.0):
+                 rtt_s: float = 0.0, trace: Sequence[float] | None = None, trace_step_s: float = 1.0,
+                 loss: float = 0.0, mss: int = 1448, seed: int = 0):
+        if not 0.0 <= loss < 1.0 or mss < 1:
+            raise ValueError(f"loss = {loss} must be in [0, 1) and mss = {mss} >= 1")
         self.upstream, self.rules = upstream, list(rules)
         self.bandwidth, self.rtt_s, self.trace, self.trace_step_s = bandwidth, rtt_s, trace, trace_step_s
+        self.loss, self.mss, self._rng = loss, mss, np.random.default_rng(seed)
+        self.lost_segments: collections.Counter = collections.Counter()
         self.fired: collections.Counter = collections.Counter()
         self.frames: collections.Counter = collections.Counter()
         self._lock = threading.Lock()
@@ -198,11 +211,33 @@ class LinkProxy:
                 pass
 
     def _arrival(self, direction: str, nbytes: int) -> float:
-        """When a frame read now arrives: after the link is free, its serialisation time, and RTT/2."""
+        """When a frame read now arrives: after the link is free, its serialisation time, the recovery
+        of lost segments, and RTT/2."""
         now = time.monotonic()
         bw = self.bandwidth_at(now - self._t0)
         with self._lock:
+            wait, resent = self._recovery(direction, nbytes)
             start = max(now, self._free_at[direction])
-            done = start + (nbytes / bw if bw else 0.0)
+            done = start + ((nbytes + resent) / bw if bw else 0.0)
             self._free_at[direction] = done
-        return done + self.rtt_s / 2
+        return done + wait + self.rtt_s / 2
+
+    def _recovery(self, direction: str, nbytes: int) -> tuple[float, int]:
+        """(seconds waiting for retransmissions, bytes re-sent) for one frame (see the module doc)."""
+        if not self.loss:
+            return 0.0, 0
+        n = max(1, math.ceil(nbytes / self.mss))
+        lost = np.flatnonzero(self._rng.random(n) < self.loss)
+        if not lost.size:
+            return 0.0, 0
+        self.lost_segments[direction] += int(lost.size)
+        fast = n - 1 - int(lost.max()) >= 3
+        wait = self.rtt_s if fast else max(2 * self.rtt_s, 0.01)
+        resent = int(lost.size)
+        again = int((self._rng.random(lost.size) < self.loss).sum())
+        while again:             # bounded: each round keeps a share `loss` < 1 of the last one
+            self.lost_segments[direction] += again
+            wait += max(0.2, 2 * self.rtt_s)
+            resent += again
+            again = int((self._rng.random(again) < self.loss).sum())
+        return wait, resent * self.mss

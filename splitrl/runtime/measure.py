@@ -1,17 +1,23 @@
 """`splitrl-harness measure`: real split inference under a shaped link beside the simulator's prediction.
 
 Edge and cloud run in this process (the cloud in a server thread, the edge as the client) over
-loopback through `LinkProxy`, which shapes each direction to `--mbps` with `--rtt-ms` (the user-space
-stand-in for tc netem). For each request and partition it records the measured end-to-end latency
-and what `splitrl.env.cost.request_cost` predicts for the same partition, prompt/output lengths,
-bandwidth and RTT, with the scenario's cost tables switched to this host on both sides (the cloud
-here is this CPU, not an A100). Writes `measure.jsonl`, `report.md` (table) and `gap.png`.
+loopback through `LinkProxy`, which shapes each direction to `--mbps` with `--rtt-ms` and `--loss`
+(the user-space stand-in for tc netem). For each request and partition it records the measured
+end-to-end latency and what `splitrl.env.cost.request_cost` predicts for the same partition,
+prompt/output lengths, bandwidth, RTT and loss, with the scenario's cost tables switched to this host
+on both sides (the cloud here is this CPU, not an A100) and no timeout fallback.
+
+    measure            one link: measure.jsonl, report.md (table) and gap.png
+    measure --grid     every --mbps x --rtt-ms x --loss cell (default: the issue-17 grid), resumable
+                       grid.jsonl, then `calibrate` on it
+    calibrate          fit the calibration on grid rows: calibration.json, report.md, heatmap.png
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -31,20 +37,24 @@ def simulator(scenario: str = "default", host_cloud: bool = True):
     data = dict(data)
     if host_cloud:
         data.update(cloud=data["edge"], cloud_weight_format=data["edge_weight_format"])
+    data["channel"] = {**data["channel"], "timeout_s": 1e6}     # what it costs, not when the env gives up
     return make(data)
 
 
-def predict(env_params, plan, prompt_len: int, output_len: int, bw_bytes_s: float, rtt_s: float) -> float:
+def predict(env_params, plan, prompt_len: int, output_len: int, bw_bytes_s: float, rtt_s: float,
+            loss_p: float = 0.0) -> float:
+    """The env's latency for a request that returns `output_len` tokens."""
     import jax.numpy as jnp
 
     from splitrl.env.cost import project_action, request_cost
     from splitrl.env.types import Conditions
+    from splitrl.runtime.calibrate import env_output
     b, f, units = project_action(env_params, jnp.int32(plan.boundary), jnp.int32(TX_FORMATS.index(plan.fmt)),
                                  jnp.asarray(plan.units, jnp.int32))
-    cond = Conditions(bw=jnp.float32(bw_bytes_s), rtt=jnp.float32(rtt_s), loss_p=jnp.float32(0.0),
+    cond = Conditions(bw=jnp.float32(bw_bytes_s), rtt=jnp.float32(rtt_s), loss_p=jnp.float32(loss_p),
                       snr_db=jnp.float32(30.0), cloud_load=jnp.float32(0.0), cloud_wait=jnp.float32(0.0),
                       connected=jnp.float32(1.0), reconnect=jnp.float32(0.0))   # a dedicated loopback cloud
-    m = request_cost(env_params, b, f, units, jnp.float32(prompt_len), jnp.float32(output_len), cond)
+    m = request_cost(env_params, b, f, units, jnp.float32(prompt_len), jnp.float32(env_output(output_len)), cond)
     return float(m["latency"])
 
 
@@ -53,7 +63,8 @@ def measure(sm, plans, prompts, max_new: int, mbps: float, rtt_ms: float, env_pa
     from splitrl.runtime.edge import EdgeClient, Request
     from splitrl.runtime.faults import LinkProxy
     bw = mbps * 1e6 / 8
-    cloud = CloudServer(sm, read_timeout=120).start()
+    from splitrl.runtime.limits import Limits
+    cloud = CloudServer(sm, insecure_no_auth=True, limits=Limits(read_s=120, step_s=120)).start()
     rows = []
     try:
         with LinkProxy((cloud.host, cloud.port), bandwidth=bw, rtt_s=rtt_ms / 1e3) as proxy:
@@ -113,44 +124,91 @@ def report(rows: list[dict], out: Path, mbps: float, rtt_ms: float) -> Path:
     return out / "report.md"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="splitrl-harness", description="Harness tools.")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    m = sub.add_parser("measure", help="measured vs simulated end-to-end latency under a shaped link")
+    m = sub.add_parser("measure", help="measured vs simulated end-to-end latency under a shaped link (or a grid)")
     m.add_argument("--model", default=None, help="HF dir or .gguf (default: the embedded SmolLM2)")
     m.add_argument("--scenario", default="default")
     m.add_argument("--plan", action="append", default=None, help="b,fmt,units (repeat); default: a spread of plans")
     m.add_argument("--policy", default=None, help="ONNX policy: its greedy plan at this link is added")
     m.add_argument("--prompt-len", type=int, action="append", default=None)
-    m.add_argument("--max-new", type=int, default=8)
-    m.add_argument("--mbps", type=float, default=10.0)
-    m.add_argument("--rtt-ms", type=float, default=40.0)
-    m.add_argument("--repeats", type=int, default=1)
+    m.add_argument("--max-new", type=int, default=None, help="tokens per request (default 8; 32 with --grid)")
+    m.add_argument("--grid", action="store_true", help="every --mbps x --rtt-ms x --loss cell; then calibrate")
+    m.add_argument("--mbps", type=float, nargs="+", default=None, help="uplink(s), Mbit/s (default 10; grid 1 5 20 50)")
+    m.add_argument("--rtt-ms", type=float, nargs="+", default=None, help="RTT(s) (default 40; grid 10 40 120)")
+    m.add_argument("--loss", type=float, nargs="+", default=None, help="packet loss rate(s) (default 0; grid 0 0.01)")
+    m.add_argument("--repeats", type=int, default=None, help="default 1; 3 with --grid")
     m.add_argument("--threads", type=int, default=1)
+    m.add_argument("--seed", type=int, default=0)
     m.add_argument("--out", default="outputs/measure")
-    a = ap.parse_args(argv)
+    c = sub.add_parser("calibrate", help="fit the simulator's link/compute terms to grid rows; held-out report")
+    c.add_argument("--rows", required=True, help="grid.jsonl from measure --grid")
+    c.add_argument("--scenario", default="default")
+    c.add_argument("--out", default=None, help="directory (default: beside --rows)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
+    command = "splitrl-harness " + " ".join(argv if argv is not None else sys.argv[1:])
+    if a.cmd == "calibrate":
+        from splitrl.runtime.grid import read_rows
+        from splitrl.runtime.gridreport import calibrate_and_report
+        rows_path = Path(a.rows)
+        rows = read_rows(rows_path)
+        if not rows:
+            print(f"splitrl-harness calibrate: --rows {rows_path}: no rows; run splitrl-harness measure --grid first",
+                  file=sys.stderr)
+            return 2
+        _, env_params = simulator(a.scenario)
+        cal, summ = calibrate_and_report(env_params, rows, Path(a.out) if a.out else rows_path.parent, command,
+                                         rows_path, a.scenario)
+        print(json.dumps(summ, indent=1))
+        print(f"wrote {cal}")
+        return 0
+    return _measure(a, command)
+
+
+def _measure(a, command: str) -> int:
     from splitrl.lm.model import load_causal_lm
-    from splitrl.runtime.edge import parse_plan
+    from splitrl.runtime.edge_cli import parse_plan
     from splitrl.runtime.split_model import SplitModel
     torch.set_num_threads(a.threads)
     lm = load_causal_lm(a.model)
     sm = SplitModel(lm.model)
-    plans = [parse_plan(p, sm) for p in (a.plan or DEFAULT_PLANS)]
+    if a.grid:
+        from splitrl.runtime.grid import GRID_PLANS
+        plans = [parse_plan(p, sm) for p in (a.plan or GRID_PLANS)]
+    else:
+        plans = [parse_plan(p, sm) for p in (a.plan or DEFAULT_PLANS)]
+    max_new = a.max_new or (32 if a.grid else 8)
+    rng = np.random.default_rng(a.seed)
+    prompts = [rng.integers(100, 20000, n).tolist() for n in (a.prompt_len or [32])]
+    _, env_params = simulator(a.scenario)
+    out = Path(a.out)
+    t0 = time.perf_counter()
+    if a.grid:
+        from splitrl.runtime import grid as G
+        from splitrl.runtime.gridreport import calibrate_and_report
+        out.mkdir(parents=True, exist_ok=True)
+        link = G.cells(a.mbps or G.GRID_MBPS, a.rtt_ms or G.GRID_RTT_MS, a.loss or G.GRID_LOSS)
+        rows = G.run_grid(sm, plans, prompts[0], max_new, link, a.repeats or 3,
+                          lambda *args: predict(env_params, *args), out / "grid.jsonl", a.seed)
+        cal, summ = calibrate_and_report(env_params, rows, out, command, out / "grid.jsonl", a.scenario)
+        print(json.dumps(summ, indent=1))
+        print(f"wrote {out / 'grid.jsonl'}, {out / 'report.md'}, {out / 'heatmap.png'}, {cal} "
+              f"in {time.perf_counter() - t0:.0f} s")
+        return 0
     if a.policy:
         from splitrl.runtime.policy import OnnxPolicy
         pol = OnnxPolicy(a.policy, model_name=lm.name, sm=sm)
-        b, f, units = pol.act(pol.observe(a.mbps * 1e6 / 8, a.rtt_ms / 1e3, (a.prompt_len or [32])[0], a.max_new))
+        b, f, units = pol.act(pol.observe(a.mbps[0] * 1e6 / 8 if a.mbps else 1.25e6,
+                                          (a.rtt_ms or [40.0])[0] / 1e3, (a.prompt_len or [32])[0], max_new))
         plans.append(sm.plan(b, TX_FORMATS[f], units))
-    rng = np.random.default_rng(0)
-    prompts = [rng.integers(100, 20000, n).tolist() for n in (a.prompt_len or [32])]
-    _, env_params = simulator(a.scenario)
-    t0 = time.perf_counter()
-    rows = measure(sm, plans, prompts, a.max_new, a.mbps, a.rtt_ms, env_params, a.repeats)
-    path = report(rows, Path(a.out), a.mbps, a.rtt_ms)
+    mbps, rtt_ms = (a.mbps or [10.0])[0], (a.rtt_ms or [40.0])[0]
+    rows = measure(sm, plans, prompts, max_new, mbps, rtt_ms, env_params, a.repeats or 1)
+    path = report(rows, out, mbps, rtt_ms)
     print(path.read_text())
     print(f"wrote {path}, {path.parent / 'gap.png'}, {path.parent / 'measure.jsonl'} in {time.perf_counter() - t0:.0f} s")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -12,30 +12,47 @@ from splitrl.env import features as F
 from splitrl.export import metadata as metadata_io
 
 
-class PolicyMismatch(RuntimeError):
-    pass
+class PolicyError(RuntimeError):
+    """The policy file cannot be used: missing, not ONNX, not exported by splitrl-export."""
+
+
+class PolicyMismatch(PolicyError):
+    """A valid policy for another model or unit layout."""
 
 
 class OnnxPolicy:
     def __init__(self, path: str | Path, model_name: str | None = None, sm=None):
         import onnxruntime as ort
         self.path = Path(path)
-        self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        if not self.path.is_file():
+            raise PolicyError(f"{self.path}: no such file; export a trained run with "
+                              f"splitrl-export RUN_DIR --out {self.path}")
+        try:
+            self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises several types for a bad file
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise PolicyError(f"{self.path}: not a loadable ONNX model ({first}); re-export it with splitrl-export") from None
         try:
             self.meta = metadata_io.parse(metadata_io.read(self.session), str(self.path))
         except metadata_io.MetadataError as e:
-            raise PolicyMismatch(str(e)) from e
+            raise PolicyError(str(e)) from None
         self.model = self.meta.model
+        self.boundary_mask, self.unit_mask = self.meta.boundary_mask, self.meta.unit_mask
+        self.sm = None
+        self.last = (0, 0, 0.0)   # last boundary, format, edge fraction
+        self.t = 0
+        self.bind(model_name, sm)
+
+    def bind(self, model_name: str | None, sm=None) -> OnnxPolicy:
+        """Check the policy against the model the runtime loaded (PolicyMismatch when it is another)."""
         if model_name is not None and model_name != self.model:
             raise PolicyMismatch(f"{self.path} was trained for model {self.model!r}, but this runtime runs "
                                  f"{model_name!r}: export a policy trained on a scenario of that model")
         if sm is not None and (self.meta.n_units != sm.n_units or self.meta.n_layers != sm.n_layers):
             raise PolicyMismatch(f"{self.path}: {self.meta.n_units} placement units and {self.meta.n_layers} layers, "
                                  f"the loaded model has {sm.n_units} units and {sm.n_layers} layers")
-        self.boundary_mask, self.unit_mask = self.meta.boundary_mask, self.meta.unit_mask
-        self.sm = sm
-        self.last = (0, 0, 0.0)   # last boundary, format, edge fraction
-        self.t = 0
+        self.sm = sm if sm is not None else self.sm
+        return self
 
     def features(self, raw: dict) -> np.ndarray:
         """The contract's features from raw quantities (every source of the policy's features)."""
@@ -49,9 +66,9 @@ class OnnxPolicy:
         last_b, last_f, last_frac = self.last
         raw = self.meta.raw_defaults | {
             "bw_est": max(bw_bytes_s, 1.0), "rtt": rtt_s, "loss_p": loss_p, "cloud_load": cloud_load,
-            "connected": float(connected),
-            "backlog": backlog, "prompt_len": prompt_len, "output_len": output_len, "last_boundary": last_b,
-            "last_fmt": last_f, "last_edge_frac": last_frac, "time": self.t % self.meta.episode_slots}
+            "connected": float(connected), "backlog": backlog, "prompt_len": prompt_len, "output_len": output_len,
+            "last_boundary": last_b, "last_fmt": last_f, "last_edge_frac": last_frac,
+            "time": self.t % self.meta.episode_slots}
         return self.features(raw)
 
     def act(self, features: np.ndarray) -> tuple[int, int, list[int]]:

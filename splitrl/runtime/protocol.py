@@ -15,24 +15,18 @@ A frame is a fixed 44-byte header followed by `payload_len` raw bytes:
     40     4    CRC-32 (zlib) of the header with this field zeroed, then the payload
 
 All integers are big-endian. A reader checks, in order: magic, version, kind, dtype, ndim, payload
-length against its bound (before reading the payload), CRC, and that the payload length matches
-dtype x shape; any failure raises a FrameError naming the reason (`reason` is one word, for counters).
-Every read has a deadline: a silent peer raises FrameTimeout, a peer that hangs up mid-frame raises
-FrameError("truncated").
-
-Authentication (when the server has a shared token): the server sends HELLO with a 32-byte nonce; the
-client answers AUTH with HMAC-SHA256(token, "splitrl-auth-v1" + nonce); the server compares with
-hmac.compare_digest and sends OK or ERROR and hangs up. Without a token, AUTH is still exchanged
-(and its content ignored), so one client works with both.
+length and every dimension against the payload bound (before reading the payload or doing any size
+arithmetic), CRC, and that the payload length matches dtype x shape (closed form, exact integers);
+any failure raises a FrameError naming the reason (`reason` is one word, for counters). Every read has
+a deadline: a silent peer raises FrameTimeout, a peer that hangs up mid-frame raises
+FrameError("truncated"). Authentication (HELLO / AUTH) is in auth.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-import hashlib
-import hmac
-import os
+import math
 import socket
 import struct
 import time
@@ -48,8 +42,6 @@ HEADER = struct.Struct("!4sBBBBQI4III")
 MAX_NDIM = 4
 DEFAULT_MAX_PAYLOAD = 64 * 1024 * 1024
 REPLAY = 0xFFFFFFFF
-AUTH_CONTEXT = b"splitrl-auth-v1"
-NONCE_BYTES = 32
 
 
 class Kind(enum.IntEnum):
@@ -58,7 +50,7 @@ class Kind(enum.IntEnum):
     OK = 3         # either way: i64[...] optional values
     ERROR = 4      # either way: u8 utf-8 reason
     PING = 5
-    PONG = 6
+    PONG = 6       # cloud -> edge: i64 [ready, free request slots]
     OPEN = 10      # edge -> cloud: i32 [boundary, fmt, units..., max_new]; replaces a session of that id
     IDS = 11       # edge -> cloud: i32 token ids (cloud-only: prompt + tokens already received)
     UP_H = 12      # edge -> cloud: hidden state crossing up (activation dtypes)
@@ -151,11 +143,13 @@ def text_frame(kind: Kind, text: str, request_id: int = 0, seq: int = 0) -> Fram
 
 
 def expected_payload(dtype: DType, shape: tuple[int, ...]) -> int:
+    """Bytes that dtype x shape needs, in closed form over exact Python integers (no overflow, no
+    loop over a dimension)."""
     if dtype in ACT_FORMATS:
         if not shape or any(s <= 0 for s in shape):
             raise FrameError("shape", f"activation shape {shape} must have positive dimensions")
         return wire.nbytes(shape, ACT_FORMATS[dtype])
-    return int(np.prod(shape, dtype=np.int64)) * NP_DTYPES[dtype].itemsize
+    return math.prod(shape) * NP_DTYPES[dtype].itemsize
 
 
 def encode_frame(f: Frame) -> bytes:
@@ -183,6 +177,9 @@ def parse_header(head: bytes, max_payload: int) -> tuple[Frame, int, int]:
         raise FrameError("shape", f"ndim {ndim} > {MAX_NDIM}")
     if n > max_payload:
         raise FrameError("oversized", f"payload of {n} bytes exceeds the bound of {max_payload}")
+    # two int4 values per byte: no dimension of a frame that fits the bound exceeds 2 x the bound
+    if max(s0, s1, s2, s3) > 2 * max_payload:
+        raise FrameError("oversized", f"shape {(s0, s1, s2, s3)[:ndim]} cannot fit in {max_payload} bytes")
     shape = (s0, s1, s2, s3)[:ndim]
     if any(shape[i] == 0 for i in range(ndim)) and dtype in ACT_FORMATS or any((s0, s1, s2, s3)[ndim:]):
         raise FrameError("shape", f"shape fields {(s0, s1, s2, s3)} with ndim {ndim}")
@@ -197,10 +194,10 @@ def decode_frame(data: bytes, max_payload: int = DEFAULT_MAX_PAYLOAD) -> Frame:
     payload = data[HEADER.size:]
     if len(payload) != n:
         raise FrameError("truncated", f"payload has {len(payload)} bytes, the header says {n}")
-    return _finish(frame, data[: HEADER.size], payload, crc)
+    return finish(frame, data[: HEADER.size], payload, crc)
 
 
-def _finish(frame: Frame, head: bytes, payload: bytes, crc: int) -> Frame:
+def finish(frame: Frame, head: bytes, payload: bytes, crc: int) -> Frame:
     if zlib.crc32(payload, zlib.crc32(head[:-4] + b"\0\0\0\0")) != crc:
         raise FrameError("checksum", f"CRC mismatch on a {frame.kind.name} frame of {len(payload)} bytes")
     want = expected_payload(frame.dtype, frame.shape)
@@ -211,7 +208,7 @@ def _finish(frame: Frame, head: bytes, payload: bytes, crc: int) -> Frame:
 
 
 # ----------------------------------------------------------------------------- sockets
-def _recv_exact(sock: socket.socket, n: int, deadline: float, at_boundary: bool) -> bytes:
+def recv_exact(sock: socket.socket, n: int, deadline: float, at_boundary: bool) -> bytes:
     buf = bytearray()
     while len(buf) < n:
         remaining = deadline - time.monotonic()
@@ -235,10 +232,10 @@ def _recv_exact(sock: socket.socket, n: int, deadline: float, at_boundary: bool)
 def read_frame(sock: socket.socket, timeout: float, max_payload: int = DEFAULT_MAX_PAYLOAD) -> Frame:
     """Read one frame within `timeout` seconds, or raise FrameError (FrameTimeout, ConnectionClosed)."""
     deadline = time.monotonic() + timeout
-    head = _recv_exact(sock, HEADER.size, deadline, at_boundary=True)
+    head = recv_exact(sock, HEADER.size, deadline, at_boundary=True)
     frame, n, crc = parse_header(head, max_payload)
-    payload = _recv_exact(sock, n, deadline, at_boundary=False) if n else b""
-    return _finish(frame, head, payload, crc)
+    payload = recv_exact(sock, n, deadline, at_boundary=False) if n else b""
+    return finish(frame, head, payload, crc)
 
 
 def write_frame(sock: socket.socket, frame: Frame, timeout: float) -> int:
@@ -251,33 +248,3 @@ def write_frame(sock: socket.socket, frame: Frame, timeout: float) -> int:
     except OSError as e:
         raise FrameError("reset", f"send failed ({e})") from e
     return len(data)
-
-
-# ----------------------------------------------------------------------------- authentication
-def auth_mac(token: bytes, nonce: bytes) -> bytes:
-    return hmac.new(token, AUTH_CONTEXT + nonce, hashlib.sha256).digest()
-
-
-def server_handshake(sock: socket.socket, token: bytes | None, timeout: float) -> None:
-    """Raise FrameError("auth") unless the peer proves it holds `token` (no token: anyone)."""
-    nonce = os.urandom(NONCE_BYTES)
-    write_frame(sock, Frame(Kind.HELLO, dtype=DType.U8, shape=(NONCE_BYTES,), payload=nonce), timeout)
-    reply = read_frame(sock, timeout, max_payload=1024)
-    if reply.kind != Kind.AUTH:
-        raise FrameError("auth", f"expected AUTH, got {reply.kind.name}")
-    if token is not None and not hmac.compare_digest(reply.payload, auth_mac(token, nonce)):
-        raise FrameError("auth", "the peer's HMAC does not match the shared token")
-    write_frame(sock, Frame(Kind.OK), timeout)
-
-
-def client_handshake(sock: socket.socket, token: bytes | None, timeout: float) -> None:
-    hello = read_frame(sock, timeout, max_payload=1024)
-    if hello.kind != Kind.HELLO or len(hello.payload) != NONCE_BYTES:
-        raise FrameError("auth", f"expected HELLO with a {NONCE_BYTES}-byte nonce, got {hello.kind.name}")
-    mac = auth_mac(token, hello.payload) if token is not None else b""
-    write_frame(sock, Frame(Kind.AUTH, dtype=DType.U8, shape=(len(mac),), payload=mac), timeout)
-    reply = read_frame(sock, timeout, max_payload=4096)
-    if reply.kind == Kind.ERROR:
-        raise FrameError("auth", f"the server refused us: {reply.text()}")
-    if reply.kind != Kind.OK:
-        raise FrameError("auth", f"expected OK after AUTH, got {reply.kind.name}")

@@ -253,6 +253,10 @@ def _identity_send(name: str, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _no_check() -> None:
+    pass
+
+
 class EdgeSession:
     """The edge's share of one request: embedding, layers < b, its units of layer b, their KV caches."""
 
@@ -315,16 +319,20 @@ class CloudSession:
 
     @torch.inference_mode()
     def step(self, up: dict[str, torch.Tensor], send_down: Send | None = None,
-             receive_up: Callable[[], dict[str, torch.Tensor]] | None = None) -> int:
+             receive_up: Callable[[], dict[str, torch.Tensor]] | None = None,
+             check: Callable[[], None] | None = None) -> int:
         """One step from the phase-0 uplink tensors to the next token. When the plan needs the hidden
         state sent down mid-layer, `send_down("h1", h1)` is called and `receive_up()` must return
-        {"pf": ...}; in replay, "pf" is already in `up`."""
+        {"pf": ...}; in replay, "pf" is already in `up`. `check()` runs before each full layer and
+        may raise to stop a step that is cancelled or past its deadline (the session is then unusable)."""
         sm, p = self.sm, self.plan
+        check = check or _no_check
         if p.mode == "cloud_only":
             h = sm.embed(up["ids"])
             rope = sm.rope(h, self.pos)
             self.pos += h.shape[1]
             for layer in range(sm.n_layers):
+                check()
                 h = sm.full_layer(h, layer, self.caches[layer], rope)
             return sm.next_token(h)
         h = up["h"]
@@ -349,6 +357,7 @@ class CloudSession:
         else:
             h2 = h
         for layer in range(b + 1, sm.n_layers):
+            check()
             h2 = sm.full_layer(h2, layer, self.caches[layer], rope)
         return sm.next_token(h2)
 

@@ -11,6 +11,8 @@ shape [..., d] is serialised row-major, row by row:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -23,15 +25,19 @@ class WireError(ValueError):
 
 
 def row_bytes(d: int, fmt: str) -> int:
-    """Bytes of one row of d values in `fmt` (equals formats.tx_bytes_per_token for even groups)."""
+    """Bytes of one row of d values in `fmt` (equals formats.tx_bytes_per_token for even groups).
+    Closed form (full groups + the short last one): d may come from a peer, so no loop over it."""
     if fmt == "fp16":
         return 2 * d
     per = TX_BITS[fmt]
-    return sum(SCALE_BYTES + (min(QUANT_GROUP, d - s) * per + 7) // 8 for s in range(0, d, QUANT_GROUP))
+    full, rest = divmod(d, QUANT_GROUP)
+    last = SCALE_BYTES + (rest * per + 7) // 8 if rest else 0
+    return full * (SCALE_BYTES + (QUANT_GROUP * per + 7) // 8) + last
 
 
 def nbytes(shape: tuple[int, ...], fmt: str) -> int:
-    rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+    """Exact Python-integer arithmetic: a peer's shape cannot overflow it."""
+    rows = math.prod(int(s) for s in shape[:-1]) if len(shape) > 1 else 1
     return rows * row_bytes(int(shape[-1]), fmt)
 
 
