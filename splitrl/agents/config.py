@@ -39,7 +39,8 @@ class PPOConfig:
     manager_lr_scale: float   # manager step size / worker step size (1.0: one timescale; < 1: slower manager)
     guide: str                # none | dpp: label visited states with the myopic DPP controller's action
     guide_coef: float         # weight of the guide's behaviour-cloning loss at the first update ...
-    guide_final: float        # ... and at the last (linear in between)
+    guide_final: float        # ... and from `guide_anneal` of the run on (linear in between)
+    guide_anneal: float       # share of the updates over which the weight goes from guide_coef to guide_final
     guide_states: int         # states labelled per update
 
     @classmethod
@@ -69,9 +70,11 @@ class PPOConfig:
             raise ConfigError(f"config {where}.guide = {self.guide!r}: must be one of {GUIDES}")
         if self.guide == "dpp" and self.policy != "hierarchical":
             raise ConfigError(f"config {where}: guide = dpp labels hierarchical actions; it needs policy = hierarchical")
-        if self.guide == "dpp" and (self.guide_states < 1 or min(self.guide_coef, self.guide_final) < 0):
+        if self.guide == "dpp" and (self.guide_states < 1 or min(self.guide_coef, self.guide_final) < 0
+                                       or not 0 < self.guide_anneal <= 1):
             raise ConfigError(f"config {where}: guide_states = {self.guide_states} must be >= 1 and guide_coef = "
-                              f"{self.guide_coef}, guide_final = {self.guide_final} >= 0")
+                              f"{self.guide_coef}, guide_final = {self.guide_final} >= 0, guide_anneal = "
+                              f"{self.guide_anneal} in (0, 1]")
         for key in ("num_envs", "num_steps", "total_timesteps", "update_epochs", "num_minibatches"):
             v = getattr(self, key)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:

@@ -5,7 +5,7 @@ Each update labels `guide_states` of the states the policy just visited with the
 DPP controller takes there (splitrl/env/dpp.py: the least one-slot objective at the observed estimates,
 over every whole-layer split and format; the labels are computed inside the same jit) and adds
 
-    β_t · E[−log π(a_DPP | s)],    β_t = guide_coef → guide_final linearly over the run
+    β_t · E[−log π(a_DPP | s)],    β_t = guide_coef → guide_final linearly over the first `guide_anneal` of the run
 
 to the PPO loss (a behaviour-cloning term on on-policy states, as in DAgger: Ross et al., AISTATS 2011).
 Early on the policy reproduces the controller the reward is built on, which a sparse-success action
@@ -67,6 +67,6 @@ def guide_loss(policy, params, batch: GuideBatch) -> tuple[jax.Array, jax.Array]
 
 
 def coefficient(cfg, update_step) -> jax.Array:
-    """β_t: guide_coef at the first update, guide_final at the last."""
-    frac = update_step / jnp.maximum(cfg.num_updates - 1, 1)
+    """β_t: guide_coef at the first update, guide_final from `guide_anneal` of the updates on."""
+    frac = jnp.minimum(update_step / jnp.maximum(cfg.guide_anneal * (cfg.num_updates - 1), 1), 1.0)
     return cfg.guide_coef + (cfg.guide_final - cfg.guide_coef) * frac

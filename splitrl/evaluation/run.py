@@ -29,8 +29,8 @@ import numpy as np
 from splitrl.baselines import ScenarioSpec, Trained, make_baseline
 from splitrl.env import rollout as R
 from splitrl.evaluation.plots import plot_all
-from splitrl.evaluation.report import claims, claims_markdown, fmt_number, write_tables
-from splitrl.evaluation.stats import LABELS, seed_stats, summarise
+from splitrl.evaluation.report import claims, claims_markdown, comparison_markdown, fmt_number, write_tables
+from splitrl.evaluation.stats import LABELS, add_paired, seed_stats, summarise
 from splitrl.resources import config_dir
 from splitrl.training.rundir import RunDir, RunDirError
 
@@ -100,6 +100,7 @@ def evaluate(cfg: EvalConfig, log=print) -> tuple[list[dict], dict]:
     """Rows (one per evaluated (policy, scenario)) and raw per-slot outputs {(scenario, policy): {k: [S, N, T]}}."""
     rows, raw = [], {}
     trained = [Trained.from_run_dir(r) for r in cfg.runs]
+    _check_runs_have_scenarios(cfg, trained)
     for scen in cfg.scenarios:
         env, params, spec = scenario_spec(scen)
         n_steps = cfg.steps or int(params.max_steps_in_episode)
@@ -125,6 +126,18 @@ def evaluate(cfg: EvalConfig, log=print) -> tuple[list[dict], dict]:
                 f"latency {row['latency_mean']:8.3f} s  p95 {row['latency_p95']:8.3f}  ({t_init:.1f} s init, "
                 f"{time.perf_counter() - t0 - t_init:.1f} s eval)")
     return rows, raw
+
+
+def _check_runs_have_scenarios(cfg: EvalConfig, trained: list) -> None:
+    """A run is evaluated on the scenario it was trained on: that scenario must be among `scenarios`."""
+    from splitrl.config import ConfigError
+    from splitrl.env.scenario import load_scenario_dict
+    ids = {load_scenario_dict(s)[0].get("id") for s in cfg.scenarios}
+    for run, t in zip(cfg.runs, trained):
+        if t.scenario_id() not in ids:
+            raise ConfigError(f"config runs: {run} was trained on scenario id {t.scenario_id()!r}, which none of "
+                              f"scenarios = {list(cfg.scenarios)} is; add its scenario (the name or YAML path it was "
+                              "trained with) to scenarios")
 
 
 def _baseline_kwargs(name: str, cfg: EvalConfig) -> dict:
@@ -163,7 +176,11 @@ def typed_config(data: dict) -> EvalConfig:
 def run(cfg: EvalConfig, out_dir: Path) -> list[dict]:
     t0 = time.perf_counter()
     rows, raw = evaluate(cfg)
+    add_paired(rows)
     paths = write_tables(rows, out_dir)
+    if any(r["policy"] == "hppo" for r in rows):
+        paths["comparison"] = out_dir / "comparison.md"
+        paths["comparison"].write_text(comparison_markdown(rows))
     cl = claims(rows)
     if cl:
         (out_dir / "claims.json").write_text(json.dumps(cl, indent=1))
