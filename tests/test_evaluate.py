@@ -153,3 +153,30 @@ def test_a_run_needs_its_scenario(tmp_path):
     with pytest.raises(ConfigError, match="outputs/train/x was trained on scenario id 'other-v1'.*add its scenario"):
         _check_runs_have_scenarios(cfg, [SimpleNamespace(scenario_id=lambda: "other-v1")])
     _check_runs_have_scenarios(cfg, [SimpleNamespace(scenario_id=lambda: scenario_spec("default")[2].info.id)])
+
+
+def test_seed_members_are_samples_only_when_seeds_alone_differ():
+    from splitrl.baselines.trained import seed_members
+    hp = {"lr": 3e-4, "ent_coef": 0.01, "reward_v": 1.0}
+    assert seed_members([{"seed": 0, **hp}]) == 1
+    assert seed_members([{"seed": s, **hp} for s in range(3)]) == 3
+    assert seed_members([{"seed": 0, **hp}, {"seed": 0, **hp, "lr": 1e-3}]) == 1   # a grid: choices, not samples
+
+
+def test_scaling_table_and_curves_from_runs(tmp_path):
+    from splitrl.evaluation import scaling
+    def row(policy, objs, **extra):
+        return {"scenario": "s", "policy": policy, "seeds": 3, "episodes": 4, "objective": float(np.mean(objs)),
+                "objective_ci": 0.1, "objective_seeds": objs, "latency_p95": 1.0, "latency_p95_ci": 0.1,
+                "latency_p99": 2.0, "latency_p99_ci": 0.2, "return": -10 * float(np.mean(objs)), **extra}
+    rows = [row("cloud_only", [1.0, 1.0, 1.0]), row("myopic_dpp", [1.2, 1.1, 1.3]), row("oracle_dpp", [0.8, 0.8, 0.8]),
+            row(scaling.label(1_024_000), [1.0, 1.05, 1.1], budget=1_024_000, train_wall_s=61.0, train_seeds=3)]
+    scaling.add_paired(rows)
+    md = scaling.markdown(rows, "s", [1_024_000])
+    assert "| hppo@1.024M | 1,024,000 |" in md and "(better)" in md and "3 training seeds" in md
+    run = tmp_path / "s_1024000"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps({"seed": s, "train/env_steps": n, "train/episode_return": -n / 1e4})
+                                                 for s in (0, 1) for n in (1e4, 1e5, 1e6)))
+    png = scaling.plot_curves(rows, {1_024_000: run}, "s", tmp_path / "curve.png")
+    assert png.stat().st_size > 10_000

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from splitrl.agents import make_policy, ppo
 from splitrl.agents import guide as G
+from splitrl.agents import make_policy, ppo
 from splitrl.env import make
 from splitrl.env.cost import project_action
 from splitrl.env.dpp import candidate_actions, candidate_costs, dpp_objective
@@ -29,7 +29,7 @@ def _states(env, params, n=24):
     for t in range(6):
         k = jax.random.split(jax.random.PRNGKey(100 + t), n)
         pick = jax.random.randint(jax.random.PRNGKey(200 + t), (n,), 0, cand.boundary.shape[0])
-        a = jax.tree.map(lambda x: x[pick], cand)
+        a = jax.tree.map(lambda x, pick=pick: x[pick], cand)
         obs, states, *_ = jax.vmap(env.step_env, (0, 0, 0, None))(k, states, a, params)
     return obs, states
 
@@ -46,7 +46,7 @@ def test_labels_are_the_myopic_controllers_least_objective(outage):
     order = [int(np.argmin(np.abs(np.asarray(obs.features) - np.asarray(f)).sum(1))) for f in batch.obs.features]
     assert sorted(order) == list(range(24))
     for row, i in enumerate(order):
-        s = jax.tree.map(lambda x: x[i], states)
+        s = jax.tree.map(lambda x, i=i: x[i], states)
         m = candidate_costs(params, cand, s.prompt_len, s.output_len, estimated_conditions(s, params))
         best = int(jnp.argmin(dpp_objective(params, s, m, params.workload.arrival_rate * params.slot_s)))
         b, f, u = project_action(params, cand.boundary[best], cand.fmt[best], cand.units[best])

@@ -95,6 +95,12 @@ def comparison_markdown(rows: list[dict], policies=COMPARED, columns=COMPARED_CO
         out.append(f"| {s} | {' | '.join(objs)} | {paired_cell(by[me], 'myopic_dpp')} | "
                    f"{paired_cell(by[me], 'cloud_only')} | {100 * gain:.1f} % |")
     out.append("")
+    if scens:
+        by = {r["policy"]: r for r in rows if r["scenario"] == scens[0]}
+        out.append(f"Objective: mean ± 95 % t-interval over {by[me]['seeds']} seeds x {by[me]['episodes']} episodes; "
+                   f"{me} trained with {by[me].get('train_seeds', 1)} seed(s) per scenario (evaluation seed s runs "
+                   f"training seed s mod n). Differences are paired per seed on the same episodes; 'tie' when the "
+                   f"interval holds 0.\n")
     for s in scens:
         out.append(markdown_table([r for r in rows if r["scenario"] == s and r["policy"] in policies], columns))
     return "\n".join(out)
