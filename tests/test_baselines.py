@@ -89,11 +89,13 @@ def test_every_baseline_runs_jitted_and_vmapped_on_every_shipped_scenario():
     for name in SCENARIOS:
         env, params, spec = scenario_spec(name)
         pols, pps = _bound(env, params, spec)
-        groups.setdefault((env, pols), []).append((name, params, pps))
+        # stacked along a scenario axis: params must match leaf by leaf (traces differ in length)
+        shapes = tuple(np.shape(x) for x in jax.tree.leaves((params, pps)))
+        groups.setdefault((env, pols, shapes), []).append((name, params, pps))
     assert sum(len(g) for g in groups.values()) == len(SCENARIOS)
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
     stack = lambda xs: jax.tree.map(lambda *a: jnp.stack(a), *xs)  # noqa: E731
-    for (env, pols), members in groups.items():
+    for (env, pols, _), members in groups.items():
         acts, info = _act_and_step(env, pols, stack([m[1] for m in members]), stack([m[2] for m in members]), keys)
         names = [m[0] for m in members]
         for k in ("latency", "energy", "delta_ppl", "objective", "backlog"):
