@@ -261,7 +261,7 @@ def _fake_run(tmp_path, env, params, policy, scenario_id):
     write_final_params(tmp_path, pp)
     agent = yaml.safe_load((CONF / "agent" / "hppo.yaml").read_text())
     agent |= {"name": f"x_{policy}", "policy": policy, "env": "split" if policy == "hierarchical" else "split_flat",
-              "hidden": [16], "critic": "separate"}
+              "hidden": [16], "critic": "separate", "guide": "dpp" if policy == "hierarchical" else "none"}
     (tmp_path / "resolved_config.yaml").write_text(yaml.safe_dump({"agent": agent, "scenario": {"id": scenario_id}}))
     return tmp_path
 
