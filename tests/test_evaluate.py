@@ -116,3 +116,67 @@ def test_config_errors_name_the_field(tmp_path):
     with pytest.raises(ConfigError, match="unknown key"):
         typed_config(good | {"episode": 3})
     assert CloudOnly().name == "cloud_only"
+
+
+def test_paired_difference_is_seed_by_seed():
+    """The paired interval is over per-seed differences: a policy that is 0.1 better on every seed is
+    'better' even though the seeds themselves spread far wider than 0.1."""
+    from splitrl.evaluation.report import comparison_markdown, paired_cell
+    from splitrl.evaluation.stats import add_paired
+    base = {"scenario": "s", "model": "m", "edge": "e", "seeds": 3, "episodes": 1, "steps": 1, "edge_fits": True}
+    seeds = {"myopic_dpp": [1.0, 2.0, 3.0], "hppo": [0.9, 1.9, 2.9], "cloud_only": [1.0, 2.5, 2.0],
+             "oracle_dpp": [0.5, 1.5, 2.5]}
+    rows = [base | {"policy": p, "objective_seeds": v, **{m: float(np.mean(v)) for m in
+            ("objective", "latency_p95", "latency_p99", "energy", "delta_ppl")},
+            **{f"{m}_ci": 1.0 for m in ("objective", "latency_p95", "latency_p99", "energy", "delta_ppl")}}
+            for p, v in seeds.items()]
+    add_paired(rows)
+    hppo = rows[1]
+    assert hppo["objective_vs_myopic_dpp"] == pytest.approx(-0.1) and hppo["objective_vs_myopic_dpp_ci"] == pytest.approx(0, abs=1e-12)
+    assert paired_cell(hppo, "myopic_dpp").endswith("(better)")
+    d, h = t_interval(np.array(seeds["hppo"]) - np.array(seeds["cloud_only"]))
+    assert hppo["objective_vs_cloud_only"] == pytest.approx(d) and hppo["objective_vs_cloud_only_ci"] == pytest.approx(h)
+    assert paired_cell(hppo, "cloud_only").endswith("(tie)")
+    assert paired_cell(rows[0], "myopic_dpp") == "·"
+    md = comparison_markdown(rows)
+    assert "| s | 1.9 ± 1 | 2 ± 1 | 1.83 ± 1 | 1.5 ± 1 | -0.1 ± " in md and "(better) | 0.0667 ± 1.9 (tie) |" in md
+    assert "oracle gain over cloud_only" in md and "18.2 %" in md
+
+
+def test_a_run_needs_its_scenario(tmp_path):
+    """A run trained on a scenario that is not among `scenarios` is an error naming the run and the fix,
+    not an empty table."""
+    from types import SimpleNamespace
+
+    from splitrl.evaluation.run import _check_runs_have_scenarios
+    cfg = SimpleNamespace(runs=("outputs/train/x",), scenarios=("default",))
+    with pytest.raises(ConfigError, match="outputs/train/x was trained on scenario id 'other-v1'.*add its scenario"):
+        _check_runs_have_scenarios(cfg, [SimpleNamespace(scenario_id=lambda: "other-v1")])
+    _check_runs_have_scenarios(cfg, [SimpleNamespace(scenario_id=lambda: scenario_spec("default")[2].info.id)])
+
+
+def test_seed_members_are_samples_only_when_seeds_alone_differ():
+    from splitrl.baselines.trained import seed_members
+    hp = {"lr": 3e-4, "ent_coef": 0.01, "reward_v": 1.0}
+    assert seed_members([{"seed": 0, **hp}]) == 1
+    assert seed_members([{"seed": s, **hp} for s in range(3)]) == 3
+    assert seed_members([{"seed": 0, **hp}, {"seed": 0, **hp, "lr": 1e-3}]) == 1   # a grid: choices, not samples
+
+
+def test_scaling_table_and_curves_from_runs(tmp_path):
+    from splitrl.evaluation import scaling
+    def row(policy, objs, **extra):
+        return {"scenario": "s", "policy": policy, "seeds": 3, "episodes": 4, "objective": float(np.mean(objs)),
+                "objective_ci": 0.1, "objective_seeds": objs, "latency_p95": 1.0, "latency_p95_ci": 0.1,
+                "latency_p99": 2.0, "latency_p99_ci": 0.2, "return": -10 * float(np.mean(objs)), **extra}
+    rows = [row("cloud_only", [1.0, 1.0, 1.0]), row("myopic_dpp", [1.2, 1.1, 1.3]), row("oracle_dpp", [0.8, 0.8, 0.8]),
+            row(scaling.label(1_024_000), [1.0, 1.05, 1.1], budget=1_024_000, train_wall_s=61.0, train_seeds=3)]
+    scaling.add_paired(rows)
+    md = scaling.markdown(rows, "s", [1_024_000])
+    assert "| hppo@1.024M | 1,024,000 |" in md and "(better)" in md and "3 training seeds" in md
+    run = tmp_path / "s_1024000"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps({"seed": s, "train/env_steps": n, "train/episode_return": -n / 1e4})
+                                                 for s in (0, 1) for n in (1e4, 1e5, 1e6)))
+    png = scaling.plot_curves(rows, {1_024_000: run}, "s", tmp_path / "curve.png")
+    assert png.stat().st_size > 10_000

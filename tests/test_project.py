@@ -23,6 +23,20 @@ def test_readme_opens_with_exactly_two_commands_that_exist():
         assert (REPO / c.split()[1]).is_file()
 
 
+def test_readme_and_docs_link_only_inside_the_repository():
+    # a user who clones the repository has no ../shared and no session paths: every relative link resolves
+    bad = []
+    for md in [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]:
+        text = md.read_text()
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+://|#|mailto:", target):
+                continue
+            if not (md.parent / target.split("#")[0]).resolve().exists():
+                bad.append(f"{md.relative_to(REPO)} -> {target}")
+        bad += [f"{md.relative_to(REPO)} mentions ../shared" for _ in re.findall(r"\.\./shared", text)]
+    assert not bad, bad
+
+
 def test_ci_runs_the_readme_test_command():
     ci = (REPO / ".ci/run").read_text()
     assert "bash scripts/test" in ci

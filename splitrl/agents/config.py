@@ -10,6 +10,7 @@ from splitrl.config import ConfigError, build
 POLICIES = ("hierarchical", "flat")
 ENVS = ("split", "split_flat", "gymnax")
 CRITICS = ("separate", "shared")
+GUIDES = ("none", "dpp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +37,11 @@ class PPOConfig:
     hidden: tuple[int, ...]   # MLP widths of every torso
     critic: str               # separate | shared
     manager_lr_scale: float   # manager step size / worker step size (1.0: one timescale; < 1: slower manager)
+    guide: str                # none | dpp: label visited states with the myopic DPP controller's action
+    guide_coef: float         # weight of the guide's behaviour-cloning loss at the first update ...
+    guide_final: float        # ... and from `guide_anneal` of the run on (linear in between)
+    guide_anneal: float       # share of the updates over which the weight goes from guide_coef to guide_final
+    guide_states: int         # states labelled per update
 
     @classmethod
     def from_dict(cls, data: dict, where: str) -> PPOConfig:
@@ -60,6 +66,15 @@ class PPOConfig:
                 raise ConfigError(f"config {where}.{key} = {getattr(self, key)!r}: must be one of {allowed}")
         if self.policy == "hierarchical" and self.env != "split":
             raise ConfigError(f"config {where}: policy = hierarchical needs env = split, got {self.env!r}")
+        if self.guide not in GUIDES:
+            raise ConfigError(f"config {where}.guide = {self.guide!r}: must be one of {GUIDES}")
+        if self.guide == "dpp" and self.policy != "hierarchical":
+            raise ConfigError(f"config {where}: guide = dpp labels hierarchical actions; it needs policy = hierarchical")
+        if self.guide == "dpp" and (self.guide_states < 1 or min(self.guide_coef, self.guide_final) < 0
+                                       or not 0 < self.guide_anneal <= 1):
+            raise ConfigError(f"config {where}: guide_states = {self.guide_states} must be >= 1 and guide_coef = "
+                              f"{self.guide_coef}, guide_final = {self.guide_final} >= 0, guide_anneal = "
+                              f"{self.guide_anneal} in (0, 1]")
         for key in ("num_envs", "num_steps", "total_timesteps", "update_epochs", "num_minibatches"):
             v = getattr(self, key)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from splitrl.agents import guide as G
 from splitrl.agents.config import PPOConfig
 from splitrl.env import rollout as R
 
@@ -46,6 +47,7 @@ class Transition(struct.PyTreeNode):
     final_obs: Any           # info["final_observation"]: obs_{t+1} before any reset
     episode_return: jax.Array  # f32: the finished episode's return where done, else 0
     env_metrics: dict        # f32 info entries (latency, energy, ...)
+    state: Any = None        # the env state acted in (kept only when a guide labels states)
 
 
 class LearnerState(struct.PyTreeNode):
@@ -81,7 +83,7 @@ def env_params_with(env_params, hp: HParams, reward_v_field: str | None):
 
 
 # ----------------------------------------------------------------------------- rollout
-def collect(policy, env, env_params, params, state: LearnerState, key, num_steps: int):
+def collect(policy, env, env_params, params, state: LearnerState, key, num_steps: int, keep_state: bool = False):
     """`num_steps` vectorised env steps with the current (stochastic) policy, through the one rollout
     loop (splitrl.env.rollout). Returns (carry after the last step, Transition[T, N])."""
     num_envs = state.running_return.shape[0]
@@ -94,7 +96,7 @@ def collect(policy, env, env_params, params, state: LearnerState, key, num_steps
         return Transition(obs=s.obs, action=s.action, log_prob=s.aux[0], value=s.aux[1], reward=s.reward,
                           terminated=s.terminated, done=s.terminated | s.truncated,
                           final_obs=s.info["final_observation"], episode_return=s.episode_return,
-                          env_metrics=R.info_metrics(s.info, num_envs))
+                          env_metrics=R.info_metrics(s.info, num_envs), state=s.state if keep_state else None)
 
     carry = R.Carry(obs=state.obs, state=state.env_state, episode_return=state.running_return)
     return R.rollout(env, env_params, act, carry, jax.random.split(key, num_steps), R.training_keys(num_envs), record)
@@ -157,21 +159,31 @@ def ppo_loss(policy, cfg: PPOConfig, params, batch: Batch, ent_coef):
                   "clip_fraction": jnp.mean((jnp.abs(ratio - 1.0) > cfg.clip_eps).astype(jnp.float32))}
 
 
-def minibatch_step(policy, cfg: PPOConfig, tx, lr, ent_coef, carry, batch: Batch):
+def minibatch_step(policy, cfg: PPOConfig, tx, lr, ent_coef, guide, beta, carry, batch: Batch):
+    """One gradient step on the PPO loss, plus beta x the guide's behaviour-cloning loss when a guide
+    labelled states this update (splitrl/agents/guide.py)."""
     params, opt_state = carry
-    grads, diag = jax.grad(partial(ppo_loss, policy, cfg), has_aux=True)(params, batch, ent_coef)
+
+    def loss(p):
+        value, diag = ppo_loss(policy, cfg, p, batch, ent_coef)
+        if guide is None:
+            return value, diag
+        nll, agree = G.guide_loss(policy, p, guide)
+        return value + beta * nll, diag | {"guide_nll": nll, "guide_agree": agree, "guide_beta": beta}
+
+    grads, diag = jax.grad(loss, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     scale = policy.update_scale(params, cfg.manager_lr_scale)
     params = jax.tree.map(lambda p, u, s: p - lr * s * u, params, updates, scale)
     return (params, opt_state), {**diag, "grad_norm": optax.tree.norm(grads)}
 
 
-def epoch_step(policy, cfg: PPOConfig, tx, lr, ent_coef, flat_batch: Batch, carry, key):
+def epoch_step(policy, cfg: PPOConfig, tx, lr, ent_coef, guide, beta, flat_batch: Batch, carry, key):
     """One pass over the rollout in shuffled minibatches."""
     perm = jax.random.permutation(key, cfg.batch_size)
     minibatches = jax.tree.map(
         lambda x: x[perm].reshape((cfg.num_minibatches, cfg.minibatch_size) + x.shape[1:]), flat_batch)
-    return jax.lax.scan(partial(minibatch_step, policy, cfg, tx, lr, ent_coef), carry, minibatches)
+    return jax.lax.scan(partial(minibatch_step, policy, cfg, tx, lr, ent_coef, guide, beta), carry, minibatches)
 
 
 def explained_variance(values, targets):
@@ -182,22 +194,28 @@ def explained_variance(values, targets):
 def make_update(cfg: PPOConfig, env, env_params, policy, reward_v_field: str | None = None):
     """`update(state, hp) -> (state, metrics)`: one PPO update, pure and jittable."""
     tx = make_optimizer(cfg)
+    label = G.make_labeller(cfg, env, env_params) if cfg.guide == "dpp" else None
 
     def update(state: LearnerState, hp: HParams):
         params_env = env_params_with(env_params, hp, reward_v_field)
         key, rollout_key, epoch_key = jax.random.split(state.key, 3)
-        last, traj = collect(policy, env, params_env, state.params, state, rollout_key, cfg.num_steps)
+        last, traj = collect(policy, env, params_env, state.params, state, rollout_key, cfg.num_steps,
+                             keep_state=label is not None)
+        flat = lambda x: x.reshape((cfg.batch_size,) + x.shape[2:])  # noqa: E731
+        guide = None if label is None else label(params_env, jax.tree.map(flat, traj.obs),
+                                                 jax.tree.map(flat, traj.state), jax.random.fold_in(epoch_key, 1))
         value_of = jax.vmap(jax.vmap(policy.value, (None, 0)), (None, 0))
         next_value = value_of(state.params, traj.final_obs)
         adv, target = gae(traj.reward, traj.value, next_value, traj.terminated.astype(jnp.float32),
                           traj.done.astype(jnp.float32), cfg.gamma, cfg.gae_lambda)
         batch = Batch(obs=traj.obs, action=traj.action, log_prob=traj.log_prob, value=traj.value,
                       advantage=adv, target=target)
-        flat_batch = jax.tree.map(lambda x: x.reshape((cfg.batch_size,) + x.shape[2:]), batch)
+        flat_batch = jax.tree.map(flat, batch)
         frac = 1.0 - state.update_step / cfg.num_updates if cfg.anneal_lr else 1.0
         lr = hp.lr * frac
         (params, opt_state), diag = jax.lax.scan(
-            partial(epoch_step, policy, cfg, tx, lr, hp.ent_coef, flat_batch),
+            partial(epoch_step, policy, cfg, tx, lr, hp.ent_coef, guide, G.coefficient(cfg, state.update_step),
+                    flat_batch),
             (state.params, state.opt_state), jax.random.split(epoch_key, cfg.update_epochs))
         metrics = {k: v.mean() for k, v in diag.items()}   # mean over epochs and minibatches
         metrics |= {

@@ -8,7 +8,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from splitrl.baselines.base import PolicyBase, candidate_actions, candidate_costs, dpp_objective, pick
+from splitrl.baselines.base import PolicyBase
+from splitrl.env.dpp import candidate_actions, candidate_costs, myopic_action, pick
 from splitrl.env.split_env import SplitEnv, estimated_conditions
 from splitrl.env.types import Action
 
@@ -40,9 +41,7 @@ class MyopicDPP(PolicyBase):
         return candidate_actions(env, env_params, exhaustive=False)
 
     def __call__(self, pparams, key, obs, state, env_params, step_key):
-        m = candidate_costs(env_params, pparams, state.prompt_len, state.output_len, estimated_conditions(state, env_params))
-        arrivals = env_params.workload.arrival_rate * env_params.slot_s
-        return pick(pparams, jnp.argmin(dpp_objective(env_params, state, m, arrivals)))
+        return myopic_action(env_params, state, pparams)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,13 +8,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from splitrl.baselines.base import (
-    PolicyBase,
-    _candidate_costs_jit,
-    candidate_actions,
-    penalty,
-    pick,
-)
+from splitrl.baselines.base import PolicyBase
+from splitrl.env.dpp import candidate_actions, candidate_costs_jit, penalty, pick
 from splitrl.env.nominal import nominal
 from splitrl.env.types import Action
 
@@ -71,7 +66,7 @@ class StaticSplit(PolicyBase):
     def init(self, env, env_params, spec=None, key=None):
         cands = candidate_actions(env, env_params, layer_only=True)
         prompt, output, cond = nominal(env.channel_kind, env_params)
-        m = _candidate_costs_jit(env_params, cands, prompt, output, cond)
+        m = candidate_costs_jit(env_params, cands, prompt, output, cond)
         return pick(cands, int(jnp.argmin(penalty(env_params, m))))
 
     def __call__(self, pparams, key, obs, state, env_params, step_key):

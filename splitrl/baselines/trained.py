@@ -14,6 +14,13 @@ from splitrl.training.rundir import RunDir, RunDirError
 
 
 # ----------------------------------------------------------------------------- trained checkpoints
+def seed_members(members: list[dict]) -> int:
+    """How many training seeds a run holds: its member count when the members differ only by seed
+    (`splitrl-train num_seeds=N`), else 1 (the members of a hyperparameter grid are choices, not samples)."""
+    rest = [{k: v for k, v in m.items() if k != "seed"} for m in members]
+    return len(members) if all(r == rest[0] for r in rest) else 1
+
+
 @dataclasses.dataclass(frozen=True)
 class Trained(PolicyBase):
     """A policy trained by `splitrl-train` (HPPO or flat PPO), run greedily (argmax). `init` loads
@@ -36,6 +43,9 @@ class Trained(PolicyBase):
 
     def scenario_id(self) -> str | None:
         return RunDir.read(self.run_dir).scenario_id
+
+    def seed_members(self) -> int:
+        return seed_members(RunDir.read(self.run_dir).summary().get("members") or [{}])
 
     def _net_from_obs(self, obs):
         from splitrl.agents.networks import HierarchicalPolicy

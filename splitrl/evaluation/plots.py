@@ -9,6 +9,21 @@ import numpy as np
 from splitrl.evaluation.stats import request_times
 
 
+def save_log_x(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> Path:
+    """Finish a line plot with a log x axis the way every evaluation plot looks, save it, close it."""
+    import matplotlib.pyplot as plt
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_all(rows: list[dict], raw: dict, out_dir: Path, partition_policies: tuple[str, ...] = ()) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
@@ -27,16 +42,8 @@ def plot_all(rows: list[dict], raw: dict, out_dir: Path, partition_policies: tup
             lat = np.sort(request_times(raw[scen, p])[0])   # unanswered requests (+inf) never reach the curve's top
             ax.plot(lat, np.arange(1, lat.size + 1) / lat.size, label=p, lw=2.2 if p == "hppo" else 1.3, color=color[p],
                     ls="--" if p == "oracle_dpp" else "-")
-        ax.set_xscale("log")
-        ax.set_xlabel("response time per request: queueing + service (s, log scale)")
-        ax.set_ylabel("fraction of requests")
-        ax.set_title(f"latency CDF: {scen}")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8, loc="lower right")
-        fig.tight_layout()
-        paths.append(out_dir / f"latency_cdf_{scen}.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(save_log_x(fig, ax, "response time per request: queueing + service (s, log scale)",
+                                "fraction of requests", f"latency CDF: {scen}", out_dir / f"latency_cdf_{scen}.png"))
         # partition over time beside the bandwidth (seed 0, episode 0: the same channel for every policy)
         shown = [p for p in pols if not partition_policies or p in partition_policies]
         fig, axes = plt.subplots(len(shown) + 1, 1, figsize=(8, 1.3 * (len(shown) + 1) + 0.6), sharex=True)

@@ -25,6 +25,15 @@ def fmt_number(x: float) -> str:
     return f"{x:.3g}" if 1e-3 <= mag < 1e4 else f"{x:.2e}"
 
 
+def paired_cell(row: dict, ref: str) -> str:
+    """`−0.10 ± 0.02 (better)`: the paired difference to `ref` and whether its interval excludes 0."""
+    d, h = row.get(f"objective_vs_{ref}", math.nan), row.get(f"objective_vs_{ref}_ci", math.nan)
+    if row["policy"] == ref or not math.isfinite(d):
+        return "·"
+    verdict = "better" if d + h < 0 else "worse" if d - h > 0 else "tie"
+    return f"{fmt_number(d)} ± {fmt_number(h)} ({verdict})"
+
+
 def markdown_table(rows: list[dict], columns=TABLE_COLUMNS) -> str:
     """One Markdown table per scenario: mean ± 95 % half-width over seeds."""
     out = []
@@ -33,8 +42,9 @@ def markdown_table(rows: list[dict], columns=TABLE_COLUMNS) -> str:
         r0 = rs[0]
         out.append(f"### {scen} ({r0['model']} on {r0['edge']}; {r0['seeds']} seeds x {r0['episodes']} episodes x "
                    f"{r0['steps']} slots)\n")
-        out.append("| policy | " + " | ".join(LABELS[c] for c in columns) + " |")
-        out.append("|---|" + "---:|" * len(columns))
+        paired = "objective_vs_myopic_dpp" in r0
+        out.append("| policy | " + " | ".join(LABELS[c] for c in columns) + (" | vs myopic DPP" if paired else "") + " |")
+        out.append("|---|" + "---:|" * (len(columns) + paired))
         best = min(r["objective"] for r in rs if r["policy"] != "oracle_dpp")
         for r in rs:
             name = r["policy"] + (" (reads the future)" if r["policy"] == "oracle_dpp" else "")
@@ -43,6 +53,8 @@ def markdown_table(rows: list[dict], columns=TABLE_COLUMNS) -> str:
             cells = [f"{fmt_number(r[c])} ± {fmt_number(r[c + '_ci'])}" for c in columns]
             if r["objective"] == best:
                 cells[0] = f"**{cells[0]}**"
+            if paired:
+                cells.append(paired_cell(r, "myopic_dpp"))
             out.append(f"| {name} | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
@@ -52,13 +64,46 @@ def write_tables(rows: list[dict], out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out_dir / "results.csv", "json": out_dir / "results.json", "md": out_dir / "results.md"}
     with paths["csv"].open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         w.writeheader()
         w.writerows(rows)
     paths["json"].write_text(json.dumps(rows, indent=1))
     paths["md"].write_text("Mean ± half-width of a 95 % Student-t interval over seeds; every number from the env's "
-                           "`info`. Bold: the best objective of a causal policy.\n\n" + markdown_table(rows))
+                           "`info`. Bold: the best objective of a causal policy. \"vs myopic DPP\": the objective "
+                           "minus myopic DPP's on the same episodes, seed by seed (paired; negative is better).\n\n"
+                           + markdown_table(rows))
     return paths
+
+
+COMPARED = ("hppo", "myopic_dpp", "cloud_only", "oracle_dpp")
+COMPARED_COLUMNS = ("objective", "latency_p95", "latency_p99", "energy", "delta_ppl")
+
+
+def comparison_markdown(rows: list[dict], policies=COMPARED, columns=COMPARED_COLUMNS) -> str:
+    """The learned policy beside the causal controller it is built on, the safe default and the
+    full-information reference: a summary line per scenario (objectives, HPPO's paired differences, the
+    oracle's gain over cloud-only), then each scenario's metrics for those four policies."""
+    scens = [s for s in dict.fromkeys(r["scenario"] for r in rows)
+             if {r["policy"] for r in rows if r["scenario"] == s} >= set(policies)]
+    me = policies[0]
+    out = [f"| scenario | {' | '.join(policies)} | {me} vs myopic_dpp | {me} vs cloud_only | oracle gain over cloud_only |",
+           "|---|" + "---:|" * (len(policies) + 3)]
+    for s in scens:
+        by = {r["policy"]: r for r in rows if r["scenario"] == s}
+        objs = [f"{fmt_number(by[p]['objective'])} ± {fmt_number(by[p]['objective_ci'])}" for p in policies]
+        gain = 1 - by["oracle_dpp"]["objective"] / by["cloud_only"]["objective"]
+        out.append(f"| {s} | {' | '.join(objs)} | {paired_cell(by[me], 'myopic_dpp')} | "
+                   f"{paired_cell(by[me], 'cloud_only')} | {100 * gain:.1f} % |")
+    out.append("")
+    if scens:
+        by = {r["policy"]: r for r in rows if r["scenario"] == scens[0]}
+        out.append(f"Objective: mean ± 95 % t-interval over {by[me]['seeds']} seeds x {by[me]['episodes']} episodes; "
+                   f"{me} trained with {by[me].get('train_seeds', 1)} seed(s) per scenario (evaluation seed s runs "
+                   f"training seed s mod n). Differences are paired per seed on the same episodes; 'tie' when the "
+                   f"interval holds 0.\n")
+    for s in scens:
+        out.append(markdown_table([r for r in rows if r["scenario"] == s and r["policy"] in policies], columns))
+    return "\n".join(out)
 
 
 # Splitwise (Younesi et al.) against "existing partitioners": ours are the layer-level ones

@@ -29,8 +29,8 @@ import numpy as np
 from splitrl.baselines import ScenarioSpec, Trained, make_baseline
 from splitrl.env import rollout as R
 from splitrl.evaluation.plots import plot_all
-from splitrl.evaluation.report import claims, claims_markdown, fmt_number, write_tables
-from splitrl.evaluation.stats import LABELS, seed_stats, summarise
+from splitrl.evaluation.report import claims, claims_markdown, comparison_markdown, fmt_number, write_tables
+from splitrl.evaluation.stats import LABELS, add_paired, seed_stats, summarise
 from splitrl.resources import config_dir
 from splitrl.training.rundir import RunDir, RunDirError
 
@@ -100,6 +100,7 @@ def evaluate(cfg: EvalConfig, log=print) -> tuple[list[dict], dict]:
     """Rows (one per evaluated (policy, scenario)) and raw per-slot outputs {(scenario, policy): {k: [S, N, T]}}."""
     rows, raw = [], {}
     trained = [Trained.from_run_dir(r) for r in cfg.runs]
+    _check_runs_have_scenarios(cfg, trained)
     for scen in cfg.scenarios:
         env, params, spec = scenario_spec(scen)
         n_steps = cfg.steps or int(params.max_steps_in_episode)
@@ -111,7 +112,12 @@ def evaluate(cfg: EvalConfig, log=print) -> tuple[list[dict], dict]:
             pparams = policy.init(env, params, spec, jax.random.PRNGKey(0))
             t_init = time.perf_counter() - t0
             per_seed, outs = [], []
+            # a run trained with several seeds: evaluation seed s runs training seed s mod n, so the
+            # interval covers the training's spread as well as the episodes'
+            n_members = policy.seed_members() if isinstance(policy, Trained) else 1
             for seed in range(cfg.seeds):
+                if n_members > 1:
+                    pparams = dataclasses.replace(policy, member=seed % n_members).init(env, params, spec)
                 ek, pk = episode_keys(spec.name, seed, cfg.episodes)
                 out = jax.device_get(rollout(env, policy, params, pparams, ek, pk, n_steps))
                 per_seed.append(seed_stats(out))
@@ -119,12 +125,24 @@ def evaluate(cfg: EvalConfig, log=print) -> tuple[list[dict], dict]:
             raw[spec.name, policy.name] = {k: np.stack([o[k] for o in outs]) for k in outs[0]}
             row = {"scenario": spec.name, "policy": policy.name, "model": spec.info.model, "edge": spec.info.edge,
                    "edge_fits": bool(params.costs.boundary_mask[-1]), "seeds": cfg.seeds, "episodes": cfg.episodes,
-                   "steps": n_steps} | summarise(per_seed)
+                   "steps": n_steps, "train_seeds": n_members} | summarise(per_seed)
             rows.append(row)
             log(f"{spec.name:40s} {policy.name:15s} objective {row['objective']:8.4f} ± {row['objective_ci']:.4f}  "
                 f"latency {row['latency_mean']:8.3f} s  p95 {row['latency_p95']:8.3f}  ({t_init:.1f} s init, "
                 f"{time.perf_counter() - t0 - t_init:.1f} s eval)")
     return rows, raw
+
+
+def _check_runs_have_scenarios(cfg: EvalConfig, trained: list) -> None:
+    """A run is evaluated on the scenario it was trained on: that scenario must be among `scenarios`."""
+    from splitrl.config import ConfigError
+    from splitrl.env.scenario import load_scenario_dict
+    ids = {load_scenario_dict(s)[0].get("id") for s in cfg.scenarios}
+    for run, t in zip(cfg.runs, trained, strict=True):
+        if t.scenario_id() not in ids:
+            raise ConfigError(f"config runs: {run} was trained on scenario id {t.scenario_id()!r}, which none of "
+                              f"scenarios = {list(cfg.scenarios)} is; add its scenario (the name or YAML path it was "
+                              "trained with) to scenarios")
 
 
 def _baseline_kwargs(name: str, cfg: EvalConfig) -> dict:
@@ -163,7 +181,11 @@ def typed_config(data: dict) -> EvalConfig:
 def run(cfg: EvalConfig, out_dir: Path) -> list[dict]:
     t0 = time.perf_counter()
     rows, raw = evaluate(cfg)
+    add_paired(rows)
     paths = write_tables(rows, out_dir)
+    if any(r["policy"] == "hppo" for r in rows):
+        paths["comparison"] = out_dir / "comparison.md"
+        paths["comparison"].write_text(comparison_markdown(rows))
     cl = claims(rows)
     if cl:
         (out_dir / "claims.json").write_text(json.dumps(cl, indent=1))

@@ -1,0 +1,72 @@
+"""DPP-guided PPO: the hierarchical policy learns from the myopic drift-plus-penalty controller, then
+past it.
+
+Each update labels `guide_states` of the states the policy just visited with the action the one-slot
+DPP controller takes there (splitrl/env/dpp.py: the least one-slot objective at the observed estimates,
+over every whole-layer split and format; the labels are computed inside the same jit) and adds
+
+    β_t · E[−log π(a_DPP | s)],    β_t = guide_coef → guide_final linearly over the first `guide_anneal` of the run
+
+to the PPO loss (a behaviour-cloning term on on-policy states, as in DAgger: Ross et al., AISTATS 2011).
+Early on the policy reproduces the controller the reward is built on, which a sparse-success action
+space otherwise hides (a random split costs ~18x cloud-only: PPO collapses onto the one safe action
+before it finds the conditional splits DPP takes). As β shrinks, the PPO term takes over and the
+policy keeps DPP's decisions only where the long-run return agrees: it may look ahead where the
+one-slot controller cannot (a link that is likely to stay down, a queue about to saturate).
+
+What runs at decision time is the policy network alone: the ONNX export and the edge runtime need
+no cost model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from splitrl.agents.distributions import HierarchicalAction
+from splitrl.env.cost import project_action
+from splitrl.env.dpp import candidate_actions, myopic_action
+
+
+class GuideBatch(struct.PyTreeNode):
+    obs: Any                   # [G] observations of labelled states
+    action: HierarchicalAction  # [G] the DPP controller's (projected) actions there
+
+
+def make_labeller(cfg, env, env_params):
+    """`label(env_params, obs[N], states[N], key) -> GuideBatch` over `cfg.guide_states` of the N states."""
+    # whole-layer splits and formats: (L+1)·3 candidates, cheap enough to label inside every update; the
+    # partial layers the DPP baseline also scans are left for PPO to find
+    candidates = candidate_actions(env, env_params, layer_only=True)
+
+    def label(params_env, obs, states, key) -> GuideBatch:
+        n = jax.tree.leaves(states)[0].shape[0]
+        idx = jax.random.choice(key, n, (min(cfg.guide_states, n),), replace=False)
+        pick = lambda x: x[idx]  # noqa: E731
+        obs, states = jax.tree.map(pick, obs), jax.tree.map(pick, states)
+
+        def one(state):
+            a = myopic_action(params_env, state, candidates)
+            b, fmt, units = project_action(params_env, a.boundary, a.fmt, a.units)
+            units = units.astype(jnp.int32)
+            return HierarchicalAction(boundary=b, fmt=fmt, split=jnp.any(units > 0).astype(jnp.int32), units=units)
+
+        return GuideBatch(obs=obs, action=jax.vmap(one)(states))
+
+    return label
+
+
+def guide_loss(policy, params, batch: GuideBatch) -> tuple[jax.Array, jax.Array]:
+    """(mean −log π(a_DPP | s), share of labelled states whose greedy boundary is DPP's)."""
+    log_prob, _, _ = jax.vmap(policy.evaluate, (None, 0, 0))(params, batch.obs, batch.action)
+    greedy = jax.vmap(policy.greedy, (None, 0))(params, batch.obs)
+    return -log_prob.mean(), jnp.mean((greedy.boundary == batch.action.boundary).astype(jnp.float32))
+
+
+def coefficient(cfg, update_step) -> jax.Array:
+    """β_t: guide_coef at the first update, guide_final from `guide_anneal` of the updates on."""
+    frac = jnp.minimum(update_step / jnp.maximum(cfg.guide_anneal * (cfg.num_updates - 1), 1), 1.0)
+    return cfg.guide_coef + (cfg.guide_final - cfg.guide_coef) * frac
