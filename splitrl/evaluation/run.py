@@ -115,9 +115,13 @@ def evaluate(cfg: EvalConfig, log=print) -> tuple[list[dict], dict]:
             # a run trained with several seeds: evaluation seed s runs training seed s mod n, so the
             # interval covers the training's spread as well as the episodes'
             n_members = policy.seed_members() if isinstance(policy, Trained) else 1
+            loaded = {getattr(policy, "member", 0): pparams}   # each member read once, the first already is
             for seed in range(cfg.seeds):
                 if n_members > 1:
-                    pparams = dataclasses.replace(policy, member=seed % n_members).init(env, params, spec)
+                    m = seed % n_members
+                    if m not in loaded:
+                        loaded[m] = dataclasses.replace(policy, member=m).init(env, params, spec)
+                    pparams = loaded[m]
                 ek, pk = episode_keys(spec.name, seed, cfg.episodes)
                 out = jax.device_get(rollout(env, policy, params, pparams, ek, pk, n_steps))
                 per_seed.append(seed_stats(out))
