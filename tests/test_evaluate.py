@@ -180,3 +180,19 @@ def test_scaling_table_and_curves_from_runs(tmp_path):
                                                  for s in (0, 1) for n in (1e4, 1e5, 1e6)))
     png = scaling.plot_curves(rows, {1_024_000: run}, "s", tmp_path / "curve.png")
     assert png.stat().st_size > 10_000
+
+
+def test_scaling_reuses_a_finished_run_only_when_it_matches(tmp_path, monkeypatch):
+    from splitrl.evaluation import scaling
+    run = tmp_path / "s_1024000"
+    run.mkdir()
+    (run / "final_params.msgpack").write_bytes(b"x")
+    (run / "scaling.json").write_text(json.dumps({"scenario": "s", "budget": 1_024_000, "seeds": 3, "overrides": [],
+                                                  "train_wall_s": 61.0}))
+    calls = []
+    monkeypatch.setattr(scaling.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or
+                        type("Done", (), {"returncode": 0, "stdout": "", "stderr": ""})())
+    assert scaling.train("s", 1_024_000, 3, run, []) == 61.0 and not calls            # reused
+    scaling.train("s", 1_024_000, 3, run, ["agent.num_envs=64"])                     # other overrides: retrained
+    scaling.train("s", 1_024_000, 1, run, [])                                        # other seeds: retrained
+    assert len(calls) == 2 and json.loads((run / "scaling.json").read_text())["seeds"] == 1

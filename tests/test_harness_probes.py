@@ -183,7 +183,10 @@ def test_probe_slowloris(sm, cloud):
             s.sendall(b"SPRL\x01")
             idle.append(s)
         assert_normal(sm, address, base, TOKEN)             # answered during the attack
-        assert server.stats["evicted/handshake"] >= 100 - 16 - 1
+        # every idle connection past the cap was dropped: evicted by a newer one, or (on a slow machine,
+        # where creating 100 sockets outlasts the 0.5 s handshake deadline) timed out first
+        dropped = server.stats["evicted/handshake"] + server.stats["rejected/timeout"]
+        assert server.stats["evicted/handshake"] > 0 and dropped >= 100 - 16 - 1, dict(server.stats)
         assert len(server._pending) <= server.limits.max_unauth
     finally:
         for s in idle:

@@ -33,7 +33,16 @@ REFERENCES = ("cloud_only", "myopic_dpp", "oracle_dpp")
 
 
 def train(scenario: str, budget: int, seeds: int, run_dir: Path, extra: list[str]) -> float:
-    """One `splitrl-train` of HPPO (a subprocess: a fresh compile cache per budget); its wall time."""
+    """One `splitrl-train` of HPPO (a subprocess: a fresh compile cache per budget); its wall time.
+
+    A finished run of the same scenario, budget, seeds and overrides is reused (its recorded wall time
+    is reported), so a study can be extended by one budget without retraining the others."""
+    stamp = run_dir / "scaling.json"
+    want = {"scenario": scenario, "budget": budget, "seeds": seeds, "overrides": list(extra)}
+    if stamp.is_file() and (run_dir / "final_params.msgpack").is_file():
+        done = json.loads(stamp.read_text())
+        if {k: done.get(k) for k in want} == want:
+            return float(done["train_wall_s"])
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "splitrl.training.train", f"scenario={scenario}", f"agent.total_timesteps={budget}",
            f"num_seeds={seeds}", "logger=disabled", "progress=false", f"hydra.run.dir={run_dir}", *extra]
@@ -41,7 +50,9 @@ def train(scenario: str, budget: int, seeds: int, run_dir: Path, extra: list[str
     (run_dir.parent / f"{run_dir.name}.log").write_text(out.stdout + out.stderr)
     if out.returncode != 0:
         raise RuntimeError(f"training {scenario} for {budget} steps failed; see {run_dir.parent / (run_dir.name + '.log')}")
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    stamp.write_text(json.dumps(want | {"train_wall_s": wall}))
+    return wall
 
 
 def label(budget: int) -> str:
@@ -54,7 +65,7 @@ def study(scenario: str, budgets: list[int], seeds: int, eval_seeds: int, episod
     for b in budgets:
         runs[b] = work / f"{Path(scenario).stem}_{b}"
         walls[b] = train(scenario, b, seeds, runs[b], extra)
-        log(f"{scenario}: trained {seeds} seed(s) x {b:,} steps in {walls[b]:.0f} s")
+        log(f"{scenario}: {seeds} seed(s) x {b:,} steps, trained in {walls[b]:.0f} s")
     base = EvalConfig(policies=REFERENCES, runs=(), scenarios=(scenario,), seeds=eval_seeds, episodes=episodes, steps=0,
                       splitllm_sla_factor=1.0, chen_lam=1.0, chen_timesteps=0, plot_policies=())
     rows, _ = evaluate(base, log=log)
