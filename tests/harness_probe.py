@@ -77,12 +77,14 @@ def baseline(sm, address, token=None, n: int = 5) -> float:
 
 
 def assert_normal(sm, address, base: float, token=None, tries: int = 3) -> None:
-    """Every try is answered correctly by the cloud (no fallback), and the fastest within 2x baseline
-    (the fastest of a few: one scheduling hiccup on a shared host is not the server's latency)."""
+    """Every try is answered correctly by the cloud (no fallback), and the fastest within 2x baseline plus
+    50 ms (the fastest of a few, plus a few scheduler quanta: on a busy 2-core host a ~12 ms request can
+    take 30-40 ms without the server being at fault; a starved or wedged server misses by its 0.5 s+
+    deadlines)."""
     runs = [legit_request(sm, address, token) for _ in range(tries)]
     assert all(ok for ok, _ in runs), "a legitimate request was not answered by the cloud"
     best = min(t for _, t in runs)
-    assert best <= 2 * base, f"a legitimate request took {best * 1e3:.1f} ms, baseline {base * 1e3:.1f} ms"
+    assert best <= 2 * base + 0.05, f"a legitimate request took {best * 1e3:.1f} ms, baseline {base * 1e3:.1f} ms"
 
 
 # ----------------------------------------------------------------------------- frames
