@@ -196,3 +196,38 @@ def test_scaling_reuses_a_finished_run_only_when_it_matches(tmp_path, monkeypatc
     scaling.train("s", 1_024_000, 3, run, ["agent.num_envs=64"])                     # other overrides: retrained
     scaling.train("s", 1_024_000, 1, run, [])                                        # other seeds: retrained
     assert len(calls) == 2 and json.loads((run / "scaling.json").read_text())["seeds"] == 1
+
+
+def test_a_multi_seed_run_is_evaluated_member_by_member(tmp_path):
+    """Evaluation seed s runs training member s mod n: a two-member run whose member 0 always picks
+    cloud-only and member 1 edge-only scores, seed by seed, exactly what those two baselines score."""
+    import yaml
+
+    from splitrl.agents.networks import HierarchicalPolicy
+    from splitrl.training.rundir import write_final_params
+
+    from .conftest import CONF
+    env, params, spec = scenario_spec("default")
+    obs, _ = env.reset_env(jax.random.PRNGKey(0), params)
+    net = HierarchicalPolicy(env.num_boundaries, env.num_formats, env.num_units, (16,), "separate")
+    zero = jax.tree.map(lambda x: 0.0 * x, net.init(jax.random.PRNGKey(0), obs))
+
+    def always(boundary):                           # every logit constant: greedy picks `boundary`, fp16, no edge units
+        p = jax.tree.map(lambda x: x, zero)
+        p["params"]["boundary_head"]["bias"] = p["params"]["boundary_head"]["bias"].at[boundary].set(10.0)
+        p["params"]["format_head"]["bias"] = p["params"]["format_head"]["bias"].at[0].set(10.0)
+        p["params"]["unit_head"]["bias"] = p["params"]["unit_head"]["bias"] - 10.0
+        return p
+    write_final_params(tmp_path, jax.tree.map(lambda a, b: np.stack([a, b]), always(0), always(env.n_layers)))
+    agent = yaml.safe_load((CONF / "agent" / "hppo.yaml").read_text()) | {"name": "two", "hidden": [16], "critic": "separate"}
+    (tmp_path / "resolved_config.yaml").write_text(yaml.safe_dump({"agent": agent, "scenario": {"id": spec.info.id}}))
+    (tmp_path / "summary.json").write_text(json.dumps({"members": [{"seed": 0, "lr": 3e-4}, {"seed": 1, "lr": 3e-4}]}))
+    cfg = EvalConfig(policies=("cloud_only", "edge_only"), runs=(str(tmp_path),), scenarios=("default",), seeds=4,
+                     episodes=1, steps=6, splitllm_sla_factor=1.0, chen_lam=1.0, chen_timesteps=0, plot_policies=())
+    rows, _ = evaluate(cfg, log=lambda *_: None)
+    by = {r["policy"]: r for r in rows}
+    run = next(r for r in rows if r["policy"] not in ("cloud_only", "edge_only"))
+    assert run["train_seeds"] == 2
+    want = [by["cloud_only" if s % 2 == 0 else "edge_only"]["objective_seeds"][s] for s in range(4)]
+    np.testing.assert_allclose(run["objective_seeds"], want, rtol=1e-6)
+    assert by["cloud_only"]["objective_seeds"][0] != by["edge_only"]["objective_seeds"][0]
