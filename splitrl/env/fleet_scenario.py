@@ -96,12 +96,30 @@ def _shares_to_counts(shares: list[float], n: int) -> np.ndarray:
     return counts
 
 
-def _device_type(c: Checked, i: int, entry, rate: float, trace: dict | None):
+def _device_entries(c: Checked) -> list[tuple[str, float]]:
+    """(single-device scenario, share) of each device type; the shares sum to 1."""
+    entries = c.data.get("devices")
+    c.seen.add("devices")
+    if not isinstance(entries, list) or not entries:
+        raise c.err("devices", entries, "must be a non-empty list of {scenario: <single-device scenario>, share: <0..1>}")
+    out = []
+    for i, entry in enumerate(entries):
+        d = Checked(entry, c.where, f"devices[{i}].")
+        out.append((d.get("scenario", kind=str), d.get("share", 0, 1, lo_open=True)))
+        d.done()
+        try:
+            load_scenario_dict(out[-1][0])
+        except ScenarioError as e:
+            raise d.err("scenario", out[-1][0], str(e)) from e
+    if abs(sum(share for _, share in out) - 1.0) > 1e-6:
+        raise c.err("devices", [share for _, share in out], "the shares must sum to 1")
+    return out
+
+
+def _device_type(c: Checked, i: int, name: str, share: float, rate: float, trace: dict | None):
     """One device type: its single-device scenario with the fleet's arrival rate (and, replaying a trace,
     one request class at the trace's mean request and the trace's longest request as the KV context)."""
-    d = Checked(entry, c.where, f"devices[{i}].")
-    name, share = d.get("scenario", kind=str), d.get("share", 0, 1, lo_open=True)
-    d.done()
+    d = Checked({}, c.where, f"devices[{i}].")
     data = copy.deepcopy(load_scenario_dict(name)[0])
     workload = data.get("workload", {})
     workload["arrival_rate"] = rate
@@ -198,16 +216,12 @@ def make_fleet_with_info(scenario: str | Path | dict) -> tuple[FleetEnv, FleetPa
     rate, bg_rate = wl.get("rate_per_device", 0), wl.get("background_rate", 0)
     for s in (chn, cl, wl):
         s.done()
-    entries = c.data.get("devices")
-    c.seen.add("devices")
-    if not isinstance(entries, list) or not entries:
-        raise c.err("devices", entries, "must be a non-empty list of {scenario: <single-device scenario>, share: <0..1>}")
-    model = load_model(load_scenario_dict(Checked(entries[0], where, "devices[0].").get("scenario", kind=str))[0]["model"])
-    tr, mean_rate = trace_arrays(path, model.max_context)
-    types = [_device_type(c, i, e, rate, tr if kind == "trace" else None) for i, e in enumerate(entries)]
+    entries = _device_entries(c)
     c.done()
-    if abs(sum(t[1] for t in types) - 1.0) > 1e-6:
-        raise c.err("devices", [t[1] for t in types], "the shares must sum to 1")
+    model = load_model(load_scenario_dict(entries[0][0])[0]["model"])
+    tr, mean_rate = trace_arrays(path, model.max_context)
+    types = [_device_type(c, i, name, share, rate, tr if kind == "trace" else None)
+             for i, (name, share) in enumerate(entries)]
     _check_compatible(c, types)
     device_type = np.repeat(np.arange(len(types)), _shares_to_counts([t[1] for t in types], n))
     env0, p0 = types[0][2], types[0][3]
