@@ -19,7 +19,7 @@ import numpy as np
 
 from splitrl.env import rollout as R
 from splitrl.env.fleet import fixed_action, start
-from splitrl.env.fleet_scenario import make_fleet
+from splitrl.env.fleet_scenario import make_fleet_with_info
 from splitrl.evaluation.stats import request_times
 
 LOADS = ("low", "medium", "peak")
@@ -43,6 +43,7 @@ def summary(out: dict) -> dict:
                                                                         "response_time")})
     return {"latency": float(np.mean(out["latency"])),
             "response_mean": float(times[answered].mean()) if answered.any() else float("nan"),
+            "p50": float(np.percentile(times, 50, method="inverted_cdf")),
             "p95": float(np.percentile(times, 95, method="inverted_cdf")),
             "unanswered": float(1.0 - answered.mean()), "wait": float(np.mean(out["cloud_wait"])),
             "util": float(np.mean(out["cloud_util"])), "queue_end": float(np.mean(out["cloud_queue_s"][-1]))}
@@ -55,20 +56,27 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--split", type=int, nargs="+", default=[4, 16], help="boundaries of the fixed splits (int8)")
     args = ap.parse_args()
-    fleets = {load: make_fleet(f"llama-2-7b_1xa100_{load}") for load in LOADS}
-    env = fleets["low"][0]
-    policies = {"cloud-only": fixed_action(env, 0), "edge-only": fixed_action(env, env.n_layers, 0, True)}
+    fleets = {load: make_fleet_with_info(f"llama-2-7b_1xa100_{load}") for load in LOADS}
+    env, _, info = fleets["low"]
+    cloud, edge = fixed_action(env, 0), fixed_action(env, env.n_layers, 0, True)
+    policies = {"cloud-only": cloud, "edge-only": edge}
     policies |= {f"split b={b} int8": fixed_action(env, b, 1) for b in args.split}
+    # a heterogeneous fixed placement: the devices that hold the whole model run it, the others offload
+    fits = [bool(d.costs.boundary_mask[-1]) for d in info.devices]
+    on_edge = jnp.asarray([fits[k] for k in info.device_type])
+    names = "+".join(d.edge for d, ok in zip(info.devices, fits, strict=True) if ok)
+    policies[f"edge-only on {names}, cloud-only elsewhere"] = jax.tree.map(
+        lambda e, c: jnp.where(on_edge.reshape(-1, *([1] * (e.ndim - 1))), e, c), edge, cloud)
     print(f"N = {env.n_devices}, {args.envs} envs x {args.slots} slots, seed {args.seed}\n")
-    print("| load | policy | mean service latency (s) | mean response (s) | p95 response (s) | unanswered | "
-          "mean cloud wait (s) | mean cloud util | cloud queue at end (replica-s) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| load | policy | mean service latency (s) | mean response (s) | p50 response (s) | p95 response (s) | "
+          "unanswered | mean cloud wait (s) | mean cloud util | cloud queue at end (replica-s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     t0 = time.time()
     for load in LOADS:
-        fenv, params = fleets[load]
+        fenv, params, _ = fleets[load]
         for name, action in policies.items():
             s = summary(measure(fenv, params, action, args.envs, args.slots, jax.random.PRNGKey(args.seed)))
-            print(f"| {load} | {name} | {s['latency']:.2f} | {s['response_mean']:.2f} | {s['p95']:.2f} | "
+            print(f"| {load} | {name} | {s['latency']:.2f} | {s['response_mean']:.2f} | {s['p50']:.2f} | {s['p95']:.2f} | "
                   f"{s['unanswered']:.1%} | {s['wait']:.2f} | {s['util']:.2f} | {s['queue_end']:.1f} |", flush=True)
     print(f"\n{time.time() - t0:.0f} s")
 
