@@ -13,7 +13,7 @@ import yaml
 from splitrl.bench.env import random_split_action
 from splitrl.env import ScenarioError
 from splitrl.env import rollout as R
-from splitrl.env.fleet import FleetEnv, cloud_lyapunov, fixed_action, start
+from splitrl.env.fleet import FLEET_INFO, FleetEnv, cloud_lyapunov, fixed_action, start
 from splitrl.env.fleet_scenario import FLEET_DIR, load_fleet_dict, make_fleet, make_fleet_with_info
 from splitrl.env.split_env import SplitEnv
 from splitrl.profiles import load_model
@@ -74,7 +74,7 @@ def test_shapes_and_finiteness_under_jit_and_vmap(small, small_rollout):
     for k in ("latency", "energy", "delta_ppl", "backlog", "served", "arrivals", "drops", "response_time",
               "cloud_wait", "objective", "boundary", "cloud_work"):
         assert info[k].shape == (T, E, N), k
-    for k in ("cloud_queue_s", "cloud_util", "offloaded_work", "background_work", "fleet_objective"):
+    for k in FLEET_INFO:
         assert info[k].shape == (T, E), k
     for k, v in info.items():
         if k != "final_observation":

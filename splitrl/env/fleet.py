@@ -21,7 +21,6 @@ Poisson request classes (`"classes"`); the background always replays the trace.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +39,8 @@ from splitrl.env.split_env import (
 from splitrl.env.types import Action, CloudState, FleetParams, FleetState, Observation
 
 WORKLOAD_KINDS = ("trace", "classes")
+# info fields of the whole fleet (scalars per env); every other info field is per device ([N])
+FLEET_INFO = ("cloud_queue_s", "cloud_util", "offloaded_work", "background_work", "cloud_drift", "fleet_objective")
 # the draws a device shares with its cell (Gaussian copula): in a step the bandwidth, RTT, fading and SNR
 # normals and the regime and link uniforms (SplitEnv._step's layout); at reset the bandwidth, fading, SNR
 STEP_SHARED = (0, 1, 2, 3, 8, 13)
@@ -258,9 +259,3 @@ def start(env: FleetEnv, params: FleetParams, reset_keys: jax.Array):
     from splitrl.env.rollout import Carry
     obs, state = jax.vmap(env.reset, (0, None))(reset_keys, params)
     return Carry(obs=obs, state=state, episode_return=jnp.zeros((reset_keys.shape[0], env.n_devices), jnp.float32))
-
-
-def info_fields(info: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """(per-device fields, fleet-level fields) of a step's info."""
-    fleet = ["cloud_queue_s", "cloud_util", "offloaded_work", "background_work", "cloud_drift", "fleet_objective"]
-    return [k for k in info if k not in fleet and k != "final_observation"], [k for k in fleet if k in info]
