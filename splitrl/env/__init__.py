@@ -10,7 +10,8 @@ import importlib
 _EXPORTS = {
     "ScenarioError": "scenario", "ScenarioInfo": "scenario", "check_params": "scenario", "make": "scenario",
     "make_with_info": "scenario", "SplitEnv": "split_env", "Action": "types", "EnvParams": "types",
-    "EnvState": "types", "Observation": "types",
+    "EnvState": "types", "Observation": "types", "FleetEnv": "fleet", "FleetParams": "types",
+    "make_fleet": "fleet_scenario", "make_fleet_with_info": "fleet_scenario",
 }
 __all__ = sorted(_EXPORTS)
 

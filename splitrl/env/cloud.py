@@ -84,11 +84,17 @@ def load_trace_shape(seconds: np.ndarray, minutes_per_slot: float) -> np.ndarray
     return shape[np.minimum((np.arange(n_slots) * minutes_per_slot).astype(int), len(shape) - 1)].astype(np.float32)
 
 
-def clipped_means(prompt: np.ndarray, output: np.ndarray, max_context: int) -> tuple[float, float]:
-    """Mean (prompt, output) tokens with every request clipped to the model's context: output first kept
-    whole up to the context, the prompt truncated to what is left (its oldest tokens dropped)."""
+def clip_lengths(prompt: np.ndarray, output: np.ndarray, max_context: int) -> tuple[np.ndarray, np.ndarray]:
+    """(prompt, output) tokens of each request clipped to the model's context: output first, kept whole up
+    to the context, the prompt truncated to what is left (its oldest tokens dropped)."""
     out = np.minimum(output, max_context - 1)
-    return float(np.minimum(prompt, max_context - out).mean()), float(out.mean())
+    return np.minimum(prompt, max_context - out), out
+
+
+def clipped_means(prompt: np.ndarray, output: np.ndarray, max_context: int) -> tuple[float, float]:
+    """Mean (prompt, output) tokens with every request clipped to the model's context (`clip_lengths`)."""
+    prompt, out = clip_lengths(prompt, output, max_context)
+    return float(prompt.mean()), float(out.mean())
 
 
 # ----------------------------------------------------------------------------- in the step (pure JAX)

@@ -84,7 +84,7 @@ class Phase(NamedTuple):
 
 def _pass(p: Phase, on_e, is_attn, last):
     """One pipeline pass through a split boundary layer. Returns (seconds, edge compute seconds,
-    edge joules, crossings up, crossings down)."""
+    edge joules, crossings up, crossings down, cloud compute seconds)."""
     row, X, n_tok, slow = p.row, p.crossing, p.n_tok, p.cloud
     te, tc, tej = row.edge, slow * row.cloud, row.edge_j
     ne, nc, nej = row.norm_edge, slow * row.norm_cloud, row.norm_edge_j
@@ -117,7 +117,8 @@ def _pass(p: Phase, on_e, is_attn, last):
               + jnp.where(head_on_edge, head_e_j, 0.0))
     n_up = (a_c * 1.0 + (a_e & a_c) + jnp.where(a_c, f_e & f_c, f_c * 1.0 + (f_e & f_c)) + (ends_on_edge & ~last))
     n_down = (a_c & f_e) * 1.0
-    return time, edge_s, edge_j, n_up, n_down
+    cloud_s = tc_attn + tc_ffn + slow * n_tok * row.suffix + jnp.where(head_on_edge, 0.0, slow * head_c)
+    return time, edge_s, edge_j, n_up, n_down, cloud_s
 
 
 def pipelined(serial, edge_s, n_cross, crossing, rtt, prompt, chunk):
@@ -159,6 +160,8 @@ class Timing(NamedTuple):
     edge_tok_j: jax.Array
     prefix: jax.Array     # edge prefill s/token of what the edge holds (its KV cache survives a fallback)
     prefix_j: jax.Array   # ... J/token
+    cloud_pre: jax.Array  # cloud compute s of the prefill pass, and of each further token, at batch 1
+    cloud_tok: jax.Array  # (without the background batch's slowdown: the work the cloud does)
 
 
 def request_cost(params: EnvParams, boundary, fmt, edge_units, prompt, output, cond: Conditions,
@@ -188,20 +191,23 @@ def request_cost(params: EnvParams, boundary, fmt, edge_units, prompt, output, c
     phases = Phase(row=decode_layer_row(rows, edge_units.shape[0]), model=model, head=head,
                    n_tok=jnp.stack([prompt, 1.0]), crossing=X[:2],
                    cloud=jnp.stack([1.0, decode_factor(params.cloud, cond.cloud_load)]), mix=c.mix.T)
-    t, es, ej, n_up, n_down = jax.vmap(_pass, in_axes=(Phase(0, 0, None, 0, 0, 0, 0), None, None, None))(
+    t, es, ej, n_up, n_down, cs = jax.vmap(_pass, in_axes=(Phase(0, 0, None, 0, 0, 0, 0), None, None, None))(
         phases, edge_units, c.unit_is_attn, jnp.minimum(b, L - 1) == L - 1)
     t = t.at[0].set(pipelined(t[0], es[0], n_up[0] + n_down[0], X[0], cond.rtt, prompt, ch.prefill_chunk))
     start = cond.cloud_wait + cond.reconnect   # a batch slot, and a link that just came back
     split = Timing(pre=start + t[0] + X[2], tok=t[1] + X[2], edge_pre=es[0], edge_tok=es[1], edge_pre_j=ej[0],
                    edge_tok_j=ej[1], prefix=phases.row.prefix[0] + model.edge_embed[0],
-                   prefix_j=phases.row.prefix_j[0] + model.edge_embed_j[0])
-    c_pass = phases.cloud * (phases.n_tok * (model.cloud_embed + model.cloud_all) + head.cloud_head)
+                   prefix_j=phases.row.prefix_j[0] + model.edge_embed_j[0], cloud_pre=cs[0] / phases.cloud[0],
+                   cloud_tok=cs[1] / phases.cloud[1])
+    c_alone = phases.n_tok * (model.cloud_embed + model.cloud_all) + head.cloud_head
+    c_pass = phases.cloud * c_alone
     cloud = Timing(pre=start + X[3] + c_pass[0] + cond.rtt / 2, tok=c_pass[1], edge_pre=0.0, edge_tok=0.0,
-                   edge_pre_j=0.0, edge_tok_j=0.0, prefix=0.0, prefix_j=0.0)
+                   edge_pre_j=0.0, edge_tok_j=0.0, prefix=0.0, prefix_j=0.0, cloud_pre=c_alone[0],
+                   cloud_tok=c_alone[1])
     e_pass = phases.n_tok * (model.edge_embed + model.edge_all) + head.edge_head
     e_pass_j = phases.n_tok * (model.edge_embed_j + model.edge_all_j) + head.edge_head_j
     edge = Timing(pre=e_pass[0], tok=e_pass[1], edge_pre=e_pass[0], edge_tok=e_pass[1], edge_pre_j=e_pass_j[0],
-                  edge_tok_j=e_pass_j[1], prefix=0.0, prefix_j=0.0)
+                  edge_tok_j=e_pass_j[1], prefix=0.0, prefix_j=0.0, cloud_pre=0.0, cloud_tok=0.0)
     plan = jax.tree.map(lambda e, cl, s: jnp.where(edge_only, e, jnp.where(cloud_only, cl, s)), edge, cloud, split)
     crossings_per_tok = jnp.where(cloud_only | edge_only, 0.0, n_up[1] + n_down[1] + 1.0)
     steps = jnp.maximum(output - 1.0, 0.0)   # decode steps: the prefill pass already yields the first token
@@ -269,7 +275,17 @@ def _finish(params: EnvParams, m: dict, plan: Timing, edge: Timing, edge_only, p
     return {"latency": latency, "energy": energy, "delta_ppl": dppl,
             "bytes_up": up, "bytes_down": jnp.where(down, 0.0, m["down"]), "edge_compute_s": edge_s,
             "timed_out": timed_out.astype(jnp.float32), "fell_back": (down & can_fallback).astype(jnp.float32),
-            "failed": failed.astype(jnp.float32), "cloud_wait": jnp.where(edge_only | down, 0.0, cond.cloud_wait)}
+            "failed": failed.astype(jnp.float32), "cloud_wait": jnp.where(edge_only | down, 0.0, cond.cloud_wait),
+            **_cloud_work(plan, down | edge_only, timed_out, started, steps_done, steps)}
+
+
+def _cloud_work(plan: Timing, off, timed_out, started, steps_done, steps) -> dict:
+    """The cloud compute a request used, at batch 1 (the fleet env turns it into shared work): its prefill
+    and its decode steps; a request that timed out only what ran before the timeout (its first token
+    came back, then `steps_done` steps), one that never reached the cloud nothing."""
+    pre = jnp.where(off | (timed_out & ~started), 0.0, plan.cloud_pre)
+    dec = jnp.where(off, 0.0, jnp.where(timed_out, steps_done, steps) * plan.cloud_tok)
+    return {"cloud_prefill_s": pre, "cloud_decode_s": dec}
 
 
 def radio_energy(params: EnvParams, up, down, latency, used_link, cond: Conditions):

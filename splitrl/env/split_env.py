@@ -91,6 +91,63 @@ def slot_queues(params: EnvParams, state: EnvState, m: dict, arrivals) -> dict:
             "penalty": penalty, "drift": drift, "objective": r.V * penalty + drift}
 
 
+def poisson_icdf(rate, u, max_arrivals: int):
+    """Poisson draw by inverting the CDF over 0..max_arrivals (jax.random.poisson is a rejection loop:
+    under vmap it costs more than the rest of the step). The host checks the tail is negligible."""
+    k = jnp.arange(max_arrivals + 1, dtype=jnp.float32)
+    logpmf = k * jnp.log(jnp.maximum(rate, 1e-12)) - rate - gammaln(k + 1.0)
+    cdf = jnp.cumsum(jnp.exp(logpmf))
+    return jnp.minimum(jnp.sum(u > cdf), max_arrivals).astype(jnp.float32)
+
+
+def link_conditions(kind: str, p, state: EnvState, z, u, cloud_load, cloud_wait):
+    """This slot's link (bandwidth, reachability, RTT, fading, SNR) drawn from the step's normals `z` and
+    uniforms `u`, with the cloud's load and admission wait as given (the single-device env draws them
+    from its exogenous load, the fleet env derives them from its shared queue). Returns (Conditions,
+    the updated latent link fields of the state)."""
+    bw, log_bw, regime, trace_pos = ch.next_bandwidth(kind, p, state.log_bw, state.regime, state.trace_pos,
+                                                      z[0], u[0])
+    connected, link = ch.link_up(kind, p, state.link, regime, trace_pos, u[5])
+    log_sigma_h = ch.ar1(state.log_sigma_h, p.fade_log_mean, p.fade_rho, p.fade_log_std, z[2])
+    cond = Conditions(bw=bw, rtt=ch.rtt_of(p, bw, z[1]), loss_p=ch.loss_probability(p.h_th, log_sigma_h),
+                      snr_db=p.snr_db_mean + p.snr_db_std * z[3], cloud_load=cloud_load, cloud_wait=cloud_wait,
+                      connected=connected, reconnect=p.reconnect_s * (1.0 - state.connected) * connected)
+    return cond, dict(log_bw=log_bw, regime=regime, trace_pos=trace_pos, log_sigma_h=log_sigma_h, link=link)
+
+
+def price_slot(params: EnvParams, state: EnvState, action: Action, cond: Conditions, arq_draws, arrivals):
+    """The slot's request priced under the (projected) action and the device's queues moved:
+    (boundary, format, edge units, metrics `request_cost`, queues `slot_queues`)."""
+    b, fmt, edge_units = project_action(params, action.boundary, action.fmt, action.units)
+    m = request_cost(params, b, fmt, edge_units, state.prompt_len, state.output_len, cond, draws=arq_draws)
+    return b, fmt, edge_units, m, slot_queues(params, state, m, arrivals)
+
+
+def advance_state(params: EnvParams, state: EnvState, cond: Conditions, q: dict, b, fmt, edge_units, request,
+                  z_est, latent: dict) -> EnvState:
+    """The state after a priced slot: what was measured, the queues, the next request (prompt, output)."""
+    return state.replace(
+        bw=cond.bw, bw_est=cond.bw * jnp.exp(params.channel.bw_est_log_std * z_est), rtt=cond.rtt,
+        loss_p=cond.loss_p, snr_db=cond.snr_db, cloud_load=cond.cloud_load, connected=cond.connected,
+        backlog=q["backlog"], z_energy=q["z_energy"], z_acc=q["z_acc"], prompt_len=request[0],
+        output_len=request[1], last_boundary=b, last_fmt=fmt, last_edge_frac=jnp.mean(edge_units),
+        time=state.time + 1, **latent)
+
+
+def slot_info(m: dict, q: dict, cond: Conditions, arrivals, b, fmt, edge_units) -> dict:
+    """The slot's raw metrics (the module docstring lists them)."""
+    return {
+        "latency": m["latency"], "energy": m["energy"], "delta_ppl": m["delta_ppl"], "backlog": q["backlog"],
+        "bytes_sent": m["bytes_up"], "bytes_recv": m["bytes_down"], "served": q["served"], "arrivals": arrivals,
+        "drops": q["drops"], "failed": m["failed"] * q["served"], "request_failed": m["failed"],
+        "timed_out": m["timed_out"],
+        "fell_back": m["fell_back"], "response_time": q["response_time"], "queue_delay": q["queue_delay"],
+        "cloud_wait": m["cloud_wait"], "connected": cond.connected, "objective": q["objective"],
+        "penalty": q["penalty"], "drift": q["drift"], "bandwidth": cond.bw, "cloud_load": cond.cloud_load,
+        "boundary": b.astype(jnp.float32), "fmt": fmt.astype(jnp.float32), "edge_frac": jnp.mean(edge_units),
+    }
+
+
 def estimated_conditions(state: EnvState, params: EnvParams) -> Conditions:
     """What a causal policy knows of the coming slot: the bandwidth estimate and last slot's RTT, loss,
     SNR, cloud load and link state (the observation shows exactly these, normalised); the admission wait
@@ -220,45 +277,20 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
     def _channel(self, z, u, state: EnvState, params: EnvParams):
         """This slot's channel and cloud: what the agent did not know when it chose. Returns (Conditions,
         the updated latent channel fields of the state)."""
-        p, cl = params.channel, params.cloud
-        bw, log_bw, regime, trace_pos = ch.next_bandwidth(self.channel_kind, p, state.log_bw, state.regime,
-                                                          state.trace_pos, z[0], u[0])
-        connected, link = ch.link_up(self.channel_kind, p, state.link, regime, trace_pos, u[5])
-        log_sigma_h = ch.ar1(state.log_sigma_h, p.fade_log_mean, p.fade_rho, p.fade_log_std, z[2])
+        cl = params.cloud
         load, cloud_logit, cloud_pos = cloud.next_load(self.load_kind, cl, state.cloud_logit, state.cloud_pos, z[5])
-        cond = Conditions(bw=bw, rtt=ch.rtt_of(p, bw, z[1]), loss_p=ch.loss_probability(p.h_th, log_sigma_h),
-                          snr_db=p.snr_db_mean + p.snr_db_std * z[3], cloud_load=load,
-                          cloud_wait=cloud.sample_wait(cl, load, u[6], u[7]), connected=connected,
-                          reconnect=p.reconnect_s * (1.0 - state.connected) * connected)
-        latent = dict(log_bw=log_bw, regime=regime, trace_pos=trace_pos, log_sigma_h=log_sigma_h,
-                      cloud_logit=cloud_logit, cloud_pos=cloud_pos, link=link)
-        return cond, latent
+        cond, latent = link_conditions(self.channel_kind, params.channel, state, z, u, load,
+                                       cloud.sample_wait(cl, load, u[6], u[7]))
+        return cond, latent | dict(cloud_logit=cloud_logit, cloud_pos=cloud_pos)
 
     def _step(self, draws: jax.Array, state: EnvState, action: Action, params: EnvParams):
         z, u = ndtri(draws[:8]), draws[8:]  # 8 normals by inverse CDF, 9 uniforms
-        p, w, r = params.channel, params.workload, params.reward
+        w, r = params.workload, params.reward
         cond, latent = self._channel(z, u, state, params)
-        b, fmt, edge_units = project_action(params, action.boundary, action.fmt, action.units)
-        m = request_cost(params, b, fmt, edge_units, state.prompt_len, state.output_len, cond,
-                         draws=jnp.stack([u[8], u[4], z[7]]))
         arrivals = self._poisson(w.arrival_rate * params.slot_s, u[1])
-        q = slot_queues(params, state, m, arrivals)
-        prompt, output = self._draw_request(w, u[2:5])
-        new = state.replace(
-            bw=cond.bw, bw_est=cond.bw * jnp.exp(p.bw_est_log_std * z[6]), rtt=cond.rtt, loss_p=cond.loss_p,
-            snr_db=cond.snr_db, cloud_load=cond.cloud_load, connected=cond.connected, backlog=q["backlog"],
-            z_energy=q["z_energy"], z_acc=q["z_acc"], prompt_len=prompt, output_len=output, last_boundary=b,
-            last_fmt=fmt, last_edge_frac=jnp.mean(edge_units), time=state.time + 1, **latent)
-        info = {
-            "latency": m["latency"], "energy": m["energy"], "delta_ppl": m["delta_ppl"], "backlog": q["backlog"],
-            "bytes_sent": m["bytes_up"], "bytes_recv": m["bytes_down"], "served": q["served"], "arrivals": arrivals,
-            "drops": q["drops"], "failed": m["failed"] * q["served"], "request_failed": m["failed"],
-            "timed_out": m["timed_out"],
-            "fell_back": m["fell_back"], "response_time": q["response_time"], "queue_delay": q["queue_delay"],
-            "cloud_wait": m["cloud_wait"], "connected": cond.connected, "objective": q["objective"],
-            "penalty": q["penalty"], "drift": q["drift"], "bandwidth": cond.bw, "cloud_load": cond.cloud_load,
-            "boundary": b.astype(jnp.float32), "fmt": fmt.astype(jnp.float32), "edge_frac": jnp.mean(edge_units),
-        }
+        b, fmt, edge_units, m, q = price_slot(params, state, action, cond, jnp.stack([u[8], u[4], z[7]]), arrivals)
+        new = advance_state(params, state, cond, q, b, fmt, edge_units, self._draw_request(w, u[2:5]), z[6], latent)
+        info = slot_info(m, q, cond, arrivals, b, fmt, edge_units)
         return self.get_obs(new, params), new, -r.scale * q["objective"], jnp.bool_(False), info
 
     def _load_logit0(self, cl, z):
@@ -271,12 +303,7 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
         return prompt, output
 
     def _poisson(self, rate, u):
-        """Poisson draw by inverting the CDF over 0..max_arrivals (jax.random.poisson is a rejection
-        loop: under vmap it costs more than the rest of the step). The host checks the tail is negligible."""
-        k = jnp.arange(self.max_arrivals + 1, dtype=jnp.float32)
-        logpmf = k * jnp.log(jnp.maximum(rate, 1e-12)) - rate - gammaln(k + 1.0)
-        cdf = jnp.cumsum(jnp.exp(logpmf))
-        return jnp.minimum(jnp.sum(u > cdf), self.max_arrivals).astype(jnp.float32)
+        return poisson_icdf(rate, u, self.max_arrivals)
 
     def get_obs(self, state: EnvState, params: EnvParams, key=None) -> Observation:
         shift, scale = F.normalisers(params, self.n_layers, jnp)

@@ -188,3 +188,49 @@ class Action:
     boundary: jax.Array         # i32: edge runs layers < boundary; layer `boundary` is split by `units`
     fmt: jax.Array              # i32: transmission format index (fp16, int8, int4)
     units: jax.Array            # i32[U]: 1 = edge, 0 = cloud (attention units, then FFN chunks)
+
+
+# ----------------------------------------------------------------------------- the fleet (splitrl/env/fleet.py)
+@struct.dataclass
+class TraceParams:
+    """A replayed serving trace per full minute, lengths clipped to the model's context (docs/fleet.md)."""
+    rate_shape: jax.Array       # [M] the minute's arrival rate over the trace's mean rate
+    first: jax.Array            # [M] i32 index of the minute's first request in `prompt` / `output`
+    count: jax.Array            # [M] i32 requests that arrived in the minute (>= 1)
+    prompt: jax.Array           # [R] tokens, clipped: prompt + output <= the model's context
+    output: jax.Array           # [R]
+
+
+@struct.dataclass
+class FleetCloudParams:
+    """The shared cloud: C replicas drain one FIFO work queue W (replica-seconds)."""
+    replicas: jax.Array         # C
+    batch_gain: jax.Array       # min(slots, B*): decode sequences a replica runs for the price of one
+    wait_ref_s: jax.Array       # W_ref = replicas · wait_ref_s normalises the cloud's Lyapunov term
+    bg_rate: jax.Array          # background requests per second (other users), at the trace's mean
+    bg_work: jax.Array          # [M] replica-seconds of the minute's mean background request (cloud-only)
+
+
+@struct.dataclass
+class FleetParams:
+    device: EnvParams           # the single-device params stacked along a leading device axis [N]
+    cell: jax.Array             # [N] i32 cell of each device: its channel draws mix with its cell's
+    channel_corr: jax.Array     # correlation of the channel draws of two devices in the same cell
+    cloud: FleetCloudParams
+    trace: TraceParams
+    slot_s: jax.Array
+    max_steps_in_episode: jax.Array
+
+
+@struct.dataclass
+class CloudState:
+    work: jax.Array             # W: replica-seconds queued at the start of the slot
+    util: jax.Array             # the last slot's utilisation (what the load balancer publishes)
+    start_s: jax.Array          # the episode's offset into the trace, seconds
+
+
+@struct.dataclass
+class FleetState:
+    device: EnvState            # [N]
+    cloud: CloudState
+    time: jax.Array             # i32 slot index
