@@ -286,3 +286,17 @@ def test_unknown_baseline_lists_the_known_ones():
     with pytest.raises(ValueError, match="known"):
         make_baseline("neurosurgeon")
     assert load_scenario_dict("default")[0]["id"] == "default-v2"
+
+
+def test_a_run_from_another_observation_contract_names_the_cause(default, tmp_path):
+    """A run trained before a feature was added does not load as garbage: the error names the
+    parameter, both shapes and the contract."""
+    env, params, spec = default
+    run = _fake_run(tmp_path, env, params, "hierarchical", spec.info.id)
+    obs, _ = env.reset_env(jax.random.PRNGKey(0), params)
+    old = obs.replace(features=obs.features[:-1])          # one feature fewer than today's contract
+    net = HierarchicalPolicy(env.num_boundaries, env.num_formats, env.num_units, (16,), "separate")
+    write_final_params(run, jax.vmap(lambda k: net.init(k, old))(jax.random.split(jax.random.PRNGKey(0), 2)))
+    with pytest.raises(Exception, match=rf"has shape \({env.obs_dim - 1}, 16\).*observation contract.*"
+                                        rf"{env.obs_dim} features"):
+        Trained.from_run_dir(str(run)).bind(env, params).init(env, params, spec)

@@ -28,7 +28,8 @@ def random_states(env, params, n: int, seed: int):
         states.append(state.replace(
             bw_est=jnp.float32(10 ** rng.uniform(2, 9)), rtt=jnp.float32(rng.uniform(1e-3, 1.0)),
             loss_p=jnp.float32(rng.uniform(0, 0.5)), snr_db=jnp.float32(rng.normal(20, 15)),
-            cloud_load=jnp.float32(rng.uniform(0, 0.99)), backlog=jnp.float32(rng.uniform(0, 60)),
+            cloud_load=jnp.float32(rng.uniform(0, 0.99)), cloud_wait_est=jnp.float32(rng.exponential(20.0)),
+            backlog=jnp.float32(rng.uniform(0, 60)),
             z_energy=jnp.float32(rng.uniform(0, 5)), z_acc=jnp.float32(rng.uniform(0, 5)),
             prompt_len=jnp.float32(rng.integers(1, 4096)), output_len=jnp.float32(rng.integers(1, 512)),
             last_boundary=jnp.int32(rng.integers(0, env.n_layers + 1)), last_fmt=jnp.int32(rng.integers(0, 3)),
@@ -88,3 +89,30 @@ def test_one_feature_by_name_matches_the_vector():
     state = random_states(env, params, 1, seed=5)[0]
     full = np.asarray(env.get_obs(state, params).features)
     assert np.asarray(F.value("snr", state.snr_db, params, env.n_layers, jnp)) == full[F.NAMES.index("snr")]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_cloud_wait_is_in_the_contract_and_o1(scenario):
+    """The published wait is a feature (raw source `cloud_wait_est`, seconds over the timeout); on states the
+    env reaches it is the Erlang-C expectation at the observed load, and on any state it stays bounded."""
+    from splitrl.env import cloud
+    env, params = make(scenario)
+    i = F.NAMES.index("cloud_wait")
+    assert F.FEATURES[i].source == "cloud_wait_est" and "cloud_wait_est" in F.SOURCES
+    timeout = float(params.channel.timeout_s)
+    key = jax.random.PRNGKey(7)
+    obs, state = env.reset(key, params)
+    for t in range(5):      # reached states: the published wait is the expectation at the published load
+        want = float(cloud.expected_wait(params.cloud, state.cloud_load))
+        assert float(state.cloud_wait_est) == pytest.approx(want, rel=1e-6, abs=1e-9)
+        assert float(obs.features[i]) == pytest.approx(min(want / timeout, F.FEATURE_BOUND), rel=1e-5, abs=1e-7)
+        obs, state, *_ = env.step(jax.random.fold_in(key, t), state, Action(jnp.int32(0), jnp.int32(0),
+                                  jnp.zeros(env.num_units, jnp.int32)), params)
+    waits, feats = [], []
+    for st in random_states(env, params, 24, seed=len(scenario)):
+        waits.append(float(st.cloud_wait_est))
+        feats.append(float(env.get_obs(st, params).features[i]))
+    feats = np.asarray(feats)
+    assert (feats >= 0).all() and (feats <= F.FEATURE_BOUND).all()
+    np.testing.assert_allclose(feats, np.minimum(np.asarray(waits) / timeout, F.FEATURE_BOUND), rtol=1e-5)
+    assert np.median(feats) < 3        # waits of tens of seconds map to O(1)

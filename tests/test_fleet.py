@@ -96,6 +96,23 @@ def test_cloud_queue_conserves_work(small, small_rollout):
     np.testing.assert_allclose(np.asarray(info["offloaded_work"]), np.asarray(info["cloud_work"]).sum(-1), rtol=1e-5)
 
 
+def test_published_wait_is_the_queue_one_slot_old(small, small_rollout):
+    """What a device sees before slot t+1 is what the load balancer published after slot t: the wait
+    W_{t+1} / C (the queue that slot left) next to the utilisation ρ_t, in every device's observation."""
+    from splitrl.env import features as F
+    env, params, _ = small
+    obs, _, info, state = small_rollout
+    C, i = float(params.cloud.replicas), F.NAMES.index("cloud_wait")
+    queue = np.asarray(info["cloud_queue_s"])                        # W_{t+1}, [T, E]
+    published = np.asarray(state.device.cloud_wait_est)              # seen before slot t, [T, E, N]
+    np.testing.assert_allclose(published[1:], np.repeat(queue[:-1, :, None] / C, env.n_devices, -1), rtol=1e-6)
+    assert (published[0] == 0).all() and (published[1:] > 0).any()   # an empty queue at reset
+    timeout = np.asarray(params.device.channel.timeout_s)             # [N]
+    want = np.minimum(published / timeout, F.FEATURE_BOUND)
+    np.testing.assert_allclose(np.asarray(obs.features)[..., i], want, rtol=1e-5, atol=1e-7)
+    assert np.abs(np.asarray(obs.features)[..., i]).max() <= F.FEATURE_BOUND
+
+
 def test_rewards_sum_to_the_fleet_drift_plus_penalty(small, small_rollout):
     """Σ_i r_i = −scale · [Σ_i (V·penalty_i + ΔL_i) + L_cloud(W') − L_cloud(W)]."""
     _, params, _ = small

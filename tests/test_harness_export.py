@@ -94,3 +94,8 @@ def test_runtime_builds_the_env_features_from_the_exported_metadata(exported):
         want = np.asarray(env.get_obs(state, ep).features)
         got = pol.features(jax.device_get(env.raw_features(state, ep)))
         np.testing.assert_allclose(got, want, atol=1e-6)
+    # the wait the cloud published reaches the policy's cloud_wait feature, over the scenario's timeout
+    from splitrl.env import features as F
+    i = F.NAMES.index("cloud_wait")
+    feats = pol.observe(1.25e6, 0.04, 64, 32, cloud_wait=5.0)
+    assert feats[i] == pytest.approx(5.0 / float(ep.channel.timeout_s)) and feats[i] > 0

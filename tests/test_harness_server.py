@@ -387,3 +387,33 @@ def test_an_edge_skips_a_draining_or_full_endpoint(sm):
         full.stop()
         other.stop()
     assert full.stats["opened"] == 1 and other.stats["closed"] == 2
+
+
+def test_the_cloud_publishes_its_wait_and_the_edge_reads_it(server):
+    """estimated_wait = (forwards waiting + the one running) x the mean forward; readiness and PONG carry it,
+    and the edge keeps what the last PONG said (the policy's cloud_wait feature)."""
+    from splitrl.runtime.edge import RemoteLink
+    from splitrl.runtime.estimate import LinkEstimator
+    assert server.estimated_wait() == 0.0 and server.readiness()["est_wait_s"] == 0.0
+    server.forward_done(0.5)
+    assert server.estimated_wait() == 0.0                       # an idle model: nothing ahead
+    server.compute_lock.acquire()                              # one forward running ...
+    got: list = []
+    waiter = threading.Thread(target=lambda: got.append(server.acquire_model(5.0)))
+    waiter.start()                                             # ... and one waiting
+    try:
+        deadline = time.monotonic() + 5
+        while server._waiters == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.estimated_wait() == pytest.approx(1.0)
+        est = LinkEstimator()
+        link = RemoteLink(server.host, server.port, TOKEN, 5.0, est)
+        link.connect()
+        link.close()
+        assert est.cloud_wait == pytest.approx(1.0, abs=1e-6)
+    finally:
+        server.compute_lock.release()
+        waiter.join(5)
+    assert got == [True]
+    server.compute_lock.release()
+    assert server.estimated_wait() == 0.0

@@ -71,9 +71,14 @@ class Trained(PolicyBase):
             from splitrl.env.flat import FlatSplitEnv
             obs = FlatSplitEnv(env, env_params)._obs(obs, env_params)
         ref = self._net(env).init(jax.random.PRNGKey(0), obs)
-        if jax.tree.structure(ref) != jax.tree.structure(params) or any(
-                a.shape != b.shape for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(params), strict=True)):
-            raise RunDirError(f"{run.path}: parameters do not fit this env's shapes (trained on another model?)")
+        if jax.tree.structure(ref) != jax.tree.structure(params):
+            raise RunDirError(f"{run.path}: the parameters are not a {self.policy} policy of this splitrl's networks; retrain")
+        for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(ref), jax.tree.leaves(params), strict=True):
+            if want.shape != got.shape:
+                raise RunDirError(
+                    f"{run.path}: parameter {jax.tree_util.keystr(path)} has shape {tuple(got.shape)}, this env needs "
+                    f"{tuple(want.shape)}: trained on another model (layers, units), or with another observation "
+                    f"contract (this splitrl observes {env.obs_dim} features, splitrl/env/features.py); retrain it")
         return params
 
     def bind(self, env, env_params) -> Trained:

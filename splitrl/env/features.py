@@ -12,6 +12,14 @@ quantity is normalised. One definition for three users, so they cannot drift apa
 T is the identity, `log`, or `onehot` (1 where raw == index). Shifts and scales come from the
 scenario's parameters (`normalisers`), so every feature is O(1) for every scenario. This module
 imports no JAX: `xp` is numpy or jax.numpy.
+
+`cloud_wait` is the admission wait the cloud publishes (seconds, as of the end of the last slot) over
+the channel's `timeout_s`: 0 for an idle cloud, 1 where a request would wait as long as the edge lets a
+cloud request run before it resumes alone (so the feature's scale is the scale of the decision), and
+clipped at FEATURE_BOUND like every feature (a queue of 10 timeouts says all there is to say). Linear
+rather than log1p(wait / slot_s): the contract has no log1p transform, and a new transform would make
+every runtime that reads older metadata refuse it. The single-device env publishes the expected
+Erlang-C wait at its observed load (`cloud.expected_wait`), the fleet the queue W / C (docs/fleet.md).
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("loss_p", "loss_p"),                    # packet-loss probability
     Feature("snr", "snr_db"),                       # dB
     Feature("cloud_load", "cloud_load"),            # the cloud's utilisation in [0, 1)
+    Feature("cloud_wait", "cloud_wait_est"),        # s: the cloud's published admission wait, / timeout_s
     Feature("connected", "connected"),              # 1: the cloud was reachable in the last slot
     Feature("backlog", "backlog"),                  # requests waiting
     Feature("z_energy", "z_energy"),                # Lyapunov virtual queues (normalised units)
@@ -70,6 +79,8 @@ def normalisers(params, n_layers: int, xp=np):
     by_name = {
         "log_bw_est": (c.bw_log_mean, LOG_BW_SCALE * one),
         "rtt": (c.rtt_mean_s, 1.0 / c.rtt_mean_s),
+        # a request that would wait past timeout_s resumes on the edge: 1 is where waiting stops paying
+        "cloud_wait": (zero, 1.0 / c.timeout_s),
         "snr": (SNR_REF_DB * one, c.noise_on / SNR_SPAN_DB),
         "backlog": (zero, 1.0 / w.q_max),
         "z_energy": (zero, 1.0 / r.z_max),

@@ -5,6 +5,7 @@ sources are in docs/fleet.md; in brief, per slot t of length `slot_s`:
   with its own channel (independent, or mixed with its cell's draws) and the cloud conditions
       cloud_wait = W_t / C          (the FIFO work ahead of a request arriving now)
       cloud_load = ρ_{t−1}          (the utilisation the load balancer published, one slot old)
+  and observes both as published after the last slot (features `cloud_load` and `cloud_wait`);
   the cloud receives the work the devices offloaded and the background's, and serves C · slot_s:
       a_i  = served_i · (cloud prefill s + cloud decode s / min(slots, B*))
       A_t  = Σ_i a_i + background_t
@@ -159,7 +160,7 @@ class FleetEnv(environment.Environment[FleetState, FleetParams]):
         # what the load balancer publishes before the first slot: the background's expected utilisation
         bg = params.cloud.bg_rate * params.trace.rate_shape[minute] * params.cloud.bg_work[minute]
         cloud = cloud.replace(util=jnp.minimum(bg / params.cloud.replicas, 1.0))
-        dev = dev.replace(cloud_load=jnp.full(self.n_devices, cloud.util))
+        dev = dev.replace(cloud_load=jnp.full(self.n_devices, cloud.util), cloud_wait_est=jnp.zeros(self.n_devices))
         if self.workload_kind == "trace":
             prompt, output = jax.vmap(self._trace_request, (None, None, 0))(params, minute, dev_u[:, 6])
             dev = dev.replace(prompt_len=prompt, output_len=output)
@@ -195,7 +196,10 @@ class FleetEnv(environment.Environment[FleetState, FleetParams]):
         offloaded, background = jnp.sum(info["cloud_work"]), self._background(params, minute, u_bg)
         cl = serve_cloud(params, state.cloud.work, offloaded, background)
         objective = info["objective"] + cl["drift"] / self.n_devices
-        dev = dev.replace(cloud_load=jnp.full(self.n_devices, cl["util"]))
+        # what the load balancer publishes after the slot: its utilisation and the wait W_{t+1} / C that
+        # every request of the next slot will meet (FIFO)
+        dev = dev.replace(cloud_load=jnp.full(self.n_devices, cl["util"]),
+                          cloud_wait_est=jnp.full(self.n_devices, cl["work"] / params.cloud.replicas))
         new = FleetState(device=dev, cloud=state.cloud.replace(work=cl["work"], util=cl["util"]), time=state.time + 1)
         info = info | {"objective": objective, "cloud_queue_s": cl["work"], "cloud_util": cl["util"],
                        "offloaded_work": offloaded, "background_work": background, "cloud_drift": cl["drift"],
@@ -235,7 +239,8 @@ class FleetEnv(environment.Environment[FleetState, FleetParams]):
         return self.is_truncated(state, params)
 
     def get_obs(self, state: FleetState, params: FleetParams, key=None) -> Observation:
-        """Each device's SplitEnv observation (its `cloud_load` feature is the published utilisation)."""
+        """Each device's SplitEnv observation (its `cloud_load` and `cloud_wait` features are the published
+        utilisation and wait W / C)."""
         return jax.vmap(self.device.get_obs)(state.device, params.device)
 
     # ---- spaces (per device; a batch adds the leading [N]) ------------------------------------------

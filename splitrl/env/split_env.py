@@ -3,8 +3,9 @@
 Contract card
 -------------
 Slot t (length `params.slot_s`): the agent sees the bandwidth *estimate* for the slot (last slot's
-measured throughput with estimation noise), RTT, packet-loss probability, SNR, backlog, virtual
-queues, the coming request's prompt/output lengths and its last partition, and picks
+measured throughput with estimation noise), RTT, packet-loss probability, SNR, the cloud's load and
+published admission wait, backlog, virtual queues, the coming request's prompt/output lengths and its
+last partition, and picks
   Action(boundary b in 0..L, fmt in {fp16, int8, int4}, units in {0,1}^U for layer b).
 Then the slot's true bandwidth, RTT, fading and SNR are drawn, the request cost is priced from the
 profile tables (splitrl/env/cost.py), requests are served and arrive, and the queues move:
@@ -20,8 +21,9 @@ terms sum to ½Z_T² - ½Σ(E_t - E_budget)² (unclipped): they pay for swinging
 found (alternating edge-only and cloud-only, 7x the energy of cloud-only at a "better" objective).
 The exact drift telescopes: its (discounted) sum is a non-negative combination of L(Θ_t), so the
 only way to lower it is to keep the queues short. See docs/environment.md.
-Observation: `Observation(features f32[17], boundary_mask bool[L+1], format_mask bool[3],
-unit_mask bool[L+1, U])`; the features are the observation contract (splitrl/env/features.py). Episodes end by time limit only (truncated).
+Observation: `Observation(features f32[F], boundary_mask bool[L+1], format_mask bool[3],
+unit_mask bool[L+1, U])`; the features are the observation contract (splitrl/env/features.py; F = 19,
+among them the cloud's load and its published admission wait). Episodes end by time limit only (truncated).
 info: latency (the priced request's service time), energy, delta_ppl, backlog, bytes_sent (up),
 bytes_recv, served, arrivals, drops, failed (failed requests served), request_failed (the priced
 request failed), timed_out, fell_back (ran on the edge alone: link down), response_time (queueing
@@ -128,7 +130,8 @@ def advance_state(params: EnvParams, state: EnvState, cond: Conditions, q: dict,
     """The state after a priced slot: what was measured, the queues, the next request (prompt, output)."""
     return state.replace(
         bw=cond.bw, bw_est=cond.bw * jnp.exp(params.channel.bw_est_log_std * z_est), rtt=cond.rtt,
-        loss_p=cond.loss_p, snr_db=cond.snr_db, cloud_load=cond.cloud_load, connected=cond.connected,
+        loss_p=cond.loss_p, snr_db=cond.snr_db, cloud_load=cond.cloud_load,
+        cloud_wait_est=cloud.expected_wait(params.cloud, cond.cloud_load), connected=cond.connected,
         backlog=q["backlog"], z_energy=q["z_energy"], z_acc=q["z_acc"], prompt_len=request[0],
         output_len=request[1], last_boundary=b, last_fmt=fmt, last_edge_frac=jnp.mean(edge_units),
         time=state.time + 1, **latent)
@@ -150,10 +153,12 @@ def slot_info(m: dict, q: dict, cond: Conditions, arrivals, b, fmt, edge_units) 
 
 def estimated_conditions(state: EnvState, params: EnvParams) -> Conditions:
     """What a causal policy knows of the coming slot: the bandwidth estimate and last slot's RTT, loss,
-    SNR, cloud load and link state (the observation shows exactly these, normalised); the admission wait
-    at its expectation for that load. A link that was down is expected to stay down."""
+    SNR, cloud load, published cloud wait and link state (the observation shows exactly these,
+    normalised). The published wait is the expected admission wait at the observed load in the
+    single-device env and the shared queue's W / C in the fleet. A link that was down is expected to
+    stay down."""
     return Conditions(bw=state.bw_est, rtt=state.rtt, loss_p=state.loss_p, snr_db=state.snr_db,
-                      cloud_load=state.cloud_load, cloud_wait=cloud.expected_wait(params.cloud, state.cloud_load),
+                      cloud_load=state.cloud_load, cloud_wait=state.cloud_wait_est,
                       connected=state.connected, reconnect=jnp.float32(0.0))
 
 
@@ -269,6 +274,7 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
             bw=bw, bw_est=bw * jnp.exp(p.bw_est_log_std * z[2]), log_bw=log_bw, regime=regime, trace_pos=trace_pos,
             rtt=ch.rtt_of(p, bw, 0.0), log_sigma_h=log_sigma_h, loss_p=ch.loss_probability(p.h_th, log_sigma_h),
             snr_db=p.snr_db_mean + p.snr_db_std * z[3], cloud_logit=cloud_logit, cloud_pos=cloud_pos, cloud_load=load,
+            cloud_wait_est=cloud.expected_wait(cl, load),
             connected=jnp.float32(1.0), link=jnp.float32(1.0), backlog=jnp.float32(0.0), z_energy=jnp.float32(0.0),
             z_acc=jnp.float32(0.0), prompt_len=prompt, output_len=output, last_boundary=jnp.int32(0),
             last_fmt=jnp.int32(0), last_edge_frac=jnp.float32(0.0), time=jnp.int32(0))

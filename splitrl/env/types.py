@@ -162,6 +162,8 @@ class EnvState:
     cloud_logit: jax.Array      # latent of the cloud's utilisation (ar1 load)
     cloud_pos: jax.Array        # position in the load trace (trace load)
     cloud_load: jax.Array       # the cloud's utilisation in the last slot (reported to the edge)
+    cloud_wait_est: jax.Array   # s: the admission wait the cloud publishes for the coming slot (single device:
+                                # the Erlang-C expectation at cloud_load; fleet: its queue W / C)
     connected: jax.Array        # 1.0 when the cloud was reachable in the last slot
     link: jax.Array             # state of the two-state Markov link process (1.0: up)
     backlog: jax.Array          # Q, requests

@@ -8,7 +8,9 @@ backed off, never fatal. Requests are served by `serve.Connection` (one thread p
 connection); at most `max_sessions` hold KV caches at once.
 
 Health and drain, as inference servers offer them: `readiness()` (model loaded, not draining,
-request and connection slots left) is what `/v2/health/ready` (health.py) and the PONG frame report;
+request and connection slots left) is what `/v2/health/ready` (health.py) and the PONG frame report,
+with `estimated_wait()`, the seconds a forward arriving now waits for the model (what a fleet's load
+balancer publishes; the policy's `cloud_wait` feature, docs/fleet.md);
 `request_drain()` (SIGTERM) stops accepting, closes idle connections, refuses new requests, lets
 in-flight requests finish for up to `drain_s`, then stops.
 """
@@ -50,6 +52,8 @@ class CloudServer:
         self.lock = threading.RLock()          # wait_for predicates may call methods that take it
         self._changed = threading.Condition(self.lock)
         self.compute_lock = threading.Lock()      # one model, one forward at a time
+        self._waiters = 0                         # forwards waiting for compute_lock
+        self._step_s = 0.0                        # EWMA of a forward's compute seconds (0 until one ran)
         self._answered: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._remember = remember
         self._pending: dict[int, Connection] = {}     # in the handshake, oldest first
@@ -88,6 +92,30 @@ class CloudServer:
         with self.lock:
             return min(1.0, len(self._sessions) / self.limits.max_sessions)
 
+    # ---- the model and its published wait ----
+    def acquire_model(self, timeout: float) -> bool:
+        """Take the model (compute_lock) within `timeout`, counted as waiting meanwhile."""
+        with self.lock:
+            self._waiters += 1
+        try:
+            return self.compute_lock.acquire(timeout=timeout)
+        finally:
+            with self.lock:
+                self._waiters -= 1
+
+    def forward_done(self, seconds: float, alpha: float = 0.2) -> None:
+        """Record a forward's compute seconds (EWMA: recent forwards predict the next ones)."""
+        with self.lock:
+            self._step_s = seconds if self._step_s == 0.0 else (1 - alpha) * self._step_s + alpha * seconds
+
+    def estimated_wait(self) -> float:
+        """Seconds a forward arriving now waits for the model: the forwards waiting ahead of it times the
+        mean forward, plus one when the model is busy (the fleet model's W / C with one replica; the lock
+        is not strictly FIFO, so this is the wait on average)."""
+        with self.lock:
+            ahead = self._waiters + int(self.compute_lock.locked())
+            return ahead * self._step_s
+
     def readiness(self) -> dict:
         with self.lock:
             sessions, conns = len(self._sessions), len(self._conns)
@@ -97,7 +125,8 @@ class CloudServer:
                   "connection cap reached" if conns >= lim.max_conns else "")
         return {"ready": not reason, "reason": reason or "ok", "model": self.model_name, "auth": self.token is not None,
                 "sessions": sessions, "max_sessions": lim.max_sessions, "free_sessions": max(lim.max_sessions - sessions, 0),
-                "connections": conns, "max_connections": lim.max_conns, "draining": self.draining}
+                "connections": conns, "max_connections": lim.max_conns, "draining": self.draining,
+                "est_wait_s": self.estimated_wait()}
 
     # ---- called by connections ----
     def promote(self, conn: Connection) -> None:

@@ -118,8 +118,11 @@ class RemoteLink:
             if pong.kind != P.Kind.PONG:
                 raise P.FrameError("unexpected", f"expected PONG, got {pong.kind.name}")
             self.est.rtt_sample(time.perf_counter() - t0)
-            if pong.payload and pong.dtype == P.DType.I64 and pong.array().reshape(-1)[:1].tolist() == [0]:
+            pong_vals = pong.array().reshape(-1).tolist() if pong.payload and pong.dtype == P.DType.I64 else []
+            if pong_vals[:1] == [0]:
                 raise P.FrameError("unready", f"{self.name} is not ready (draining, or no request slot free)")
+            if len(pong_vals) >= 3:                  # an older cloud publishes no wait
+                self.est.cloud_wait = max(pong_vals[2], 0) / 1e6
         except BaseException:
             sock.close()
             raise

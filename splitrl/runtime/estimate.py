@@ -1,4 +1,5 @@
-"""The edge's own estimate of its link: bandwidth and RTT from the transfers it makes (EWMA)."""
+"""The edge's own estimate of its link: bandwidth and RTT from the transfers it makes (EWMA), and the
+cloud's wait as the cloud last published it (the PONG of the latest connection)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ class LinkEstimator:
     def __init__(self, alpha: float = 0.3, bw0: float = 12.5e6, rtt0: float = 0.02):
         self.alpha, self.bw, self.rtt = alpha, bw0, rtt0
         self.bw_samples = self.rtt_samples = 0
+        self.cloud_wait = 0.0   # s: the wait the cloud published in its last PONG (0 until one did)
 
     def _ewma(self, old, new, n):
         return new if n == 0 else (1 - self.alpha) * old + self.alpha * new

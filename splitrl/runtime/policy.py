@@ -60,12 +60,15 @@ class OnnxPolicy:
         return F.evaluate(m.features, m.shift, m.scale, raw, np, m.feature_bound)
 
     def observe(self, bw_bytes_s: float, rtt_s: float, prompt_len: int, output_len: int, backlog: float = 0.0,
-                cloud_load: float = 0.0, loss_p: float = 0.0, connected: bool = True) -> np.ndarray:
-        """The features from the edge's own measurements, its last decision and the slot count; what it
-        cannot measure (SNR, the virtual queues, the expected load) at the scenario's values."""
+                cloud_load: float = 0.0, loss_p: float = 0.0, connected: bool = True,
+                cloud_wait: float = 0.0) -> np.ndarray:
+        """The features from the edge's own measurements, its last decision, the slot count and what the
+        cloud publishes (`cloud_wait`, seconds); what it cannot measure (SNR, the virtual queues, the
+        expected load) at the scenario's values."""
         last_b, last_f, last_frac = self.last
         raw = self.meta.raw_defaults | {
             "bw_est": max(bw_bytes_s, 1.0), "rtt": rtt_s, "loss_p": loss_p, "cloud_load": cloud_load,
+            "cloud_wait_est": max(cloud_wait, 0.0),
             "connected": float(connected), "backlog": backlog, "prompt_len": prompt_len, "output_len": output_len,
             "last_boundary": last_b, "last_fmt": last_f, "last_edge_frac": last_frac,
             "time": self.t % self.meta.episode_slots}
@@ -79,7 +82,9 @@ class OnnxPolicy:
         return b, f, units
 
     def for_requests(self, request, est):
-        """EdgeClient's policy hook: a Plan for this request from the edge's link estimates."""
+        """EdgeClient's policy hook: a Plan for this request from the edge's link estimates and the wait
+        the cloud published in its last PONG (`LinkEstimator.cloud_wait`)."""
         from splitrl.profiles.formats import TX_FORMATS
-        b, f, units = self.act(self.observe(est.bw, est.rtt, len(request.prompt), request.max_new))
+        b, f, units = self.act(self.observe(est.bw, est.rtt, len(request.prompt), request.max_new,
+                                            cloud_wait=est.cloud_wait))
         return self.sm.plan(b, TX_FORMATS[f], units)

@@ -5,7 +5,7 @@
     split:      per step s: UP_* (seq s) [-> DOWN_H1(s), UP_PF(s)] -> TOKEN(s)
     cloud-only: IDS(prompt + tokens so far) -> TOKEN(s) ... (max_new tokens, streamed; EOS ends)
     CLOSE(rid)                                        -> OK     (the id is remembered as answered)
-    PING                                              -> PONG [ready, free request slots]
+    PING                                              -> PONG [ready, free request slots, estimated wait µs]
 
 A request's session (its KV caches) belongs to the connection: it is freed on CLOSE, on the next
 OPEN, when the request outlives the session TTL, and when the connection ends for any reason. Every
@@ -125,7 +125,8 @@ class Connection:
         if f.kind == P.Kind.PING:
             r = self.server.readiness()     # this connection has its slot: can it open a request?
             ready = not (r["draining"] or self.server.stopping) and r["free_sessions"] > 0
-            self._write(P.array_frame(P.Kind.PONG, [int(ready), r["free_sessions"]], f.request_id, f.seq,
+            wait_us = round(r["est_wait_s"] * 1e6)   # an older edge reads only the first entry
+            self._write(P.array_frame(P.Kind.PONG, [int(ready), r["free_sessions"], wait_us], f.request_id, f.seq,
                                       P.DType.I64))
         elif f.kind == P.Kind.OPEN:
             self._open(f)
@@ -229,7 +230,7 @@ class Connection:
         """Run fn(check[, clock]) holding the model, within the step deadline: (result, compute seconds)."""
         clock = StepClock(self.limits.step_s)
         lock = self.server.compute_lock
-        if not lock.acquire(timeout=max(clock.left(), 0.0)):
+        if not self.server.acquire_model(max(clock.left(), 0.0)):
             raise P.FrameError("busy", f"the model stayed busy for the whole step deadline ({clock.seconds} s)")
         self._holding = True
         t0 = time.perf_counter()
@@ -249,7 +250,9 @@ class Connection:
             if self._holding:
                 lock.release()
         self.server.count("steps")
-        return out, time.perf_counter() - t0 - clock.waited
+        seconds = time.perf_counter() - t0 - clock.waited
+        self.server.forward_done(seconds)
+        return out, seconds
 
     _holding = True
 
@@ -264,7 +267,7 @@ class Connection:
             yield
         finally:
             clock.pause(time.monotonic() - t0)
-            if not lock.acquire(timeout=max(clock.left(), 0.0)):
+            if not self.server.acquire_model(max(clock.left(), 0.0)):
                 raise P.FrameError("busy", f"the model stayed busy for the whole step deadline ({clock.seconds} s)")
             self._holding = True
 

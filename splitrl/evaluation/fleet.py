@@ -1,0 +1,306 @@
+"""`python -m splitrl.evaluation.fleet --fleet llama-2-7b_1xa100_peak ...`: the single-device baselines and
+the wait-threshold rule on a fleet (splitrl/env/fleet.py, docs/fleet.md), with common random numbers.
+
+Every device runs the single-device policy (`splitrl.baselines`) on its own observation and state,
+vmapped over the devices with its own params (its own init: per-device tables, candidate sets); the
+fleet's published cloud state reaches the policies through the state (`cloud_load`, `cloud_wait_est`),
+so myopic DPP and greedy latency plan with the published wait (`estimated_conditions`). The env's keys
+depend only on (fleet, seed, episode), never on the policy, so every policy meets the same channels,
+arrivals, request lengths and background. The threshold of `wait_threshold` is tuned on training
+episodes (other seeds) over a grid, by the fleet's DPP objective, before evaluation.
+
+Metrics per seed (then the mean and a 95 % Student-t interval over seeds, splitrl/evaluation/stats.py):
+response-time percentiles over every request of the fleet (queueing + service; a request dropped at a
+full queue or failed has response time +inf, so it counts in every percentile it exceeds), the p95
+spread across devices (worst device's p95 − best device's), cloud utilisation, cloud GPU-seconds per
+served request (the devices' offloaded work; the background's is not the fleet's), edge energy and ΔPPL
+per request, drops per device and episode, backlog growth, and the fleet's DPP objective per slot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from splitrl.baselines import make_baseline
+from splitrl.baselines.threshold import WaitThreshold
+from splitrl.env import rollout as R
+from splitrl.env.dpp import candidate_actions
+from splitrl.env.fleet import start
+from splitrl.env.fleet_scenario import make_fleet
+from splitrl.evaluation.run import episode_keys
+from splitrl.evaluation.stats import request_times, t_interval
+
+POLICIES = ("cloud_only", "edge_only", "static_split", "greedy_latency", "myopic_dpp", "wait_threshold")
+SEARCHING = ("greedy_latency", "myopic_dpp")      # policies whose pparams are a candidate set
+THRESHOLD_GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+TRAIN_SEED0 = 1000                                # training episodes: seeds TRAIN_SEED0, +1, ... (never evaluated)
+DEVICE_FIELDS = ("response_time", "arrivals", "drops", "request_failed", "served", "energy", "delta_ppl",
+                 "backlog", "boundary", "objective")
+FLEET_FIELDS = ("cloud_util", "cloud_queue_s", "offloaded_work", "fleet_objective")
+METRICS = {"objective": "fleet DPP objective / slot", "p50": "p50 (s)", "p95": "p95 (s)", "p99": "p99 (s)",
+           "p95_spread": "p95 spread across devices (s)", "unanswered": "unanswered", "cloud_util": "cloud util",
+           "gpu_s_per_request": "cloud GPU-s / request", "energy": "edge J / request", "delta_ppl": "ΔPPL",
+           "drops": "drops / device-episode", "backlog_growth": "backlog growth (req/slot)",
+           "offloaded": "offloaded share"}
+
+
+# ----------------------------------------------------------------------------- policies
+def make_policy(name: str, threshold_s: float = 5.0):
+    return WaitThreshold(threshold_s) if name == "wait_threshold" else make_baseline(name)
+
+
+def init_per_device(policy, env, params, candidates: str = "layer"):
+    """The policy's params for every device ([N] leading axis): each device's own init on its own params.
+    With `candidates="layer"` the searching policies consider pure layer splits only (module docstring
+    of splitrl/env/dpp.py; the count-canonical set is 7,775 placements per device for LLaMA-2-7B)."""
+    rows = []
+    for i in range(env.n_devices):
+        p_i = jax.tree.map(lambda x, i=i: x[i], params.device)
+        if policy.name in SEARCHING:
+            rows.append(candidate_actions(env.device, p_i, layer_only=candidates == "layer",
+                                          exhaustive=False))
+        else:
+            rows.append(policy.bind(env.device, p_i).init(env.device, p_i, None, jax.random.PRNGKey(0)))
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *rows)
+
+
+@partial(jax.jit, static_argnames=("env", "policy", "n_steps"))
+def fleet_rollout(env, policy, params, pparams, env_keys, policy_keys, n_steps: int) -> dict:
+    """Episodes of `policy` on every device of the fleet (no auto-reset; one fleet per key). Returns
+    {field: [T, E, N] per device or [T, E] for the fleet} plus the published wait each device saw."""
+    reset_keys, env_roots = jax.vmap(jax.random.split)(env_keys).transpose(1, 0, 2)
+    fold = jax.vmap(jax.random.fold_in, (0, None))
+    per_device = jax.vmap(policy, (0, 0, 0, 0, 0, None))
+
+    def act(obs, state, pol_keys, _env_keys):   # no policy here reads the env's keys (no oracle)
+        def one(k, o, s):
+            return per_device(pparams, jax.random.split(k, env.n_devices), o, s.device, params.device, None)
+        return jax.vmap(one)(pol_keys, obs, state), None
+
+    def record(s: R.Step) -> dict:
+        return {k: s.info[k] for k in DEVICE_FIELDS + FLEET_FIELDS} | {"published_wait": s.state.device.cloud_wait_est}
+
+    carry = start(env, params, reset_keys)
+    return R.rollout(env, params, act, carry, jnp.arange(n_steps),
+                     lambda t: (fold(policy_keys, t), fold(env_roots, t)), record, auto_reset=False)[1]
+
+
+def fleet_name(fleet) -> str:
+    """A fleet's name for keys and tables: the file's stem, or a mapping's id."""
+    return str(fleet["id"]) if isinstance(fleet, dict) else Path(fleet).stem
+
+
+def run_seed(env, policy, params, pparams, fleet: str, seed: int, episodes: int, steps: int) -> dict:
+    ek, pk = episode_keys(fleet, seed, episodes)
+    return jax.device_get(fleet_rollout(env, policy, params, pparams, ek, pk, steps))
+
+
+# ----------------------------------------------------------------------------- metrics
+def _pct(times: np.ndarray, p: float) -> float:
+    # the empirical quantile: between two unanswered (+inf) requests interpolation would give inf - inf
+    return float(np.percentile(times, p, method="inverted_cdf")) if times.size else float("nan")
+
+
+def p95_spread(out: dict) -> float:
+    """Worst device's p95 response time minus the best device's (inf when only the best answers in time;
+    nan when no device does: no spread is measurable)."""
+    p95 = [_pct(request_times({k: out[k][..., i] for k in out})[0], 95) for i in range(out["arrivals"].shape[-1])]
+    worst, best = max(p95), min(p95)
+    return float("nan") if np.isinf(best) else worst - best
+
+
+def seed_metrics(out: dict, n_layers: int) -> dict[str, float]:
+    """One seed's fleet metrics (module docstring) from `fleet_rollout`'s output."""
+    dev = {k: np.asarray(out[k], np.float64) for k in ("arrivals", "drops", "request_failed", "response_time")}
+    times, answered = request_times(dev)
+    served = float(np.sum(out["served"]))
+    backlog = np.asarray(out["backlog"]).mean(axis=(1, 2))          # fleet-mean backlog per slot
+    slope = float(np.polyfit(np.arange(backlog.size), backlog, 1)[0]) if backlog.size > 1 else 0.0
+    episodes, n = out["arrivals"].shape[1:]
+    return {"objective": float(np.mean(out["fleet_objective"])), "p50": _pct(times, 50), "p95": _pct(times, 95),
+            "p99": _pct(times, 99), "p95_spread": p95_spread(dev),
+            "unanswered": float(1.0 - answered.mean()) if times.size else 0.0,
+            "cloud_util": float(np.mean(out["cloud_util"])),
+            "gpu_s_per_request": float(np.sum(out["offloaded_work"])) / max(served, 1e-9),
+            "energy": float(np.mean(out["energy"])), "delta_ppl": float(np.mean(out["delta_ppl"])),
+            "drops": float(np.sum(out["drops"])) / (episodes * n), "backlog_growth": slope,
+            "offloaded": float(np.mean(np.asarray(out["boundary"]) < n_layers))}
+
+
+def summarise(per_seed: list[dict]) -> dict:
+    row = {}
+    for m in METRICS:
+        row[m], row[f"{m}_ci"] = t_interval(np.array([s[m] for s in per_seed]))
+    row["objective_seeds"] = [s["objective"] for s in per_seed]
+    return row
+
+
+def add_paired(rows: list[dict], reference: str = "cloud_only") -> list[dict]:
+    """Each row's objective minus the reference's on the same fleet, seed by seed (the same episodes:
+    common random numbers), with a 95 % t-interval: the comparison that says whether a gap is real."""
+    for r in rows:
+        ref = [o for o in rows if o["fleet"] == r["fleet"] and o["policy"] == reference]
+        if ref:
+            diff = np.asarray(r["objective_seeds"]) - np.asarray(ref[0]["objective_seeds"])
+            r[f"objective_vs_{reference}"], r[f"objective_vs_{reference}_ci"] = t_interval(diff)
+    return rows
+
+
+# ----------------------------------------------------------------------------- evaluation
+def tune_threshold(env, params, fleet: str, grid, seeds: int, episodes: int, steps: int) -> tuple[float, dict]:
+    """The grid's threshold of least mean fleet DPP objective on training episodes (seeds TRAIN_SEED0...,
+    never evaluated; ties go to the largest); one compile for the whole grid (the threshold is data)."""
+    policy = WaitThreshold()
+    base = init_per_device(policy, env, params)
+    scores = {}
+    for thr in grid:
+        pp = base | {"threshold_s": jnp.full(env.n_devices, thr, jnp.float32)}
+        outs = [run_seed(env, policy, params, pp, fleet, TRAIN_SEED0 + s, episodes, steps) for s in range(seeds)]
+        scores[float(thr)] = float(np.mean([np.mean(o["fleet_objective"]) for o in outs]))
+    # thresholds that tie were never crossed differently in training: take the largest, the one that
+    # departs least from cloud-only where training says nothing
+    best = min(scores.values())
+    return max(t for t, v in scores.items() if v == best), scores
+
+
+def evaluate_fleet(fleet: str, policies, seeds: int, episodes: int, steps: int, grid, train_seeds: int,
+                   candidates: str = "layer", log=print) -> tuple[list[dict], dict]:
+    """Rows (one per policy) and the raw per-seed outputs {policy: [per-seed output]} of one fleet."""
+    env, params = make_fleet(fleet)
+    fleet = fleet_name(fleet)
+    steps = steps or int(params.max_steps_in_episode)
+    rows, raw = [], {}
+    for name in policies:
+        t0 = time.perf_counter()
+        extra = {}
+        threshold = 5.0
+        if name == "wait_threshold":
+            threshold, scores = tune_threshold(env, params, fleet, grid, train_seeds, episodes, steps)
+            extra = {"threshold_s": threshold, "tuning": scores}
+        policy = make_policy(name, threshold)
+        pparams = init_per_device(policy, env, params, candidates)
+        outs = [run_seed(env, policy, params, pparams, fleet, s, episodes, steps) for s in range(seeds)]
+        raw[name] = outs
+        row = {"fleet": fleet, "policy": name, "seeds": seeds, "episodes": episodes, "steps": steps,
+               "n_devices": env.n_devices} | extra | summarise([seed_metrics(o, env.n_layers) for o in outs])
+        rows.append(row)
+        log(f"{fleet:28s} {name:15s} objective {row['objective']:9.4f} ± {row['objective_ci']:.4f}  "
+            f"p95 {row['p95']:8.2f}  util {row['cloud_util']:.2f}  ({time.perf_counter() - t0:.0f} s)")
+    return add_paired(rows), raw
+
+
+# ----------------------------------------------------------------------------- writers
+def fmt(x: float, ci: float | None = None) -> str:
+    def one(v):
+        if v is None or np.isnan(v):
+            return "–"
+        if np.isinf(v):
+            return "∞"
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return one(x) if ci is None else f"{one(x)} ± {one(ci)}"
+
+
+def markdown(rows: list[dict]) -> str:
+    """One table per fleet: mean ± 95 % t-interval over seeds ("–": not measurable, "∞": unanswered
+    requests reach that percentile, so no finite value and no interval)."""
+    lines = []
+    for fleet in dict.fromkeys(r["fleet"] for r in rows):
+        sub = [r for r in rows if r["fleet"] == fleet]
+        r0 = sub[0]
+        lines += [f"### {fleet}", "", f"{r0['n_devices']} devices, {r0['seeds']} seeds × {r0['episodes']} fleets × "
+                  f"{r0['steps']} slots; mean ± 95 % t-interval over seeds; lower is better except utilisation.", "",
+                  "| policy | objective − cloud-only (paired) | " + " | ".join(METRICS.values()) + " |",
+                  "|---" * (len(METRICS) + 2) + "|"]
+        for r in sub:
+            name = r["policy"] + (f" (τ = {r['threshold_s']:g} s)" if "threshold_s" in r else "")
+            paired = fmt(r.get("objective_vs_cloud_only"), r.get("objective_vs_cloud_only_ci"))
+            lines.append(f"| {name} | {paired} | " + " | ".join(fmt(r[m], r[f"{m}_ci"]) for m in METRICS) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path, log_x: bool = False) -> Path:
+    import matplotlib.pyplot as plt
+    if log_x:
+        ax.set_xscale("log")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_fleet(fleet: str, raw: dict, out_dir: Path, n_layers: int) -> list[Path]:
+    """Per policy: the response-time CDF (unanswered requests keep it below 1), the cloud utilisation
+    over the episode, and the offloaded share (boundary < L) against the published wait."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figs = {k: plt.subplots(figsize=(6.5, 4)) for k in ("cdf", "util", "offload")}
+    bins = np.array([0.0, 0.1, 0.3, 1, 2, 4, 8, 16, 32, np.inf])
+    for name, outs in raw.items():
+        times = np.concatenate([request_times({k: np.asarray(o[k], np.float64) for k in
+                                               ("arrivals", "drops", "request_failed", "response_time")})[0]
+                                for o in outs])
+        finite = np.sort(times[np.isfinite(times)])
+        figs["cdf"][1].plot(finite, np.arange(1, finite.size + 1) / max(times.size, 1), label=name)
+        util = np.mean([np.asarray(o["cloud_util"]).mean(1) for o in outs], 0)
+        figs["util"][1].plot(np.arange(util.size), util, label=name)
+        wait = np.concatenate([np.asarray(o["published_wait"]).ravel() for o in outs])
+        off = np.concatenate([(np.asarray(o["boundary"]) < n_layers).ravel() for o in outs])
+        idx = np.digitize(wait, bins[1:-1])
+        mid = [k for k in range(len(bins) - 1) if (idx == k).any()]
+        figs["offload"][1].plot([max(bins[k], 0.03) for k in mid], [off[idx == k].mean() for k in mid], "o-", label=name)
+    stem = out_dir / fleet
+    return [_finish(*figs["cdf"], "response time (s)", "share of requests answered within",
+                    f"{fleet}: response-time CDF", Path(f"{stem}_cdf.png"), log_x=True),
+            _finish(*figs["util"], "slot", "cloud utilisation (mean over fleets and seeds)",
+                    f"{fleet}: cloud utilisation", Path(f"{stem}_util.png")),
+            _finish(*figs["offload"], "published cloud wait (s, bin's lower edge; 0 at 0.03)",
+                    "share of device-slots using the cloud", f"{fleet}: offloading vs published wait",
+                    Path(f"{stem}_offload.png"), log_x=True)]
+
+
+# ----------------------------------------------------------------------------- command line
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--fleet", nargs="+", default=["llama-2-7b_1xa100_peak"], help="splitrl/conf/fleet names or paths")
+    ap.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--episodes", type=int, default=4, help="fleets per seed")
+    ap.add_argument("--steps", type=int, default=0, help="slots per episode (0: the fleet's episode length)")
+    ap.add_argument("--train-seeds", type=int, default=2, help="seeds of training episodes to tune the threshold")
+    ap.add_argument("--grid", type=float, nargs="+", default=list(THRESHOLD_GRID), help="thresholds to try (s)")
+    ap.add_argument("--candidates", choices=("layer", "units"), default="layer",
+                    help="placements myopic DPP and greedy latency search: layer splits, or count-canonical unit sets")
+    ap.add_argument("--out", type=Path, default=Path("docs/eval/fleet"))
+    a = ap.parse_args(argv)
+    if a.seeds < 1 or a.episodes < 1 or a.train_seeds < 1 or a.steps < 0:
+        ap.error("--seeds, --episodes and --train-seeds must be >= 1, --steps >= 0")
+    t0 = time.perf_counter()
+    rows, plots = [], []
+    for fleet in a.fleet:
+        r, raw = evaluate_fleet(fleet, a.policies, a.seeds, a.episodes, a.steps, a.grid, a.train_seeds, a.candidates)
+        rows += r
+        plots += plot_fleet(fleet_name(fleet), raw, a.out / "plots", make_fleet(fleet)[0].n_layers)
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "results.json").write_text(json.dumps(rows, indent=1, default=float))
+    (a.out / "results.md").write_text(markdown(rows))
+    print(markdown(rows))
+    print(f"wrote {a.out / 'results.md'}, {a.out / 'results.json'}, {len(plots)} plots in {a.out / 'plots'}; "
+          f"{time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""The fleet evaluation (splitrl/evaluation/fleet.py) and the wait-threshold rule (splitrl/baselines/
+threshold.py): the rule's two sides, unanswered requests in the percentiles, and rows with every metric
+and its interval from a tiny fleet (2 devices, a few slots: two compiles)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from splitrl.baselines.threshold import WaitThreshold
+from splitrl.env.fleet_scenario import load_fleet_dict, make_fleet
+from splitrl.evaluation import fleet as FE
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    data = load_fleet_dict("llama-2-7b_1xa100_peak")[0]
+    return data | {"n_devices": 2, "channel": {"cells": 1, "correlation": 0.0}}
+
+
+def test_threshold_rule_offloads_below_and_keeps_on_the_edge_above(tiny):
+    env, params = make_fleet(tiny)
+    pparams = FE.init_per_device(WaitThreshold(4.0), env, params)
+    _, state = env.reset(jax.random.PRNGKey(0), params)
+    policy = jax.vmap(WaitThreshold(), (0, None, 0, 0, 0, None))
+    for wait, cloud in ((0.0, True), (3.9, True), (4.0, False), (60.0, False)):
+        dev = state.device.replace(cloud_wait_est=jnp.full(env.n_devices, wait, jnp.float32))
+        a = policy(pparams, None, None, dev, params.device, None)
+        if cloud:
+            assert (np.asarray(a.boundary) == 0).all() and not np.asarray(a.units).any(), wait
+        else:
+            assert (np.asarray(a.boundary) == env.n_layers).all() and np.asarray(a.units).all(), wait
+
+
+def _out(times, arrivals, failed, drops):
+    """A fake rollout output: one slot, one fleet, the given devices' response times and outcomes."""
+    shape = (1, 1, len(times))
+    f = lambda x: np.asarray(x, np.float64).reshape(shape)  # noqa: E731
+    return {"response_time": f(times), "arrivals": f(arrivals), "request_failed": f(failed), "drops": f(drops)}
+
+
+def test_unanswered_requests_count_in_the_percentiles():
+    # 20 requests: 18 answered in 1 s, one dropped at a full queue, one of a failed request type -> 10 % +inf
+    out = _out([1.0, 1.0, 1.0], [10, 8, 2], [0, 0, 1], [1, 0, 0])
+    times, answered = FE.request_times(out)
+    assert times.size == 20 and answered.sum() == 17 and np.isinf(times).sum() == 3
+    assert FE._pct(times, 50) == 1.0 and np.isinf(FE._pct(times, 95))
+    assert np.isinf(FE.p95_spread(out))          # the third device never answers, the first two do
+    assert FE.p95_spread(_out([1.0, 3.0], [5, 5], [0, 0], [0, 0])) == pytest.approx(2.0)
+
+
+def test_evaluation_rows_have_every_metric_with_an_interval(tiny, tmp_path):
+    rows, raw = FE.evaluate_fleet(tiny, ("cloud_only", "wait_threshold"), seeds=2, episodes=1, steps=6,
+                                  grid=(1.0, 30.0), train_seeds=1, log=lambda *_: None)
+    assert [r["policy"] for r in rows] == ["cloud_only", "wait_threshold"]
+    for r in rows:
+        for m in FE.METRICS:
+            assert m in r and f"{m}_ci" in r, m
+        assert r["seeds"] == 2 and 0 <= r["cloud_util"] <= 1 and np.isfinite(r["objective"])
+    thr = rows[1]
+    assert thr["threshold_s"] in (1.0, 30.0) and set(thr["tuning"]) == {1.0, 30.0}
+    assert thr["tuning"][thr["threshold_s"]] == min(thr["tuning"].values())
+    assert thr["threshold_s"] == max(t for t, v in thr["tuning"].items() if v == min(thr["tuning"].values()))
+    assert rows[0]["offloaded"] == 1.0 and len(raw["cloud_only"]) == 2
+    assert rows[0]["objective_vs_cloud_only"] == 0.0 and "objective_vs_cloud_only_ci" in thr
+    md = FE.markdown(rows)
+    assert "| cloud_only |" in md and "τ = " in md
+    paths = FE.plot_fleet("tiny", raw, tmp_path, make_fleet(tiny)[0].n_layers)
+    assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
