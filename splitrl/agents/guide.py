@@ -37,7 +37,12 @@ class GuideBatch(struct.PyTreeNode):
 
 
 def make_labeller(cfg, env, env_params):
-    """`label(env_params, obs[N], states[N], key) -> GuideBatch` over `cfg.guide_states` of the N states."""
+    """`label(env_params, obs[N], states[N], key) -> GuideBatch` over `cfg.guide_states` of the N states.
+    On a fleet (`env.n_devices`) the states are fleet states [M] and obs per device [M·N]: each device's
+    state is labelled with its own myopic DPP action, on its own params (`params.device[i]`), at the
+    published cloud state it observed."""
+    if hasattr(env, "n_devices"):
+        return _fleet_labeller(cfg, env, env_params)
     # whole-layer splits and formats: (L+1)·3 candidates, cheap enough to label inside every update; the
     # partial layers the DPP baseline also scans are left for PPO to find
     candidates = candidate_actions(env, env_params, layer_only=True)
@@ -47,14 +52,35 @@ def make_labeller(cfg, env, env_params):
         idx = jax.random.choice(key, n, (min(cfg.guide_states, n),), replace=False)
         pick = lambda x: x[idx]  # noqa: E731
         obs, states = jax.tree.map(pick, obs), jax.tree.map(pick, states)
+        return GuideBatch(obs=obs, action=jax.vmap(lambda s: dpp_label(params_env, s, candidates))(states))
 
-        def one(state):
-            a = myopic_action(params_env, state, candidates)
-            b, fmt, units = project_action(params_env, a.boundary, a.fmt, a.units)
-            units = units.astype(jnp.int32)
-            return HierarchicalAction(boundary=b, fmt=fmt, split=jnp.any(units > 0).astype(jnp.int32), units=units)
+    return label
 
-        return GuideBatch(obs=obs, action=jax.vmap(one)(states))
+
+def dpp_label(params_env, state, candidates) -> HierarchicalAction:
+    """The myopic DPP action in `state`, projected onto a feasible placement, as a hierarchical action."""
+    a = myopic_action(params_env, state, candidates)
+    b, fmt, units = project_action(params_env, a.boundary, a.fmt, a.units)
+    units = units.astype(jnp.int32)
+    return HierarchicalAction(boundary=b, fmt=fmt, split=jnp.any(units > 0).astype(jnp.int32), units=units)
+
+
+def _fleet_labeller(cfg, env, env_params):
+    # layer-only candidates depend only on the env's static structure, so one set serves every device
+    first = jax.tree.map(lambda x: x[0], env_params.device)
+    candidates = candidate_actions(env.device, first, layer_only=True)
+    n_dev = env.n_devices
+
+    def label(params_env, obs, states, key) -> GuideBatch:
+        # device states [M, N] -> [M·N], in the order of obs ([T, E, N] merged): device = index mod N
+        dev_states = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), states.device)
+        n = jax.tree.leaves(dev_states)[0].shape[0]
+        idx = jax.random.choice(key, n, (min(cfg.guide_states, n),), replace=False)
+        pick = lambda x: x[idx]  # noqa: E731
+        obs, dev_states = jax.tree.map(pick, obs), jax.tree.map(pick, dev_states)
+        dev_params = jax.tree.map(lambda x: x[idx % n_dev], params_env.device)
+        actions = jax.vmap(lambda p, s: dpp_label(p, s, candidates))(dev_params, dev_states)
+        return GuideBatch(obs=obs, action=actions)
 
     return label
 

@@ -11,6 +11,11 @@ of the observation that step t led to. Truncation (the time limit) bootstraps fr
 
 Hyperparameters that are arrays (`HParams`: learning rate, entropy coefficient, Lyapunov V) are
 traced, so `vmap(train)` over them trains many policies in one compile.
+
+A fleet (splitrl/env/fleet.py: obs, actions, rewards and dones with a device axis [N]) trains one policy
+shared by all devices: the rollout is [T, E, N], and from GAE on the batch is envs × devices, [T, E·N]
+(each device's advantages run along its own trajectory). `agent_axes(env)` is () for a single-device
+env, so that path is unchanged.
 """
 
 from __future__ import annotations
@@ -50,12 +55,16 @@ class Transition(struct.PyTreeNode):
     state: Any = None        # the env state acted in (kept only when a guide labels states)
 
 
+# the Transition fields with a device axis on a fleet (env_metrics are averaged, states stay whole)
+AGENT_FIELDS = ("obs", "action", "log_prob", "value", "reward", "terminated", "done", "final_obs", "episode_return")
+
+
 class LearnerState(struct.PyTreeNode):
     params: Any
     opt_state: Any
     env_state: Any           # [N] env states
     obs: Any                 # [N] current observations
-    running_return: jax.Array  # f32[N] return of the episode in progress
+    running_return: jax.Array  # f32[E] (a fleet: [E, N]) return of the episode in progress
     key: jax.Array           # PRNG key (raw uint32[2], checkpointable)
     update_step: jax.Array   # i32[] updates done so far
 
@@ -78,25 +87,57 @@ def get_field(params, dotted: str):
 
 
 def env_params_with(env_params, hp: HParams, reward_v_field: str | None):
-    """EnvParams with V from the traced hyperparameters when `reward_v_field` (e.g. "reward.V") is set."""
-    return replace_field(env_params, reward_v_field, hp.reward_v) if reward_v_field else env_params
+    """EnvParams with V from the traced hyperparameters when `reward_v_field` (e.g. "reward.V") is set;
+    a per-device field (a fleet's "device.reward.V", [N]) gets V on every device."""
+    if not reward_v_field:
+        return env_params
+    old = get_field(env_params, reward_v_field)
+    v = hp.reward_v if jnp.ndim(old) == 0 else jnp.broadcast_to(hp.reward_v, jnp.shape(old))
+    return replace_field(env_params, reward_v_field, v)
+
+
+# ----------------------------------------------------------------------------- fleets: a device axis
+def agent_axes(env) -> tuple[int, ...]:
+    """The axes a step adds beside the env axis: () for a single-device env, (N,) for a fleet."""
+    n = getattr(env, "n_devices", None)
+    return () if n is None else (n,)
+
+
+def per_agent(fn, axes: tuple[int, ...], in_axes):
+    """`fn` on one observation, vmapped over the env axis and every agent axis."""
+    for _ in range(1 + len(axes)):
+        fn = jax.vmap(fn, in_axes)
+    return fn
+
+
+def agent_keys(keys, axes: tuple[int, ...]):
+    """One key per env [E] -> one per env and device [E, N] (unchanged without a device axis)."""
+    return keys if not axes else jax.vmap(lambda k: jax.random.split(k, axes[0]))(keys)
+
+
+def merge_agents(x):
+    """[T, E, N, ...] -> [T, E·N, ...]: the devices of a fleet join the batch."""
+    return x.reshape((x.shape[0], -1) + x.shape[3:])
 
 
 # ----------------------------------------------------------------------------- rollout
 def collect(policy, env, env_params, params, state: LearnerState, key, num_steps: int, keep_state: bool = False):
     """`num_steps` vectorised env steps with the current (stochastic) policy, through the one rollout
-    loop (splitrl.env.rollout). Returns (carry after the last step, Transition[T, N])."""
-    num_envs = state.running_return.shape[0]
+    loop (splitrl.env.rollout). Returns (carry after the last step, Transition[T, E] or, on a fleet,
+    [T, E, N] with env_metrics [T, E]: per-device fields averaged over the devices)."""
+    num_envs, axes = state.running_return.shape[0], agent_axes(env)
 
     def act(obs, _state, policy_keys, _env_keys):
-        action, log_prob, value = jax.vmap(policy.sample, (None, 0, 0))(params, obs, policy_keys)
+        sample = per_agent(policy.sample, axes, (None, 0, 0))
+        action, log_prob, value = sample(params, obs, agent_keys(policy_keys, axes))
         return action, (log_prob, value)
 
     def record(s: R.Step) -> Transition:
         return Transition(obs=s.obs, action=s.action, log_prob=s.aux[0], value=s.aux[1], reward=s.reward,
                           terminated=s.terminated, done=s.terminated | s.truncated,
                           final_obs=s.info["final_observation"], episode_return=s.episode_return,
-                          env_metrics=R.info_metrics(s.info, num_envs), state=s.state if keep_state else None)
+                          env_metrics=R.info_metrics(s.info, num_envs, axes),
+                          state=s.state if keep_state else None)
 
     carry = R.Carry(obs=state.obs, state=state.env_state, episode_return=state.running_return)
     return R.rollout(env, env_params, act, carry, jax.random.split(key, num_steps), R.training_keys(num_envs), record)
@@ -180,9 +221,10 @@ def minibatch_step(policy, cfg: PPOConfig, tx, lr, ent_coef, guide, beta, carry,
 
 def epoch_step(policy, cfg: PPOConfig, tx, lr, ent_coef, guide, beta, flat_batch: Batch, carry, key):
     """One pass over the rollout in shuffled minibatches."""
-    perm = jax.random.permutation(key, cfg.batch_size)
+    n = flat_batch.log_prob.shape[0]   # cfg.batch_size, times N on a fleet
+    perm = jax.random.permutation(key, n)
     minibatches = jax.tree.map(
-        lambda x: x[perm].reshape((cfg.num_minibatches, cfg.minibatch_size) + x.shape[1:]), flat_batch)
+        lambda x: x[perm].reshape((cfg.num_minibatches, n // cfg.num_minibatches) + x.shape[1:]), flat_batch)
     return jax.lax.scan(partial(minibatch_step, policy, cfg, tx, lr, ent_coef, guide, beta), carry, minibatches)
 
 
@@ -201,7 +243,9 @@ def make_update(cfg: PPOConfig, env, env_params, policy, reward_v_field: str | N
         key, rollout_key, epoch_key = jax.random.split(state.key, 3)
         last, traj = collect(policy, env, params_env, state.params, state, rollout_key, cfg.num_steps,
                              keep_state=label is not None)
-        flat = lambda x: x.reshape((cfg.batch_size,) + x.shape[2:])  # noqa: E731
+        if agent_axes(env):   # a fleet: the devices join the batch ([T, E, N] -> [T, E·N]); states stay [T, E]
+            traj = traj.replace(**{f: jax.tree.map(merge_agents, getattr(traj, f)) for f in AGENT_FIELDS})
+        flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
         guide = None if label is None else label(params_env, jax.tree.map(flat, traj.obs),
                                                  jax.tree.map(flat, traj.state), jax.random.fold_in(epoch_key, 1))
         value_of = jax.vmap(jax.vmap(policy.value, (None, 0)), (None, 0))
@@ -240,9 +284,10 @@ def make_init(cfg: PPOConfig, env, env_params, policy, reward_v_field: str | Non
         key, init_key, reset_key = jax.random.split(key, 3)
         obs, env_state = jax.vmap(env.reset, (0, None))(
             jax.random.split(reset_key, cfg.num_envs), env_params_with(env_params, hp, reward_v_field))
-        params = policy.init(init_key, jax.tree.map(lambda x: x[0], obs))
+        axes = agent_axes(env)
+        params = policy.init(init_key, jax.tree.map(lambda x: x[(0,) * (1 + len(axes))], obs))
         return LearnerState(params=params, opt_state=tx.init(params), env_state=env_state, obs=obs,
-                            running_return=jnp.zeros((cfg.num_envs,), jnp.float32), key=key,
+                            running_return=jnp.zeros((cfg.num_envs,) + axes, jnp.float32), key=key,
                             update_step=jnp.zeros((), jnp.int32))
 
     return init
@@ -269,24 +314,29 @@ def make_train(cfg: PPOConfig, env, env_params, policy, reward_v_field: str | No
 def evaluate_returns(policy, env, env_params, params, key, num_envs: int, num_steps: int, mode: str):
     """Mean return of the episodes finished within `num_steps` steps of `num_envs` envs, and the mean
     of each env metric. mode: "greedy" (argmax), "sample" (the stochastic policy) or "uniform" (random
-    over the allowed actions: the random-policy baseline; `params` is ignored)."""
+    over the allowed actions: the random-policy baseline; `params` is ignored). On a fleet the return is
+    per device and episode, and per-device metrics are averaged over the devices."""
     if mode not in ("greedy", "sample", "uniform"):
         raise ValueError(f"mode = {mode!r}: must be greedy, sample or uniform")
     reset_key, key = jax.random.split(key)
+    axes = agent_axes(env)
 
     def act(obs, _state, policy_keys, _env_keys):
         if mode == "greedy":
-            return jax.vmap(policy.greedy, (None, 0))(params, obs), None
+            return per_agent(policy.greedy, axes, (None, 0))(params, obs), None
+        keys = agent_keys(policy_keys, axes)
         if mode == "sample":
-            return jax.vmap(policy.sample, (None, 0, 0))(params, obs, policy_keys)[0], None
-        return jax.vmap(policy.sample_uniform)(obs, policy_keys), None
+            return per_agent(policy.sample, axes, (None, 0, 0))(params, obs, keys)[0], None
+        return per_agent(policy.sample_uniform, axes, 0)(obs, keys), None
 
     def record(s: R.Step) -> dict:
         done = s.terminated | s.truncated
-        return R.info_metrics(s.info, num_envs) | {"return_sum": s.episode_return.sum(), "episodes": done.sum(),
-                                                   "reward": s.reward}
+        return R.info_metrics(s.info, num_envs, axes) | {"return_sum": s.episode_return.sum(),
+                                                         "episodes": done.sum(), "reward": s.reward}
 
     carry = R.start(env, env_params, jax.random.split(reset_key, num_envs))
+    if axes:   # a fleet's episode returns are per device
+        carry = carry.replace(episode_return=jnp.zeros((num_envs,) + axes, jnp.float32))
     _, out = R.rollout(env, env_params, act, carry, jax.random.split(key, num_steps), R.training_keys(num_envs), record)
     result = {k: v.mean() for k, v in out.items() if k not in ("return_sum", "episodes")}
     result["episode_return"] = out["return_sum"].sum() / jnp.maximum(out["episodes"].sum(), 1)

@@ -103,6 +103,7 @@ class FleetEnv(environment.Environment[FleetState, FleetParams]):
     n_units = property(lambda self: self.device.n_units)
     num_boundaries = property(lambda self: self.device.num_boundaries)
     num_formats = property(lambda self: self.device.num_formats)
+    num_units = property(lambda self: self.device.num_units)   # sizes the shared policy (make_policy)
     obs_dim = property(lambda self: self.device.obs_dim)
 
     # ---- random numbers: one call per step ------------------------------------------------------

@@ -82,8 +82,14 @@ def rollout(env, env_params, act: Callable, carry: Carry, xs, step_keys: Callabl
     return jax.lax.scan(body, carry, xs)
 
 
-def info_metrics(info: dict, num_envs: int) -> dict[str, jax.Array]:
-    """The env's per-env metrics from an info dict (f32[N] entries), without gymnax's bookkeeping."""
+def info_metrics(info: dict, num_envs: int, agents: tuple[int, ...] = ()) -> dict[str, jax.Array]:
+    """The env's per-env metrics from an info dict (f32[N] entries), without gymnax's bookkeeping. With
+    `agents` (a fleet's (devices,)), per-device entries [N, devices] are averaged over the devices and
+    the fleet-level ones [N] kept as they are."""
     skip = ("final_observation", "terminated", "truncated", "discount")
-    return {k: v.astype(jnp.float32) for k, v in info.items()
-            if k not in skip and getattr(v, "shape", None) == (num_envs,)}
+    out = {k: v.astype(jnp.float32) for k, v in info.items()
+           if k not in skip and getattr(v, "shape", None) == (num_envs,)}
+    if agents:
+        out |= {k: v.astype(jnp.float32).mean(axis=tuple(range(1, 1 + len(agents)))) for k, v in info.items()
+                if k not in skip and getattr(v, "shape", None) == (num_envs,) + agents}
+    return out
