@@ -73,6 +73,11 @@ class RunDir:
     def scenario_id(self) -> str | None:
         return (self.scenario or {}).get("id")
 
+    @property
+    def fleet_id(self) -> str | None:
+        """The fleet a run trained on (`splitrl-train fleet=...`), else None."""
+        return (self.config.get("fleet") or {}).get("id")
+
     def summary(self) -> dict[str, Any]:
         p = self.path / SUMMARY_FILE
         return json.loads(p.read_text()) if p.is_file() else {}

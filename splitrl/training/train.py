@@ -64,7 +64,7 @@ def typed_config(cfg: DictConfig, run_dir: Path) -> Setup:
     train = {k: data.get(k) for k in TRAIN_KEYS if k in data}
     for key in ("lr_grid", "ent_coef_grid", "reward_v_grid"):
         train[key] = tuple(train.get(key) or ())
-    known = set(TRAIN_KEYS) | {"agent", "logger", "scenario", "scenario_file", "stop_after", "run_name"}
+    known = set(TRAIN_KEYS) | {"agent", "logger", "scenario", "scenario_file", "fleet", "stop_after", "run_name"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"config: unknown top-level key(s) {unknown}; known: {sorted(known)}")
@@ -91,9 +91,34 @@ def with_scenario_file(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def make_env(agent: PPOConfig, scenario: Any):
+def with_fleet(cfg: DictConfig) -> DictConfig:
+    """With a fleet (`fleet=NAME`: splitrl/conf/fleet/NAME.yaml), `cfg` without the scenario group's
+    default: the devices' scenarios are the fleet file's, so the resolved config names only the fleet."""
+    if not cfg.get("fleet") or "scenario" not in cfg:
+        return cfg
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        del cfg["scenario"]
+    return cfg
+
+
+def make_fleet_env(agent: PPOConfig, fleet: dict):
+    """(FleetEnv, FleetParams) for `fleet=...`: one hierarchical policy shared by every device."""
+    if agent.env != "split" or agent.policy != "hierarchical":
+        raise ConfigError(f"config fleet: a fleet trains the hierarchical policy on the split env (agent=hppo); "
+                          f"got agent.env = {agent.env!r}, agent.policy = {agent.policy!r}")
+    from splitrl.env.fleet_scenario import ScenarioError, make_fleet
+    try:
+        return make_fleet(fleet)
+    except ScenarioError as e:
+        raise ConfigError(f"config fleet: {e}") from e
+
+
+def make_env(agent: PPOConfig, scenario: Any, fleet: dict | None = None):
     """(env, env_params) for `agent.env`: gymnax ids through gymnax.make, split scenarios through
-    splitrl.env (imported lazily)."""
+    splitrl.env (imported lazily), a fleet through splitrl.env.fleet_scenario."""
+    if fleet is not None:
+        return make_fleet_env(agent, fleet)
     if agent.env == "gymnax":
         import gymnax
         try:
@@ -182,12 +207,16 @@ class Job:
 
 def build_job(setup: Setup, cfg: DictConfig) -> Job:
     agent, train = setup.agent, setup.train
-    env, env_params = make_env(agent, OmegaConf.to_container(cfg.scenario, resolve=True) if "scenario" in cfg else None)
+    env, env_params = make_env(agent, OmegaConf.to_container(cfg.scenario, resolve=True) if "scenario" in cfg else None,
+                               OmegaConf.to_container(cfg.fleet, resolve=True) if cfg.get("fleet") else None)
     try:
-        default_v = float(ppo.get_field(env_params, train.reward_v_field)) if train.reward_v_field else 1.0
+        # a fleet's V is per device ([N], equal on every device: checked when the fleet is built)
+        default_v = (float(np.asarray(ppo.get_field(env_params, train.reward_v_field)).reshape(-1)[0])
+                     if train.reward_v_field else 1.0)
     except AttributeError as e:
         raise ConfigError(f"config reward_v_field = {train.reward_v_field!r}: not a field of "
-                          f"{type(env_params).__name__} ({e}); the split env's V is reward.V") from e
+                          f"{type(env_params).__name__} ({e}); the split env's V is reward.V, a fleet's "
+                          "device.reward.V") from e
     members = member_grid(train, agent, default_v)
     placement = place(train.devices, train.shard, len(members), agent.num_envs)
     if placement.num_devices > 1 and setup.logger.console:
@@ -203,7 +232,7 @@ def build_job(setup: Setup, cfg: DictConfig) -> Job:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    cfg = with_scenario_file(cfg)
+    cfg = with_fleet(with_scenario_file(cfg))
     setup = typed_config(cfg, run_dir)
     logging.getLogger("absl").setLevel(logging.WARNING)   # orbax logs every file it writes at INFO
     agent, train = setup.agent, setup.train
