@@ -1,15 +1,21 @@
 """The fleet evaluation (splitrl/evaluation/fleet.py) and the wait-threshold rule (splitrl/baselines/
 threshold.py): the rule's two sides, unanswered requests in the percentiles, and rows with every metric
-and its interval from a tiny fleet (2 devices, a few slots: two compiles)."""
+and its interval from a tiny fleet (2 devices, a few slots: two compiles); `splitrl-train fleet=...` on
+that fleet and its run evaluated beside cloud-only (`--runs`)."""
+
+import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hydra import compose, initialize_config_dir
 
 from splitrl.baselines.threshold import WaitThreshold
 from splitrl.env.fleet_scenario import load_fleet_dict, make_fleet
 from splitrl.evaluation import fleet as FE
+from splitrl.training.rundir import RunDir
+from splitrl.training.train import CONF_DIR, run
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +73,26 @@ def test_evaluation_rows_have_every_metric_with_an_interval(tiny, tmp_path):
     assert "| cloud_only |" in md and "τ = " in md
     paths = FE.plot_fleet("tiny", raw, tmp_path, make_fleet(tiny)[0].n_layers)
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
+
+
+TINY_FLEET = ["fleet.n_devices=2", "fleet.channel.cells=1", "agent.num_envs=2", "agent.num_steps=4",
+              "agent.total_timesteps=16", "agent.num_minibatches=2", "agent.update_epochs=1", "agent.guide_states=4",
+              "updates_per_chunk=2", "checkpoint_every=0", "progress=false", "logger=disabled", "eval_episodes_envs=0"]
+
+
+def test_splitrl_train_fleet_writes_a_run_the_fleet_evaluation_reads(tiny, tmp_path):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["fleet=llama-2-7b_1xa100_peak", *TINY_FLEET])
+    summary = run(cfg, tmp_path)
+    assert summary["updates"] == 2
+    rd = RunDir.read(tmp_path)
+    assert rd.fleet_id == "fleet-llama-2-7b-1xa100-peak-v1" and rd.scenario is None
+    assert (tmp_path / "final_params.msgpack").is_file()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert "env/cloud_util" in rows[-1] and "env/latency" in rows[-1]
+    out, raw = FE.evaluate_fleet(tiny, ("cloud_only",), seeds=2, episodes=1, steps=4, grid=(), train_seeds=1,
+                                 log=lambda *_: None, runs=[str(tmp_path)])
+    trained = out[1]
+    assert trained["policy"].startswith("trained:") and trained["trained_on"] == rd.fleet_id
+    assert np.isfinite(trained["objective"]) and "objective_vs_cloud_only" in trained
+    assert raw[trained["policy"]][0]["boundary"].shape == (4, 1, 2)   # [slots, fleets, devices]

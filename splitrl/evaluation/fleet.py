@@ -7,7 +7,10 @@ fleet's published cloud state reaches the policies through the state (`cloud_loa
 so myopic DPP and greedy latency plan with the published wait (`estimated_conditions`). The env's keys
 depend only on (fleet, seed, episode), never on the policy, so every policy meets the same channels,
 arrivals, request lengths and background. The threshold of `wait_threshold` is tuned on training
-episodes (other seeds) over a grid, by the fleet's DPP objective, before evaluation.
+episodes (other seeds) over a grid, by the fleet's DPP objective, before evaluation. Trained runs
+(`--runs DIR ...`: `splitrl-train fleet=...`, or a single-device run of the same model) run greedily on
+every device with the same parameters (`splitrl.baselines.trained.Trained`, member 0), on the same
+episodes as the baselines.
 
 Metrics per seed (then the mean and a 95 % Student-t interval over seeds, splitrl/evaluation/stats.py):
 response-time percentiles over every request of the fleet (queueing + service; a request dropped at a
@@ -31,6 +34,7 @@ import numpy as np
 
 from splitrl.baselines import make_baseline
 from splitrl.baselines.threshold import WaitThreshold
+from splitrl.baselines.trained import Trained
 from splitrl.env import rollout as R
 from splitrl.env.dpp import candidate_actions
 from splitrl.env.fleet import start
@@ -61,6 +65,10 @@ def init_per_device(policy, env, params, candidates: str = "layer"):
     """The policy's params for every device ([N] leading axis): each device's own init on its own params.
     With `candidates="layer"` the searching policies consider pure layer splits only (module docstring
     of splitrl/env/dpp.py; the count-canonical set is 7,775 placements per device for LLaMA-2-7B)."""
+    if isinstance(policy, Trained):   # one policy shared by every device: load it once
+        first = jax.tree.map(lambda x: x[0], params.device)
+        shared = policy.init(env.device, first, None, jax.random.PRNGKey(0))
+        return jax.tree.map(lambda x: jnp.broadcast_to(x, (env.n_devices,) + x.shape), shared)
     rows = []
     for i in range(env.n_devices):
         p_i = jax.tree.map(lambda x, i=i: x[i], params.device)
@@ -171,21 +179,33 @@ def tune_threshold(env, params, fleet: str, grid, seeds: int, episodes: int, ste
     return max(t for t, v in scores.items() if v == best), scores
 
 
+def trained_policy(run_dir: str) -> tuple[str, Trained, dict]:
+    """(row name, policy, row extras) of a trained run: its run name and the fleet or scenario it trained on."""
+    from splitrl.training.rundir import RunDir
+    run = RunDir.read(run_dir)
+    policy = Trained.from_run_dir(run_dir)
+    name = str(run.summary().get("run_name") or run.path.name)
+    return f"trained:{name}", policy, {"run_dir": str(run.path), "trained_on": run.fleet_id or run.scenario_id}
+
+
 def evaluate_fleet(fleet: str, policies, seeds: int, episodes: int, steps: int, grid, train_seeds: int,
-                   candidates: str = "layer", log=print) -> tuple[list[dict], dict]:
-    """Rows (one per policy) and the raw per-seed outputs {policy: [per-seed output]} of one fleet."""
+                   candidates: str = "layer", log=print, runs=()) -> tuple[list[dict], dict]:
+    """Rows (one per policy, then one per trained run) and the raw per-seed outputs {policy: [per-seed
+    output]} of one fleet."""
     env, params = make_fleet(fleet)
     fleet = fleet_name(fleet)
     steps = steps or int(params.max_steps_in_episode)
     rows, raw = [], {}
-    for name in policies:
+    entries = [(name, None, {}) for name in policies] + [trained_policy(r) for r in runs]
+    for name, policy, extra in entries:
         t0 = time.perf_counter()
-        extra = {}
-        threshold = 5.0
-        if name == "wait_threshold":
-            threshold, scores = tune_threshold(env, params, fleet, grid, train_seeds, episodes, steps)
-            extra = {"threshold_s": threshold, "tuning": scores}
-        policy = make_policy(name, threshold)
+        name = name if name not in raw else f"{name}#{len(raw)}"   # two runs of one run name
+        if policy is None:
+            threshold = 5.0
+            if name == "wait_threshold":
+                threshold, scores = tune_threshold(env, params, fleet, grid, train_seeds, episodes, steps)
+                extra = {"threshold_s": threshold, "tuning": scores}
+            policy = make_policy(name, threshold)
         pparams = init_per_device(policy, env, params, candidates)
         outs = [run_seed(env, policy, params, pparams, fleet, s, episodes, steps) for s in range(seeds)]
         raw[name] = outs
@@ -284,6 +304,8 @@ def main(argv=None) -> None:
     ap.add_argument("--grid", type=float, nargs="+", default=list(THRESHOLD_GRID), help="thresholds to try (s)")
     ap.add_argument("--candidates", choices=("layer", "units"), default="layer",
                     help="placements myopic DPP and greedy latency search: layer splits, or count-canonical unit sets")
+    ap.add_argument("--runs", nargs="+", default=[], metavar="DIR",
+                    help="splitrl-train run directories to evaluate greedily beside the baselines (member 0)")
     ap.add_argument("--out", type=Path, default=Path("docs/eval/fleet"))
     a = ap.parse_args(argv)
     if a.seeds < 1 or a.episodes < 1 or a.train_seeds < 1 or a.steps < 0:
@@ -291,7 +313,8 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     rows, plots = [], []
     for fleet in a.fleet:
-        r, raw = evaluate_fleet(fleet, a.policies, a.seeds, a.episodes, a.steps, a.grid, a.train_seeds, a.candidates)
+        r, raw = evaluate_fleet(fleet, a.policies, a.seeds, a.episodes, a.steps, a.grid, a.train_seeds, a.candidates,
+                                runs=a.runs)
         rows += r
         plots += plot_fleet(fleet_name(fleet), raw, a.out / "plots", make_fleet(fleet)[0].n_layers)
     a.out.mkdir(parents=True, exist_ok=True)
