@@ -17,12 +17,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import yaml
 
 from splitrl.env.cloud import clip_lengths, read_workload
 from splitrl.env.cost import request_cost
 from splitrl.env.fleet import WORKLOAD_KINDS, FleetEnv
-from splitrl.env.scenario import ScenarioInfo, load_scenario_dict, make_with_info
+from splitrl.env.scenario import ScenarioInfo, load_scenario_dict, load_yaml_dict, make_with_info
 from splitrl.env.scenario_sections import Checked, ScenarioError
 from splitrl.env.split_env import SplitEnv
 from splitrl.env.types import Conditions, EnvParams, FleetCloudParams, FleetParams, TraceParams
@@ -176,17 +175,8 @@ def _max_arrivals(rate: float) -> int:
 
 # ----------------------------------------------------------------------------- the builder
 def load_fleet_dict(scenario: str | Path | dict) -> tuple[dict, str]:
-    if isinstance(scenario, dict):
-        return scenario, "<fleet dict>"
-    path = Path(scenario)
-    if path.suffix not in (".yaml", ".yml"):
-        path = FLEET_DIR / f"{scenario}.yaml"
-        if not path.is_file():
-            known = sorted(p.stem for p in FLEET_DIR.glob("*.yaml"))
-            raise ScenarioError(f"fleet {scenario!r} is unknown; known: {known} (or give a path to a YAML file)")
-    if not path.is_file():
-        raise ScenarioError(f"fleet file {path} does not exist")
-    return yaml.safe_load(path.read_text()), str(path)
+    """The fleet mapping (splitrl/conf/fleet/*.yaml, a path or a dict) and a label for error messages."""
+    return load_yaml_dict(scenario, FLEET_DIR, "fleet")
 
 
 def make_fleet(scenario: str | Path | dict) -> tuple[FleetEnv, FleetParams]:

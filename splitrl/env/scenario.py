@@ -44,19 +44,25 @@ from splitrl.resources import config_dir
 SCENARIO_DIR = config_dir() / "scenario"
 
 
+def load_yaml_dict(spec: str | Path | dict, directory: Path, kind: str = "scenario") -> tuple[dict, str]:
+    """A mapping given as a dict, a YAML path, or the name of a file in `directory`; and a label for
+    error messages. `kind` names what is loaded in those messages (scenario, fleet)."""
+    if isinstance(spec, dict):
+        return spec, f"<{kind} dict>"
+    path = Path(spec)
+    if path.suffix not in (".yaml", ".yml"):
+        path = directory / f"{spec}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in directory.glob("*.yaml"))
+            raise ScenarioError(f"{kind} {spec!r} is unknown; known: {known} (or give a path to a YAML file)")
+    if not path.is_file():
+        raise ScenarioError(f"{kind} file {path} does not exist")
+    return yaml.safe_load(path.read_text()), str(path)
+
+
 def load_scenario_dict(scenario: str | Path | dict) -> tuple[dict, str]:
     """The scenario mapping and a label for error messages."""
-    if isinstance(scenario, dict):
-        return scenario, "<scenario dict>"
-    path = Path(scenario)
-    if path.suffix not in (".yaml", ".yml"):
-        path = SCENARIO_DIR / f"{scenario}.yaml"
-        if not path.is_file():
-            known = sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml"))
-            raise ScenarioError(f"scenario {scenario!r} is unknown; known: {known} (or give a path to a YAML file)")
-    if not path.is_file():
-        raise ScenarioError(f"scenario file {path} does not exist")
-    return yaml.safe_load(path.read_text()), str(path)
+    return load_yaml_dict(scenario, SCENARIO_DIR, "scenario")
 
 
 def _to_params(arrays) -> dict:
