@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 from pathlib import Path
 
 import jax
@@ -21,7 +20,14 @@ import numpy as np
 from splitrl.env.cloud import clip_lengths, read_workload
 from splitrl.env.cost import request_cost
 from splitrl.env.fleet import WORKLOAD_KINDS, FleetEnv
-from splitrl.env.scenario import ScenarioInfo, load_scenario_dict, load_yaml_dict, make_with_info
+from splitrl.env.scenario import (
+    ScenarioInfo,
+    load_scenario_dict,
+    load_yaml_dict,
+    make_with_info,
+    poisson_table_size,
+    poisson_tail,
+)
 from splitrl.env.scenario_sections import Checked, ScenarioError
 from splitrl.env.split_env import SplitEnv
 from splitrl.env.types import Conditions, EnvParams, FleetCloudParams, FleetParams, TraceParams
@@ -166,9 +172,8 @@ def _stack(c: Checked, params: list[EnvParams], device_type: np.ndarray) -> EnvP
 
 def _max_arrivals(rate: float) -> int:
     """The Poisson table's size for a per-slot rate (the tail beyond it < 1e-6: `check_params`'s test)."""
-    n = int(min(max(math.ceil(rate + 10 * math.sqrt(rate) + 10), 16), 512))
-    tail = 1.0 - sum(math.exp(k * math.log(max(rate, 1e-12)) - rate - math.lgamma(k + 1)) for k in range(n + 1))
-    if tail > 1e-6:
+    n = poisson_table_size(rate)
+    if poisson_tail(rate, n) > 1e-6:
         raise ScenarioError(f"a device's peak arrivals per slot ({rate:.3g}) need a Poisson table beyond 512")
     return n
 

@@ -44,6 +44,18 @@ from splitrl.resources import config_dir
 SCENARIO_DIR = config_dir() / "scenario"
 
 
+def poisson_table_size(rate: float) -> int:
+    """How many arrivals per slot the env's inverse-CDF Poisson table covers at `rate` per slot (mean + 10
+    standard deviations + 10, between 16 and 512): `poisson_tail` beyond it is negligible for any rate
+    the table can hold."""
+    return int(min(max(math.ceil(rate + 10 * math.sqrt(rate) + 10), 16), 512))
+
+
+def poisson_tail(rate: float, n: int) -> float:
+    """P(more than n arrivals in a slot) for Poisson(rate): what the env's table of 0..n leaves out."""
+    return 1.0 - sum(math.exp(k * math.log(max(rate, 1e-12)) - rate - math.lgamma(k + 1)) for k in range(n + 1))
+
+
 def load_yaml_dict(spec: str | Path | dict, directory: Path, kind: str = "scenario") -> tuple[dict, str]:
     """A mapping given as a dict, a YAML path, or the name of a file in `directory`; and a label for
     error messages. `kind` names what is loaded in those messages (scenario, fleet)."""
@@ -130,8 +142,7 @@ def make_with_info(scenario: str | Path | dict = "default") -> tuple[SplitEnv, E
     refs = nominal_refs(params, ch_kind)
     params = params.replace(reward=reward.replace(
         **{k: f32(refs[k] if rw_raw[k] == "auto" else rw_raw[k]) for k in rw_raw}))
-    rate = float(workload.arrival_rate) * slot_s
-    max_arrivals = int(min(max(math.ceil(rate + 10 * math.sqrt(rate) + 10), 16), 512))
+    max_arrivals = poisson_table_size(float(workload.arrival_rate) * slot_s)
     env = SplitEnv(model.n_layers, int(costs.unit_is_attn.shape[0]), ch_kind, max_arrivals, params, sid, load_kind)
     check_params(env, params)
     info = ScenarioInfo(id=sid, model=model.name, edge=edge.name, cloud=cloud_dev.name, edge_weight_format=wf,
@@ -205,8 +216,7 @@ def check_params(env: SplitEnv, params: EnvParams) -> None:
         if not ok:
             value = functools.reduce(getattr, name.split("."), params)
             raise ScenarioError(f"EnvParams.{name} = {np.asarray(value).tolist()}: {expected}")
-    rate = float(w.arrival_rate * params.slot_s)
-    tail = 1.0 - sum(math.exp(k * math.log(max(rate, 1e-12)) - rate - math.lgamma(k + 1)) for k in range(env.max_arrivals + 1))
+    tail = poisson_tail(float(w.arrival_rate * params.slot_s), env.max_arrivals)
     if tail > 1e-6:
         raise ScenarioError(f"EnvParams.workload.arrival_rate = {float(w.arrival_rate)}: P(more than {env.max_arrivals} "
                             f"arrivals per slot) = {tail:.2g}; rebuild the env with make() for this rate")

@@ -40,7 +40,7 @@ from splitrl.env.dpp import candidate_actions
 from splitrl.env.fleet import start
 from splitrl.env.fleet_scenario import make_fleet
 from splitrl.evaluation.run import episode_keys
-from splitrl.evaluation.stats import request_times, t_interval
+from splitrl.evaluation.stats import add_paired, request_times, t_interval
 
 POLICIES = ("cloud_only", "edge_only", "static_split", "greedy_latency", "myopic_dpp", "wait_threshold")
 SEARCHING = ("greedy_latency", "myopic_dpp")      # policies whose pparams are a candidate set
@@ -151,17 +151,6 @@ def summarise(per_seed: list[dict]) -> dict:
     return row
 
 
-def add_paired(rows: list[dict], reference: str = "cloud_only") -> list[dict]:
-    """Each row's objective minus the reference's on the same fleet, seed by seed (the same episodes:
-    common random numbers), with a 95 % t-interval: the comparison that says whether a gap is real."""
-    for r in rows:
-        ref = [o for o in rows if o["fleet"] == r["fleet"] and o["policy"] == reference]
-        if ref:
-            diff = np.asarray(r["objective_seeds"]) - np.asarray(ref[0]["objective_seeds"])
-            r[f"objective_vs_{reference}"], r[f"objective_vs_{reference}_ci"] = t_interval(diff)
-    return rows
-
-
 # ----------------------------------------------------------------------------- evaluation
 def tune_threshold(env, params, fleet: str, grid, seeds: int, episodes: int, steps: int) -> tuple[float, dict]:
     """The grid's threshold of least mean fleet DPP objective on training episodes (seeds TRAIN_SEED0...,
@@ -214,7 +203,7 @@ def evaluate_fleet(fleet: str, policies, seeds: int, episodes: int, steps: int, 
         rows.append(row)
         log(f"{fleet:28s} {name:15s} objective {row['objective']:9.4f} ± {row['objective_ci']:.4f}  "
             f"p95 {row['p95']:8.2f}  util {row['cloud_util']:.2f}  ({time.perf_counter() - t0:.0f} s)")
-    return add_paired(rows), raw
+    return add_paired(rows, ("cloud_only",), group="fleet"), raw
 
 
 # ----------------------------------------------------------------------------- writers

@@ -79,14 +79,15 @@ def summarise(per_seed: list[dict[str, float]]) -> dict[str, float]:
 PAIRED_REFERENCES = ("myopic_dpp", "cloud_only")
 
 
-def add_paired(rows: list[dict], references=PAIRED_REFERENCES) -> list[dict]:
-    """Each row's objective minus a reference policy's on the same scenario, seed by seed, with a 95 %
-    Student-t interval over seeds (`objective_vs_<ref>`, `_ci`). Every policy meets the same episodes
-    (common random numbers), so the paired interval is far tighter than the two unpaired ones: it is the
-    one that says whether a difference is real. Negative: better than the reference."""
+def add_paired(rows: list[dict], references=PAIRED_REFERENCES, group: str = "scenario") -> list[dict]:
+    """Each row's objective minus a reference policy's on the same scenario (or whatever `group` names,
+    e.g. the fleet), seed by seed, with a 95 % Student-t interval over seeds (`objective_vs_<ref>`,
+    `_ci`). Every policy meets the same episodes (common random numbers), so the paired interval is far
+    tighter than the two unpaired ones: it is the one that says whether a difference is real. Negative:
+    better than the reference."""
     for r in rows:
         for ref in references:
-            other = [o for o in rows if o["scenario"] == r["scenario"] and o["policy"] == ref]
+            other = [o for o in rows if o[group] == r[group] and o["policy"] == ref]
             if not other or len(other[0]["objective_seeds"]) != len(r["objective_seeds"]):
                 continue
             diff = np.asarray(r["objective_seeds"]) - np.asarray(other[0]["objective_seeds"])
