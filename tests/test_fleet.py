@@ -196,7 +196,7 @@ def test_one_device_without_background_prices_like_the_single_device_env():
 
 
 def test_cloud_only_saturates_the_cloud_at_peak_load_but_not_at_low():
-    """The shipped fleets (N = 16): under cloud-only the work queue grows at peak load and stays ~0 at low load."""
+    """The shipped fleets (N = 64): under cloud-only the work queue grows at peak load and stays ~0 at low load."""
     queue = {}
     for name in (LOW, PEAK):
         env, params = make_fleet(name)
@@ -212,7 +212,7 @@ def test_shipped_fleets_share_one_structure():
     assert names == ["llama-2-7b_1xa100_low", "llama-2-7b_1xa100_medium", "llama-2-7b_1xa100_peak"]
     envs = [make_fleet(n)[0] for n in names]
     assert all(e == envs[0] and hash(e) == hash(envs[0]) for e in envs)
-    assert isinstance(envs[0], FleetEnv) and envs[0].n_devices == 16
+    assert isinstance(envs[0], FleetEnv) and envs[0].n_devices == 64
 
 
 @pytest.mark.parametrize("change, fragment", [
