@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from splitrl.agents import make_policy, ppo
+from splitrl.config import ConfigError
 from splitrl.env.fleet import fixed_action
 from splitrl.env.fleet_scenario import load_fleet_dict, make_fleet
 
@@ -96,3 +97,18 @@ def test_train_time_evaluation_runs_on_a_fleet(tiny, mode):
     assert int(out["episodes"]) == 0 and float(out["episode_return"]) == 0.0
     assert out["reward"].shape == () and np.isfinite(float(out["reward"]))
     assert out["latency"].shape == () and out["cloud_util"].shape == ()
+
+
+def test_team_spirit_keeps_the_fleet_sum_and_moves_each_device_toward_the_mean():
+    reward = jnp.asarray([[[-1.0, -3.0, -8.0, 0.0]], [[2.0, 2.0, 2.0, 2.0]]])       # [T, E, N]
+    for tau in (0.0, 0.3, 1.0):
+        mixed = np.asarray(ppo.team_reward(reward, tau))
+        np.testing.assert_allclose(mixed.sum(-1), np.asarray(reward).sum(-1), rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(ppo.team_reward(reward, 0.0)), np.asarray(reward))
+    np.testing.assert_allclose(np.asarray(ppo.team_reward(reward, 1.0))[0, 0], [-3.0] * 4)
+    np.testing.assert_allclose(np.asarray(ppo.team_reward(reward, 0.5))[0, 0], [-2.0, -3.0, -5.5, -1.5])
+
+
+def test_team_spirit_out_of_range_is_refused():
+    with pytest.raises(ConfigError, match="team_spirit = 1.5: must be in"):
+        fleet_cfg(team_spirit=1.5).check("agent")

@@ -51,3 +51,11 @@ def test_old_foreign_and_incomplete_run_dirs_get_one_clear_error(tmp_path):
     (run / "resolved_config.yaml").write_text(yaml.safe_dump({"agent": {"name": "x"}}))
     with pytest.raises(RunDirError, match="missing key"):
         RunDir.read(run)
+
+
+def test_a_run_written_before_team_spirit_reads_as_the_own_reward_it_trained_with(tmp_path):
+    run = _run(tmp_path)
+    config = yaml.safe_load((run / "resolved_config.yaml").read_text())
+    del config["agent"]["team_spirit"]
+    (run / "resolved_config.yaml").write_text(yaml.safe_dump(config))
+    assert RunDir.read(run).agent.team_spirit == 0.0

@@ -121,6 +121,13 @@ def merge_agents(x):
 
 
 # ----------------------------------------------------------------------------- rollout
+def team_reward(reward, team_spirit):
+    """A fleet's per-device rewards [..., N] mixed with their mean, (1 − τ)·r_i + τ·mean_j r_j: the sum over
+    the devices (the fleet's objective) is unchanged, and τ > 0 charges each device part of what its choice
+    costs the others (the cloud's queue makes everyone wait). OpenAI Five's "team spirit" (Berner et al., 2019)."""
+    return (1.0 - team_spirit) * reward + team_spirit * reward.mean(-1, keepdims=True)
+
+
 def collect(policy, env, env_params, params, state: LearnerState, key, num_steps: int, keep_state: bool = False):
     """`num_steps` vectorised env steps with the current (stochastic) policy, through the one rollout
     loop (splitrl.env.rollout). Returns (carry after the last step, Transition[T, E] or, on a fleet,
@@ -244,6 +251,7 @@ def make_update(cfg: PPOConfig, env, env_params, policy, reward_v_field: str | N
         last, traj = collect(policy, env, params_env, state.params, state, rollout_key, cfg.num_steps,
                              keep_state=label is not None)
         if agent_axes(env):   # a fleet: the devices join the batch ([T, E, N] -> [T, E·N]); states stay [T, E]
+            traj = traj.replace(reward=team_reward(traj.reward, cfg.team_spirit))
             traj = traj.replace(**{f: jax.tree.map(merge_agents, getattr(traj, f)) for f in AGENT_FIELDS})
         flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
         guide = None if label is None else label(params_env, jax.tree.map(flat, traj.obs),

@@ -83,7 +83,8 @@ def chen_ppo_config(num_envs: int = 64, total_timesteps: int = 64_000, hidden=(6
                      total_timesteps=total_timesteps, update_epochs=4, num_minibatches=4, gamma=0.99, gae_lambda=0.95,
                      clip_eps=0.2, clip_value=True, ent_coef=0.01, vf_coef=0.5, max_grad_norm=0.5, lr=3e-4,
                      anneal_lr=True, normalize_advantages=True, hidden=tuple(hidden), critic="separate",
-                     manager_lr_scale=1.0, guide="none", guide_coef=0.0, guide_final=0.0, guide_anneal=1.0, guide_states=1)
+                     manager_lr_scale=1.0, guide="none", guide_coef=0.0, guide_final=0.0, guide_anneal=1.0, guide_states=1,
+                     team_spirit=0.0)
 
 
 @dataclasses.dataclass(frozen=True)

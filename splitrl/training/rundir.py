@@ -27,6 +27,10 @@ PARAMS_FORMAT = 2      # 1: a bare msgpack of the parameters (splitrl 0.1, befor
 CONFIG_FILE, PARAMS_FILE, SUMMARY_FILE = "resolved_config.yaml", "final_params.msgpack", "summary.json"
 
 
+# agent fields added after runs were written, with the value every older run trained with
+AGENT_ADDED = {"team_spirit": 0.0}
+
+
 class RunDirError(ValueError):
     pass
 
@@ -60,7 +64,7 @@ class RunDir:
         if not isinstance(config, dict) or not isinstance(config.get("agent"), dict):
             raise RunDirError(f"{cfg_path}: has no agent section; not a splitrl-train run")
         try:
-            agent = PPOConfig.from_dict(config["agent"], f"agent ({cfg_path})")
+            agent = PPOConfig.from_dict(AGENT_ADDED | config["agent"], f"agent ({cfg_path})")
         except ValueError as e:
             raise RunDirError(f"{cfg_path}: {e}; was it written by another splitrl version?") from e
         return cls(path=path, config=config, agent=agent)
