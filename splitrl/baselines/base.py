@@ -25,9 +25,11 @@ from typing import Any, NamedTuple
 
 
 class ScenarioSpec(NamedTuple):
-    """What a scenario was built from: its name, its YAML mapping and the ScenarioInfo."""
+    """What a scenario was built from: its name, its YAML mapping and the ScenarioInfo. A fleet's device
+    type has no mapping of its own (data None: the fleet changes the scenario's on the host; its
+    ScenarioInfo is built from the changed one, splitrl.evaluation.fleet.device_type_specs)."""
     name: str
-    data: dict
+    data: dict | None
     info: Any
 
 

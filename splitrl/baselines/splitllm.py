@@ -243,7 +243,9 @@ class SplitLLMDP(PolicyBase):
 
     def init(self, env, env_params, spec=None, key=None):
         if spec is None:
-            raise ValueError("splitllm_dp needs the scenario spec (its cost tables and edge memory)")
+            raise ValueError("splitllm_dp needs the scenario spec (its cost tables and edge memory): pass the "
+                             "ScenarioSpec the env was built from (splitrl.evaluation.run.scenario_spec; on a fleet, "
+                             "splitrl.evaluation.fleet.init_per_device with the FleetInfo)")
         prompt, output, cond = nominal(env.channel_kind, env_params)
         bw_grid = np.geomspace(max(cond.bw / 300, float(env_params.channel.bw_min)), cond.bw * 30, self.n_bins)
         sla = self.sla_factor * float(env_params.reward.lat_ref_s)

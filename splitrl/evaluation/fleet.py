@@ -2,9 +2,10 @@
 the wait-threshold rule on a fleet (splitrl/env/fleet.py, docs/fleet.md), with common random numbers.
 
 Every device runs the single-device policy (`splitrl.baselines`) on its own observation and state,
-vmapped over the devices with its own params (its own init: per-device tables, candidate sets); the
-fleet's published cloud state reaches the policies through the state (`cloud_load`, `cloud_wait_est`),
-so myopic DPP and greedy latency plan with the published wait (`estimated_conditions`). The env's keys
+vmapped over the devices with its own params (its device type's init: tables, candidate sets, SplitLLM's
+DP plan on the type's ScenarioSpec as the fleet built it); the fleet's published cloud state reaches the
+policies through the state (`cloud_load`, `cloud_wait_est`), so myopic DPP and greedy latency plan with
+the published wait (`estimated_conditions`). The env's keys
 depend only on (fleet, seed, episode), never on the policy, so every policy meets the same channels,
 arrivals, request lengths and background. The threshold of `wait_threshold` is tuned on training
 episodes (other seeds) over a grid, by the fleet's DPP objective, before evaluation. Trained runs
@@ -32,17 +33,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from splitrl.baselines import make_baseline
+from splitrl.baselines import ScenarioSpec, make_baseline
 from splitrl.baselines.threshold import WaitThreshold
 from splitrl.baselines.trained import Trained
 from splitrl.env import rollout as R
 from splitrl.env.dpp import candidate_actions
 from splitrl.env.fleet import start
-from splitrl.env.fleet_scenario import make_fleet
+from splitrl.env.fleet_scenario import FleetInfo, make_fleet, make_fleet_with_info
 from splitrl.evaluation.run import episode_keys
 from splitrl.evaluation.stats import add_paired, request_times, t_interval
 
-POLICIES = ("cloud_only", "edge_only", "static_split", "greedy_latency", "myopic_dpp", "wait_threshold")
+POLICIES = ("cloud_only", "edge_only", "static_split", "greedy_latency", "myopic_dpp", "splitllm_dp",
+            "wait_threshold")
 SEARCHING = ("greedy_latency", "myopic_dpp")      # policies whose pparams are a candidate set
 THRESHOLD_GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 TRAIN_SEED0 = 1000                                # training episodes: seeds TRAIN_SEED0, +1, ... (never evaluated)
@@ -61,23 +63,38 @@ def make_policy(name: str, threshold_s: float = 5.0):
     return WaitThreshold(threshold_s) if name == "wait_threshold" else make_baseline(name)
 
 
-def init_per_device(policy, env, params, candidates: str = "layer"):
-    """The policy's params for every device ([N] leading axis): each device's own init on its own params.
+def device_type_specs(info: FleetInfo) -> list[ScenarioSpec]:
+    """Each device type's ScenarioSpec as the fleet built it: `FleetInfo.devices` holds the ScenarioInfo of
+    the scenario after the fleet's host-side changes (trace replay: one request class at the trace's mean
+    request, the trace's longest request as KV context), so its cost tables and memory masks are the ones
+    the fleet's EnvParams carry. The builder keeps no changed mapping, so `data` is None: a policy that
+    reads it fails rather than planning on the raw scenario file."""
+    return [ScenarioSpec(name=t.id, data=None, info=t) for t in info.devices]
+
+
+def init_per_device(policy, env, params, candidates: str = "layer", info: FleetInfo | None = None):
+    """The policy's params for every device ([N] leading axis), indexed by device type: the init runs once
+    per type, on that type's params (all its devices have the same) and spec (`device_type_specs`).
+    Without `info` every device is its own type with no spec (enough for all but SplitLLM's DP).
     With `candidates="layer"` the searching policies consider pure layer splits only (module docstring
     of splitrl/env/dpp.py; the count-canonical set is 7,775 placements per device for LLaMA-2-7B)."""
     if isinstance(policy, Trained):   # one policy shared by every device: load it once
         first = jax.tree.map(lambda x: x[0], params.device)
         shared = policy.init(env.device, first, None, jax.random.PRNGKey(0))
         return jax.tree.map(lambda x: jnp.broadcast_to(x, (env.n_devices,) + x.shape), shared)
-    rows = []
-    for i in range(env.n_devices):
+    types = np.arange(env.n_devices) if info is None else np.asarray(info.device_type)
+    specs = None if info is None else device_type_specs(info)
+    per_type = {}
+    for i, k in enumerate(types.tolist()):
+        if k in per_type:
+            continue
         p_i = jax.tree.map(lambda x, i=i: x[i], params.device)
         if policy.name in SEARCHING:
-            rows.append(candidate_actions(env.device, p_i, layer_only=candidates == "layer",
-                                          exhaustive=False))
+            per_type[k] = candidate_actions(env.device, p_i, layer_only=candidates == "layer", exhaustive=False)
         else:
-            rows.append(policy.bind(env.device, p_i).init(env.device, p_i, None, jax.random.PRNGKey(0)))
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *rows)
+            spec = None if specs is None else specs[k]
+            per_type[k] = policy.bind(env.device, p_i).init(env.device, p_i, spec, jax.random.PRNGKey(0))
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *(per_type[k] for k in types.tolist()))
 
 
 @partial(jax.jit, static_argnames=("env", "policy", "n_steps"))
@@ -181,7 +198,7 @@ def evaluate_fleet(fleet: str, policies, seeds: int, episodes: int, steps: int, 
                    candidates: str = "layer", log=print, runs=()) -> tuple[list[dict], dict]:
     """Rows (one per policy, then one per trained run) and the raw per-seed outputs {policy: [per-seed
     output]} of one fleet."""
-    env, params = make_fleet(fleet)
+    env, params, info = make_fleet_with_info(fleet)
     fleet = fleet_name(fleet)
     steps = steps or int(params.max_steps_in_episode)
     rows, raw = [], {}
@@ -195,7 +212,7 @@ def evaluate_fleet(fleet: str, policies, seeds: int, episodes: int, steps: int, 
                 threshold, scores = tune_threshold(env, params, fleet, grid, train_seeds, episodes, steps)
                 extra = {"threshold_s": threshold, "tuning": scores}
             policy = make_policy(name, threshold)
-        pparams = init_per_device(policy, env, params, candidates)
+        pparams = init_per_device(policy, env, params, candidates, info)
         outs = [run_seed(env, policy, params, pparams, fleet, s, episodes, steps) for s in range(seeds)]
         raw[name] = outs
         row = {"fleet": fleet, "policy": name, "seeds": seeds, "episodes": episodes, "steps": steps,
