@@ -1,8 +1,10 @@
 """The fleet evaluation (splitrl/evaluation/fleet.py) and the wait-threshold rule (splitrl/baselines/
-threshold.py): the rule's two sides, unanswered requests in the percentiles, and rows with every metric
-and its interval from a tiny fleet (2 devices, a few slots: two compiles); `splitrl-train fleet=...` on
-that fleet and its run evaluated beside cloud-only (`--runs`)."""
+threshold.py): the rule's two sides, SplitLLM's plan per device type on the params the fleet uses,
+unanswered requests in the percentiles, and rows with every metric and its interval from a tiny fleet (2
+devices, a few slots: two compiles); `splitrl-train fleet=...` on that fleet and its run evaluated beside
+cloud-only (`--runs`)."""
 
+import copy
 import json
 
 import jax
@@ -11,8 +13,11 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
+from splitrl.baselines import ScenarioSpec
+from splitrl.baselines.splitllm import SplitLLMDP
 from splitrl.baselines.threshold import WaitThreshold
-from splitrl.env.fleet_scenario import load_fleet_dict, make_fleet
+from splitrl.env.fleet_scenario import load_fleet_dict, make_fleet, make_fleet_with_info
+from splitrl.env.scenario import load_scenario_dict, make_with_info
 from splitrl.evaluation import fleet as FE
 from splitrl.training.rundir import RunDir
 from splitrl.training.train import CONF_DIR, run
@@ -37,6 +42,35 @@ def test_threshold_rule_offloads_below_and_keeps_on_the_edge_above(tiny):
         on_edge = np.zeros(2, bool) if cloud else fits       # above the threshold only the Jetson stays local
         np.testing.assert_array_equal(np.asarray(a.boundary), np.where(on_edge, env.n_layers, 0), err_msg=str(wait))
         assert (np.asarray(a.units).all(-1) == on_edge).all(), wait
+
+
+def _replayed_scenario(name: str, rate: float, prompt: int, output: int):
+    """A device scenario as docs/fleet.md ("The workload") says trace replay changes it, restated here
+    rather than taken from the fleet builder so that the test checks the builder: the fleet's arrival
+    rate, one request class at the trace's mean clipped request, KV context the trace's longest clipped
+    request (4,096 tokens for LLaMA-2-7B)."""
+    data = copy.deepcopy(load_scenario_dict(name)[0])
+    data["workload"] |= {"arrival_rate": rate, "classes": [{"name": "mean", "prob": 1.0, "prompt": [prompt, prompt],
+                                                             "output": [output, output]}]}
+    return make_with_info(data | {"context": 4096})
+
+
+def test_splitllm_plans_once_per_device_type_on_the_params_the_fleet_uses(tiny):
+    env, params, info = make_fleet_with_info(tiny)
+    policy = SplitLLMDP(sla_factor=2.0, n_bins=6)   # an SLA loose enough that the two types' plans differ
+    plan = FE.init_per_device(policy, env, params, info=info)
+    assert info.device_type.tolist() == [0, 1]
+    for i, entry in enumerate(tiny["devices"]):
+        single = _replayed_scenario(entry["scenario"], tiny["workload"]["rate_per_device"], round(info.mean_prompt),
+                                    round(info.mean_output))
+        want = policy.init(single[0], single[1], ScenarioSpec(entry["scenario"], None, single[2]))
+        for k in ("boundary", "units", "sla_met"):
+            np.testing.assert_array_equal(np.asarray(plan[k][i]), np.asarray(want[k]), err_msg=f"device {i}: {k}")
+    assert not np.array_equal(plan["boundary"][0], plan["boundary"][1])   # a Galaxy S23 and a Jetson plan apart
+    # the raw scenario file (chat classes, a 1,056-token context) plans otherwise on the S23
+    raw = make_with_info(tiny["devices"][0]["scenario"])
+    assert not np.array_equal(policy.init(raw[0], raw[1], ScenarioSpec("raw", None, raw[2]))["boundary"],
+                              plan["boundary"][0])
 
 
 def _out(times, arrivals, failed, drops):
