@@ -206,6 +206,15 @@ def test_cloud_only_saturates_the_cloud_at_peak_load_but_not_at_low():
     assert queue[PEAK][0] > 5.0 and queue[PEAK][1] > 0.85, queue
 
 
+@pytest.mark.parametrize("path", sorted(FLEET_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_fleet_builds_with_a_versioned_id_and_the_cloud_it_names(path):
+    data = yaml.safe_load(path.read_text())
+    env, params, info = make_fleet_with_info(path.stem)
+    assert info.id == data["id"] and data["id"].rsplit("-v", 1)[1].isdigit()
+    assert env.n_devices == data["n_devices"] and float(params.cloud.replicas) == data["cloud"]["replicas"]
+    assert sorted(set(info.device_type.tolist())) == list(range(len(data["devices"])))
+
+
 def test_shipped_fleets_share_one_structure():
     """Low, medium and peak differ only in numbers: one compiled step serves all three."""
     names = sorted(p.stem for p in FLEET_DIR.glob("llama-2-7b_1xa100_*.yaml"))
