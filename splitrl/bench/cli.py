@@ -4,6 +4,7 @@ Subcommands register in SUBCOMMANDS (add one with `add_<name>(subparsers)` and a
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ def run_env(args) -> dict[str, Any]:
         table.add_column(col.replace("_per_s", "/s").replace("_", " "), justify="right")
     for r in rows:
         table.add_row(*(fmt.format(r[col]) for col, fmt in cols.items()))
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 140).print(table)   # a pipe's 80 columns cut the numbers
     print(f"wrote {args.out}")
     return {"rows": rows}
 
