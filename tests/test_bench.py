@@ -14,3 +14,17 @@ def test_bench_train_writes_json(tmp_path, capsys):
     assert [(r["num_envs"], r["num_seeds"]) for r in rows] == [(4, 1), (4, 2)]
     assert all(r["steps_per_s"] > 0 for r in rows)
     assert "steps/s" in capsys.readouterr().out
+
+
+def test_bench_env_fleet_writes_device_steps_beside_cartpole(tmp_path, capsys):
+    """A 4-device fleet (the file has 4 cells), 2 fleets x 3 steps: the fields are there and positive (no timing claims)."""
+    out = tmp_path / "fleet.json"
+    main(["env", "--fleet", "llama-2-7b_1xa100_low", "--fleet-devices", "4", "--envs", "2", "--steps", "3",
+          "--repeats", "1", "--out", str(out)])
+    data = json.loads(out.read_text())
+    (row,) = data["rows"]
+    assert data["fleet"] == "llama-2-7b_1xa100_low" and (row["envs"], row["devices"]) == (2, 4)
+    for field in ("device_steps_per_s", "cartpole_steps_per_s", "ratio", "compile_s", "cartpole_compile_s",
+                  "peak_rss_mb"):
+        assert row[field] > 0, field
+    assert "fleet llama-2-7b_1xa100_low vs gymnax CartPole-v1" in capsys.readouterr().out

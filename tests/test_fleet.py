@@ -245,3 +245,18 @@ def test_bad_fleet_fields_raise_clear_errors(tmp_path, change, fragment):
     with pytest.raises(ScenarioError) as e:
         make_fleet(path)
     assert str(path) in str(e.value) and fragment in str(e.value), str(e.value)
+
+
+def test_the_loopback_prediction_is_the_env_cloud_queue():
+    """scripts/fleet_loopback.py predicts each request's wait with the env's serve_cloud: 1 s slots, one
+    replica; 1.5 replica-s arrive in slot 0 (two requests), 0.3 in slot 1, 0.2 in slot 2, so the queue at
+    the start of slots 0, 1, 2 is 0, 0.5 and 0 (W_1 = 1.5 − 1, W_2 = max(0.5 + 0.3 − 1, 0)); two replicas
+    drain it all."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("fleet_loopback", Path(__file__).parents[1] / "scripts/fleet_loopback.py")
+    loopback = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loopback)
+    sent, work = np.array([0.1, 0.7, 1.2, 2.5]), np.array([1.0, 0.5, 0.3, 0.2])
+    np.testing.assert_allclose(loopback.predicted_waits(sent, work, 1.0), [0.0, 0.0, 0.5, 0.0], atol=1e-6)
+    np.testing.assert_allclose(loopback.predicted_waits(sent, work, 1.0, replicas=2), [0.0, 0.0, 0.0, 0.0], atol=1e-6)

@@ -417,3 +417,28 @@ def test_the_cloud_publishes_its_wait_and_the_edge_reads_it(server):
     assert got == [True]
     server.compute_lock.release()
     assert server.estimated_wait() == 0.0
+
+
+@pytest.mark.parametrize("boundary", [0, 1], ids=["cloud-only", "split"])
+def test_each_request_gets_the_cloud_compute_and_model_wait_its_token_frames_report(server, sm, boundary):
+    """TOKEN frames carry each forward's compute and its wait for the model; the edge sums them per request
+    (what scripts/fleet_loopback.py reports as the cloud wait). The model is held for >= 0.2 s after the
+    request's first forward started waiting, so the reported wait is at least that (a bound, not a timing)."""
+    client = EdgeClient(sm, [(server.host, server.port)], token=TOKEN, timeout=10, fallback="none")
+    got: list = []
+    server.compute_lock.acquire()
+    worker = threading.Thread(target=lambda: got.append(client.generate(Request(0, PROMPT, 3),
+                                                                        sm.plan(boundary, "fp16", (0,) * 6))))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 10
+        while server._waiters == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)
+    finally:
+        server.compute_lock.release()
+        worker.join(10)
+        client.close()
+    (res,) = got
+    assert res.status == "ok" and len(res.tokens) == 3 and not res.fell_back
+    assert res.cloud_wait_s >= 0.2 and res.cloud_s > 0

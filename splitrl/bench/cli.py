@@ -4,6 +4,7 @@ Subcommands register in SUBCOMMANDS (add one with `add_<name>(subparsers)` and a
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,15 @@ from splitrl.bench.train import add_train, resolve_device, run_train
 
 
 def add_env(subparsers) -> None:
-    p = subparsers.add_parser("env", help="random-policy rollout steps/s of the split env beside gymnax CartPole-v1")
+    p = subparsers.add_parser("env", help="random-policy rollout steps/s of the split env (or a fleet) beside "
+                                          "gymnax CartPole-v1")
     p.add_argument("--scenario", default="default")
-    p.add_argument("--envs", type=int, nargs="+", default=[1, 16, 256, 4096, 65536])
-    p.add_argument("--steps", type=int, default=200, help="steps per rollout")
+    p.add_argument("--fleet", default=None, help="a fleet (splitrl/conf/fleet name or YAML path): measure it in "
+                                                 "device-steps/s instead of the single-device scenario")
+    p.add_argument("--fleet-devices", type=int, default=64, help="with --fleet: N, overriding the file's n_devices")
+    p.add_argument("--envs", type=int, nargs="+", default=None,
+                   help="env counts (default 1 16 256 4096 65536; with --fleet 4096 fleets)")
+    p.add_argument("--steps", type=int, default=None, help="steps per rollout (default 200; with --fleet 20)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default=None, help="jax platform to measure on (cpu, gpu); default: jax's default")
     p.add_argument("--out", type=Path, default=Path("bench_env.json"))
@@ -24,16 +30,28 @@ def run_env(args) -> dict[str, Any]:
     from rich.console import Console
     from rich.table import Table
 
-    from splitrl.bench.env import bench_env
+    from splitrl.bench.env import bench_env, bench_fleet
     resolve_device(args.device)   # a clear error before any work when the platform is absent
-    rows = bench_env(args.scenario, tuple(args.envs), args.steps, args.repeats, args.out, args.device)
-    table = Table(title=f"split env ({args.scenario}) vs gymnax CartPole-v1, random policy, jit+vmap+scan")
-    for col in ("envs", "split steps/s", "CartPole steps/s", "ratio", "peak RSS MB"):
-        table.add_column(col, justify="right")
+    if args.fleet_devices < 1:
+        raise SystemExit(f"splitrl-bench env: --fleet-devices {args.fleet_devices}: must be >= 1")
+    if args.fleet:
+        rows = bench_fleet(args.fleet, args.fleet_devices, tuple(args.envs or [4096]), args.steps or 20,
+                           args.repeats, args.out, args.device)
+        title = f"fleet {args.fleet} vs gymnax CartPole-v1 (envs x devices envs), random policy, jit+vmap+scan"
+        cols = {"envs": "{:d}", "devices": "{:d}", "device_steps_per_s": "{:,.0f}"}
+    else:
+        rows = bench_env(args.scenario, tuple(args.envs or [1, 16, 256, 4096, 65536]), args.steps or 200,
+                         args.repeats, args.out, args.device)
+        title = f"split env ({args.scenario}) vs gymnax CartPole-v1, random policy, jit+vmap+scan"
+        cols = {"envs": "{:d}", "split_steps_per_s": "{:,.0f}"}
+    cols |= {"cartpole_steps_per_s": "{:,.0f}", "ratio": "{:.3f}", "compile_s": "{:.1f}",
+             "cartpole_compile_s": "{:.1f}", "peak_rss_mb": "{:,.0f}"}
+    table = Table(title=title)
+    for col in cols:
+        table.add_column(col.replace("_per_s", "/s").replace("_", " "), justify="right")
     for r in rows:
-        table.add_row(str(r["envs"]), f"{r['split_steps_per_s']:,.0f}", f"{r['cartpole_steps_per_s']:,.0f}",
-                      f"{r['ratio']:.3f}", f"{r['peak_rss_mb']:,.0f}")
-    Console().print(table)
+        table.add_row(*(fmt.format(r[col]) for col, fmt in cols.items()))
+    Console(width=None if sys.stdout.isatty() else 140).print(table)   # a pipe's 80 columns cut the numbers
     print(f"wrote {args.out}")
     return {"rows": rows}
 

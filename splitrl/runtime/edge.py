@@ -61,6 +61,8 @@ class Result:
     bytes_up: int = 0
     bytes_down: int = 0
     error: str = ""
+    cloud_s: float = 0.0            # the cloud's compute for this request, as its TOKEN frames report it
+    cloud_wait_s: float = 0.0       # seconds its forwards waited for the cloud's model (other requests held it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +102,7 @@ class RemoteLink:
         self.max_payload = max_payload
         self.sock: socket.socket | None = None
         self.bytes_up = self.bytes_down = 0
+        self.cloud_s = self.cloud_wait_s = 0.0     # what the cloud reported in its TOKEN frames, summed
 
     @property
     def name(self) -> str:
@@ -146,6 +149,14 @@ class RemoteLink:
             raise RemoteError(f.text())
         return f
 
+    def read_token(self, f: P.Frame) -> tuple[int, float]:
+        """A TOKEN frame's token and the cloud's seconds for it (compute + wait for the model), counted."""
+        vals = f.array().reshape(-1).tolist()
+        cloud_s, wait = vals[1], (vals[3] if len(vals) > 3 else 0.0)     # an older cloud reports no wait
+        self.cloud_s += cloud_s
+        self.cloud_wait_s += wait
+        return int(vals[0]), cloud_s + wait
+
     def expect(self, rid: int, seq: int, *kinds) -> P.Frame:
         f = self.read()
         if f.kind not in kinds or f.request_id != rid or f.seq != seq:
@@ -181,9 +192,9 @@ class RemoteLink:
         while True:
             f = self.expect(rid, seq, P.Kind.TOKEN, P.Kind.DOWN_H1)
             if f.kind == P.Kind.TOKEN:
-                tok, cloud_s, _load = f.array().tolist()
+                tok, cloud_s = self.read_token(f)
                 self.est.transfer(sent, time.perf_counter() - t0 - cloud_s, crossings)
-                return int(tok), extra
+                return tok, extra
             sent += len(f.payload)
             pf = edge.down(f.activation())["pf"]
             extra["pf"] = wire.encode(pf, plan.fmt)
@@ -200,7 +211,7 @@ class RemoteLink:
         self.open(rid, plan, n)
         self.send(P.array_frame(P.Kind.IDS, ids, rid, seq0))
         for s in range(n):
-            tok = int(self.expect(rid, seq0 + s, P.Kind.TOKEN).array()[0])
+            tok, _ = self.read_token(self.expect(rid, seq0 + s, P.Kind.TOKEN))
             on_token(tok)
             if eos is not None and tok == eos:
                 return
@@ -237,8 +248,8 @@ class EdgeClient:
             raise ValueError(f"request {req.rid} was already answered: request ids must be unique")
         plan = plan or self.policy(req, self.est)
         t0 = time.perf_counter()
-        up0 = sum(lk.bytes_up for lk in self.links)
-        down0 = sum(lk.bytes_down for lk in self.links)
+        counters = ("bytes_up", "bytes_down", "cloud_s", "cloud_wait_s")
+        before = {c: sum(getattr(lk, c) for lk in self.links) for c in counters}
         res = Result(req.rid, "ok", [], plan)
         wire_req = dataclasses.replace(req, rid=self._wire_ids.getrandbits(64))   # unique on the cloud
         try:
@@ -250,8 +261,8 @@ class EdgeClient:
             res.status, res.error = "failed", str(e)
         res.total_s = time.perf_counter() - t0
         res.latency_s = res.answered_at - t0 if res.tokens else res.total_s
-        res.bytes_up = sum(lk.bytes_up for lk in self.links) - up0
-        res.bytes_down = sum(lk.bytes_down for lk in self.links) - down0
+        for c in counters:
+            setattr(res, c, sum(getattr(lk, c) for lk in self.links) - before[c])
         self.results[req.rid] = res
         self.counts["submitted"] += 1
         self.counts["completed" if res.status == "ok" else "failed"] += 1

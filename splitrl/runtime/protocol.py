@@ -58,7 +58,7 @@ class Kind(enum.IntEnum):
     UP_PF = 14     # edge -> cloud: edge FFN chunks' partial sum
     REPLAY_END = 15  # edge -> cloud: the checkpoint replay is complete (seq = steps replayed)
     DOWN_H1 = 16   # cloud -> edge: hidden state after layer b's attention (activation dtypes)
-    TOKEN = 17     # cloud -> edge: f64 [token, cloud compute seconds, cloud load]
+    TOKEN = 17     # cloud -> edge: f64 [token, cloud compute seconds, cloud load, seconds waited for the model]
     CLOSE = 18     # edge -> cloud: the request is answered; the cloud forgets it and refuses it from now on
 
 

@@ -41,6 +41,7 @@ class StepClock:
 
     def __init__(self, seconds: float):
         self.seconds, self.deadline, self.waited = seconds, time.monotonic() + seconds, 0.0
+        self.model_wait = 0.0       # seconds spent waiting for the model (another request held it)
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -169,8 +170,8 @@ class Connection:
         session = self.session
         for s in range(self.max_new):
             self._request(f)
-            tok, seconds = self._compute(lambda check, ids=ids: session.step({"ids": ids}, check=check))
-            self._token(s + f.seq, tok, seconds)
+            tok, seconds, wait = self._compute(lambda check, ids=ids: session.step({"ids": ids}, check=check))
+            self._token(s + f.seq, tok, seconds, wait)
             if self.server.eos is not None and tok == self.server.eos:
                 break
             ids = ids.new_tensor([tok])
@@ -208,10 +209,10 @@ class Connection:
             self._write(P.array_frame(P.Kind.OK, [session.pos], self.rid, end.seq, P.DType.I64))
             return
         rows = next(iter(up.values())).shape[1]
-        tok, seconds = self._compute(lambda check, clock: session.step(
+        tok, seconds, wait = self._compute(lambda check, clock: session.step(
             up, lambda name, h1: self._send_down(h1, seq, clock), lambda: self._receive_pf(seq, rows, clock), check),
             with_clock=True)
-        self._token(seq, tok, seconds)
+        self._token(seq, tok, seconds, wait)
 
     def _send_down(self, h1, seq: int, clock: StepClock) -> None:
         with self._model_released(clock):
@@ -227,13 +228,15 @@ class Connection:
 
     # ---- the model, with deadlines ----
     def _compute(self, fn, with_clock: bool = False):
-        """Run fn(check[, clock]) holding the model, within the step deadline: (result, compute seconds)."""
+        """Run fn(check[, clock]) holding the model, within the step deadline: (result, compute seconds,
+        seconds waited for the model)."""
         clock = StepClock(self.limits.step_s)
         lock = self.server.compute_lock
+        t0 = time.perf_counter()
         if not self.server.acquire_model(max(clock.left(), 0.0)):
             raise P.FrameError("busy", f"the model stayed busy for the whole step deadline ({clock.seconds} s)")
         self._holding = True
-        t0 = time.perf_counter()
+        clock.model_wait += time.perf_counter() - t0
         try:
             def check():
                 if self.server.stopping:
@@ -250,9 +253,9 @@ class Connection:
             if self._holding:
                 lock.release()
         self.server.count("steps")
-        seconds = time.perf_counter() - t0 - clock.waited
+        seconds = time.perf_counter() - t0 - clock.waited - clock.model_wait     # the forward itself
         self.server.forward_done(seconds)
-        return out, seconds
+        return out, seconds, clock.model_wait
 
     _holding = True
 
@@ -267,11 +270,13 @@ class Connection:
             yield
         finally:
             clock.pause(time.monotonic() - t0)
+            t_wait = time.monotonic()
             if not self.server.acquire_model(max(clock.left(), 0.0)):
                 raise P.FrameError("busy", f"the model stayed busy for the whole step deadline ({clock.seconds} s)")
             self._holding = True
+            clock.model_wait += time.monotonic() - t_wait
 
-    def _token(self, seq: int, tok: int, seconds: float) -> None:
+    def _token(self, seq: int, tok: int, seconds: float, wait: float) -> None:
         self.server.count("tokens")
         load = self.server.load()
-        self._write(P.array_frame(P.Kind.TOKEN, [tok, seconds, load], self.rid, seq, P.DType.F64))
+        self._write(P.array_frame(P.Kind.TOKEN, [tok, seconds, load, wait], self.rid, seq, P.DType.F64))
