@@ -105,7 +105,11 @@ def test_evaluation_rows_have_every_metric_with_an_interval(tiny, tmp_path):
     assert rows[0]["offloaded"] == 1.0 and len(raw["cloud_only"]) == 2
     assert rows[0]["objective_vs_cloud_only"] == 0.0 and "objective_vs_cloud_only_ci" in thr
     md = FE.markdown(rows)
-    assert "| cloud_only |" in md and "τ = " in md
+    assert "| cloud_only | 0 ± 0 | – | " in md and "τ = " in md and "objective − myopic_dpp (paired)" in md
+    (tmp_path / "results.json").write_text(json.dumps(rows, default=float))
+    (tmp_path / "results.md").write_text("stale")
+    FE.main(["--render", str(tmp_path / "results.json")])            # the table again, without rollouts
+    assert (tmp_path / "results.md").read_text() == md
     paths = FE.plot_fleet("tiny", raw, tmp_path, make_fleet(tiny)[0].n_layers)
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
 

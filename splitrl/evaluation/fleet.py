@@ -47,6 +47,7 @@ POLICIES = ("cloud_only", "edge_only", "static_split", "greedy_latency", "myopic
             "wait_threshold")
 SEARCHING = ("greedy_latency", "myopic_dpp")      # policies whose pparams are a candidate set
 THRESHOLD_GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+PAIRED = ("cloud_only", "myopic_dpp")              # each row's objective minus these, seed by seed
 TRAIN_SEED0 = 1000                                # training episodes: seeds TRAIN_SEED0, +1, ... (never evaluated)
 DEVICE_FIELDS = ("response_time", "arrivals", "drops", "request_failed", "served", "energy", "delta_ppl",
                  "backlog", "boundary", "objective")
@@ -220,7 +221,7 @@ def evaluate_fleet(fleet: str, policies, seeds: int, episodes: int, steps: int, 
         rows.append(row)
         log(f"{fleet:28s} {name:15s} objective {row['objective']:9.4f} ± {row['objective_ci']:.4f}  "
             f"p95 {row['p95']:8.2f}  util {row['cloud_util']:.2f}  ({time.perf_counter() - t0:.0f} s)")
-    return add_paired(rows, ("cloud_only",), group="fleet"), raw
+    return add_paired(rows, PAIRED, group="fleet"), raw
 
 
 # ----------------------------------------------------------------------------- writers
@@ -243,12 +244,13 @@ def markdown(rows: list[dict]) -> str:
         r0 = sub[0]
         lines += [f"### {fleet}", "", f"{r0['n_devices']} devices, {r0['seeds']} seeds × {r0['episodes']} fleets × "
                   f"{r0['steps']} slots; mean ± 95 % t-interval over seeds; lower is better except utilisation.", "",
-                  "| policy | objective − cloud-only (paired) | " + " | ".join(METRICS.values()) + " |",
-                  "|---" * (len(METRICS) + 2) + "|"]
+                  "| policy | " + "".join(f"objective − {ref} (paired) | " for ref in PAIRED)
+                  + " | ".join(METRICS.values()) + " |",
+                  "|---" * (len(METRICS) + len(PAIRED) + 1) + "|"]
         for r in sub:
             name = r["policy"] + (f" (τ = {r['threshold_s']:g} s)" if "threshold_s" in r else "")
-            paired = fmt(r.get("objective_vs_cloud_only"), r.get("objective_vs_cloud_only_ci"))
-            lines.append(f"| {name} | {paired} | " + " | ".join(fmt(r[m], r[f"{m}_ci"]) for m in METRICS) + " |")
+            paired = "".join(fmt(r.get(f"objective_vs_{ref}"), r.get(f"objective_vs_{ref}_ci")) + " | " for ref in PAIRED)
+            lines.append(f"| {name} | {paired}" + " | ".join(fmt(r[m], r[f"{m}_ci"]) for m in METRICS) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -313,7 +315,14 @@ def main(argv=None) -> None:
     ap.add_argument("--runs", nargs="+", default=[], metavar="DIR",
                     help="splitrl-train run directories to evaluate greedily beside the baselines (member 0)")
     ap.add_argument("--out", type=Path, default=Path("docs/eval/fleet"))
+    ap.add_argument("--render", type=Path, metavar="RESULTS_JSON",
+                    help="only rewrite the results.md beside an existing results.json (no rollouts)")
     a = ap.parse_args(argv)
+    if a.render:
+        rows = add_paired(json.loads(a.render.read_text()), PAIRED, group="fleet")
+        a.render.with_name("results.md").write_text(markdown(rows))
+        print(f"wrote {a.render.with_name('results.md')}")
+        return
     if a.seeds < 1 or a.episodes < 1 or a.train_seeds < 1 or a.steps < 0:
         ap.error("--seeds, --episodes and --train-seeds must be >= 1, --steps >= 0")
     t0 = time.perf_counter()
