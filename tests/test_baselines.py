@@ -13,7 +13,7 @@ import yaml
 
 from splitrl.agents.networks import FlatPolicy, HierarchicalPolicy
 from splitrl.baselines import BASELINES, Trained, make_baseline, splitllm
-from splitrl.baselines.chen import ChenPPO, fit_surrogate, train_chen
+from splitrl.baselines.chen import ChenPPO, train_chen
 from splitrl.baselines.dpp import Oracle
 from splitrl.baselines.splitllm import SplitLLMDP
 from splitrl.env import Action, make
@@ -242,10 +242,11 @@ def test_splitllm_projection_and_policy_on_default(default):
 
 # ----------------------------------------------------------------------------- Chen et al.
 def test_chen_surrogate_learns_the_ppl_table_and_their_ppo_trains(default):
+    """The surrogate checked is the one train_chen fits (default records and steps, what the baseline
+    uses), from its held-out RMSE; a second, smaller fit would only add a compile."""
     env, params, _ = default
-    _, rmse, std = fit_surrogate(env, params, jax.random.PRNGKey(0), n_records=1024, steps=300)
-    assert rmse < 0.5 * std   # in log1p(ΔPPL)
     t = train_chen(env, params, jax.random.PRNGKey(1), total_timesteps=640)
+    assert t.surrogate_rmse < 0.5 * t.surrogate_target_std   # in log1p(ΔPPL), held out
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(t.actor))
     assert 1 <= t.lo <= t.hi < env.n_layers
 
