@@ -260,7 +260,7 @@ def _fake_run(tmp_path, env, params, policy, scenario_id):
         net, obs = FlatPolicy(flat.num_actions, (16,), "separate"), flat._obs(obs, params)
     else:
         net = HierarchicalPolicy(env.num_boundaries, env.num_formats, env.num_units, (16,), "separate")
-    pp = jax.vmap(lambda k: net.init(k, obs))(jax.random.split(jax.random.PRNGKey(0), 2))
+    pp = jax.jit(jax.vmap(lambda k: net.init(k, obs)))(jax.random.split(jax.random.PRNGKey(0), 2))
     write_final_params(tmp_path, pp)
     agent = yaml.safe_load((CONF / "agent" / "hppo.yaml").read_text())
     agent |= {"name": f"x_{policy}", "policy": policy, "env": "split" if policy == "hierarchical" else "split_flat",
@@ -297,7 +297,7 @@ def test_a_run_from_another_observation_contract_names_the_cause(default, tmp_pa
     obs, _ = env.reset_env(jax.random.PRNGKey(0), params)
     old = obs.replace(features=obs.features[:-1])          # one feature fewer than today's contract
     net = HierarchicalPolicy(env.num_boundaries, env.num_formats, env.num_units, (16,), "separate")
-    write_final_params(run, jax.vmap(lambda k: net.init(k, old))(jax.random.split(jax.random.PRNGKey(0), 2)))
+    write_final_params(run, jax.jit(jax.vmap(lambda k: net.init(k, old)))(jax.random.split(jax.random.PRNGKey(0), 2)))
     with pytest.raises(Exception, match=rf"has shape \({env.obs_dim - 1}, 16\).*observation contract.*"
                                         rf"{env.obs_dim} features"):
         Trained.from_run_dir(str(run)).bind(env, params).init(env, params, spec)
