@@ -24,13 +24,14 @@ def outage():
 def _states(env, params, n=24):
     """Reset states, then a few random steps so links are down, queues non-empty and requests differ."""
     keys = jax.random.split(jax.random.PRNGKey(3), n)
-    obs, states = jax.vmap(env.reset_env, (0, None))(keys, params)
+    obs, states = jax.jit(jax.vmap(env.reset_env, (0, None)))(keys, params)
     cand = candidate_actions(env, params, layer_only=True)
+    step = jax.jit(jax.vmap(env.step_env, (0, 0, 0, None)))   # one compile, not op-by-op eager dispatch
     for t in range(6):
         k = jax.random.split(jax.random.PRNGKey(100 + t), n)
         pick = jax.random.randint(jax.random.PRNGKey(200 + t), (n,), 0, cand.boundary.shape[0])
         a = jax.tree.map(lambda x, pick=pick: x[pick], cand)
-        obs, states, *_ = jax.vmap(env.step_env, (0, 0, 0, None))(k, states, a, params)
+        obs, states, *_ = step(k, states, a, params)
     return obs, states
 
 
@@ -40,7 +41,7 @@ def test_labels_are_the_myopic_controllers_least_objective(outage):
     env, params = outage
     obs, states = _states(env, params)
     cfg = small_cfg(guide="dpp", guide_coef=1.0, guide_states=24)
-    batch = G.make_labeller(cfg, env, params)(params, obs, states, jax.random.PRNGKey(0))
+    batch = jax.jit(G.make_labeller(cfg, env, params))(params, obs, states, jax.random.PRNGKey(0))   # as in training
     cand = candidate_actions(env, params, layer_only=True)
     # the labeller subsamples states (here all 24, in some order): match labels to states by observation
     order = [int(np.argmin(np.abs(np.asarray(obs.features) - np.asarray(f)).sum(1))) for f in batch.obs.features]

@@ -65,12 +65,15 @@ class Trained(PolicyBase):
             raise RunDirError(f"{self.run_dir} was trained on scenario {run.scenario_id!r}, not {spec.info.id!r}")
         params, _ = run.params(self.member)
         params = jax.tree.map(jnp.asarray, params)
-        # shape check against a fresh init on this env
-        obs, _ = env.reset_env(jax.random.PRNGKey(0), env_params)
-        if self.policy == "flat":
-            from splitrl.env.flat import FlatSplitEnv
-            obs = FlatSplitEnv(env, env_params)._obs(obs, env_params)
-        ref = self._net(env).init(jax.random.PRNGKey(0), obs)
+        # shape check against a fresh init on this env: only its shapes (eval_shape), so nothing is
+        # computed or compiled (an eager flax init compiles each of its ops, seconds per load)
+        def fresh_init():
+            obs, _ = env.reset_env(jax.random.PRNGKey(0), env_params)
+            if self.policy == "flat":
+                from splitrl.env.flat import FlatSplitEnv
+                obs = FlatSplitEnv(env, env_params)._obs(obs, env_params)
+            return self._net(env).init(jax.random.PRNGKey(0), obs)
+        ref = jax.eval_shape(fresh_init)
         if jax.tree.structure(ref) != jax.tree.structure(params):
             raise RunDirError(f"{run.path}: the parameters are not a {self.policy} policy of this splitrl's networks; retrain")
         for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(ref), jax.tree.leaves(params), strict=True):
