@@ -203,7 +203,7 @@ def test_cloud_only_saturates_the_cloud_at_peak_load_but_not_at_low():
         info, _ = _fixed_rollout(env, params, fixed_action(env, 0), 8, 100, jax.random.PRNGKey(5))
         queue[name] = (float(np.mean(info["cloud_queue_s"][-1])), float(np.mean(info["cloud_util"])))
     assert queue[LOW][0] < 0.5 and queue[LOW][1] < 0.6, queue
-    assert queue[PEAK][0] > 5.0 and queue[PEAK][1] > 0.85, queue
+    assert queue[PEAK][0] > 5.0 and queue[PEAK][1] > 0.75, queue      # busy minutes saturate it; others not
 
 
 @pytest.mark.parametrize("path", sorted(FLEET_DIR.glob("*.yaml")), ids=lambda p: p.stem)
@@ -227,7 +227,7 @@ def test_shipped_fleets_share_one_structure():
 @pytest.mark.parametrize("change, fragment", [
     ({"n_devices": 0}, "n_devices = 0: must be an integer >= 1"),
     ({"channel": {"cells": 4, "correlation": 1.5}}, "channel.correlation = 1.5: must be <= 1"),
-    ({"channel": {"cells": 40, "correlation": 0.5}}, "channel.cells = 40: must be <= n_devices"),
+    ({"channel": {"cells": 80, "correlation": 0.5}}, "channel.cells = 80: must be <= n_devices"),
     ({"cloud": {"replicas": 0, "wait_ref_s": 10.0}}, "cloud.replicas = 0: must be an integer >= 1"),
     ({"workload": {"kind": "poisson"}}, "workload.kind = 'poisson': must be one of"),
     ({"workload": {"trace": "nope"}}, "workload.trace = 'nope': must name a workload"),
