@@ -130,8 +130,9 @@ def test_splitrl_train_fleet_writes_a_run_the_fleet_evaluation_reads(tiny, tmp_p
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert "env/cloud_util" in rows[-1] and "env/latency" in rows[-1]
     out, raw = FE.evaluate_fleet(tiny, ("cloud_only",), seeds=2, episodes=1, steps=4, grid=(), train_seeds=1,
-                                 log=lambda *_: None, runs=[str(tmp_path)])
+                                 log=lambda *_: None, runs=[str(tmp_path), f"tiny={tmp_path}"])
     trained = out[1]
     assert trained["policy"].startswith("trained:") and trained["trained_on"] == rd.fleet_id
+    assert out[2]["policy"] == "trained:tiny" and out[2]["objective"] == trained["objective"]   # LABEL=DIR
     assert np.isfinite(trained["objective"]) and "objective_vs_cloud_only" in trained
     assert raw[trained["policy"]][0]["boundary"].shape == (4, 1, 2)   # [slots, fleets, devices]

@@ -186,13 +186,16 @@ def tune_threshold(env, params, fleet: str, grid, seeds: int, episodes: int, ste
     return max(t for t, v in scores.items() if v == best), scores
 
 
-def trained_policy(run_dir: str) -> tuple[str, Trained, dict]:
-    """(row name, policy, row extras) of a trained run: its run name and the fleet or scenario it trained on."""
+def trained_policy(run: str) -> tuple[str, Trained, dict]:
+    """(row name, policy, row extras) of a trained run, given as DIR or LABEL=DIR: the label or its run
+    name, and the fleet or scenario it trained on."""
     from splitrl.training.rundir import RunDir
-    run = RunDir.read(run_dir)
+    # Hydra sweep dirs have "=" in their names: a whole existing path is a DIR, not LABEL=DIR
+    label, _, run_dir = ("", "", run) if Path(run).is_dir() else run.partition("=")
+    rd = RunDir.read(run_dir)
     policy = Trained.from_run_dir(run_dir)
-    name = str(run.summary().get("run_name") or run.path.name)
-    return f"trained:{name}", policy, {"run_dir": str(run.path), "trained_on": run.fleet_id or run.scenario_id}
+    name = label or str(rd.summary().get("run_name") or rd.path.name)
+    return f"trained:{name}", policy, {"run_dir": str(rd.path), "trained_on": rd.fleet_id or rd.scenario_id}
 
 
 def evaluate_fleet(fleet: str, policies, seeds: int, episodes: int, steps: int, grid, train_seeds: int,
@@ -312,8 +315,9 @@ def main(argv=None) -> None:
     ap.add_argument("--grid", type=float, nargs="+", default=list(THRESHOLD_GRID), help="thresholds to try (s)")
     ap.add_argument("--candidates", choices=("layer", "units"), default="layer",
                     help="placements myopic DPP and greedy latency search: layer splits, or count-canonical unit sets")
-    ap.add_argument("--runs", nargs="+", default=[], metavar="DIR",
-                    help="splitrl-train run directories to evaluate greedily beside the baselines (member 0)")
+    ap.add_argument("--runs", nargs="+", default=[], metavar="[LABEL=]DIR",
+                    help="splitrl-train run directories to evaluate greedily beside the baselines (member 0), "
+                         "each optionally labelled (row 'trained:LABEL')")
     ap.add_argument("--out", type=Path, default=Path("docs/eval/fleet"))
     ap.add_argument("--render", type=Path, metavar="RESULTS_JSON",
                     help="only rewrite the results.md beside an existing results.json (no rollouts)")
