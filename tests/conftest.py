@@ -13,6 +13,18 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="spli
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
+# Timing-sensitive files (real sockets, deadlines, latency bounds against a baseline): scripts/test runs
+# them alone, after the parallel part, so that another worker's compiles cannot push them past a bound.
+SERIAL_FILES = {"test_harness_probes.py", "test_harness_faults.py", "test_harness_server.py",
+                "test_harness_protocol.py", "test_harness_split.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SERIAL_FILES:
+            item.add_marker(pytest.mark.serial)
+
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "splitrl" / "profiles_data"
 CONF = REPO / "splitrl" / "conf"
