@@ -4,7 +4,7 @@ wait is short; when it is long, a device that holds the whole model runs it alon
     wait < threshold_s               ->  cloud-only (b = 0)
     otherwise, the model fits        ->  edge-only (b = L)
     otherwise, the model does not    ->  cloud-only: a partial split still waits in the same cloud queue
-                                         and pays a round trip per token (docs/fleet.md measures 21-27 s per
+                                         and pays a round trip per token (docs/fleet.md measures 21-25 s per
                                          request for fixed splits, against ~1-2 s cloud-only when idle)
 
 The wait is what the cloud publishes (`state.cloud_wait_est`, the observation's `cloud_wait` feature):
