@@ -39,7 +39,7 @@ from splitrl.baselines.trained import Trained
 from splitrl.env import rollout as R
 from splitrl.env.dpp import candidate_actions
 from splitrl.env.fleet import start
-from splitrl.env.fleet_scenario import FleetInfo, make_fleet, make_fleet_with_info
+from splitrl.env.fleet_scenario import FleetInfo, make_fleet_with_info
 from splitrl.evaluation.run import episode_keys
 from splitrl.evaluation.stats import add_paired, request_times, t_interval
 
@@ -170,11 +170,12 @@ def summarise(per_seed: list[dict]) -> dict:
 
 
 # ----------------------------------------------------------------------------- evaluation
-def tune_threshold(env, params, fleet: str, grid, seeds: int, episodes: int, steps: int) -> tuple[float, dict]:
+def tune_threshold(env, params, fleet: str, grid, seeds: int, episodes: int, steps: int,
+                   info: FleetInfo | None = None) -> tuple[float, dict]:
     """The grid's threshold of least mean fleet DPP objective on training episodes (seeds TRAIN_SEED0...,
     never evaluated; ties go to the largest); one compile for the whole grid (the threshold is data)."""
     policy = WaitThreshold()
-    base = init_per_device(policy, env, params)
+    base = init_per_device(policy, env, params, info=info)
     scores = {}
     for thr in grid:
         pp = base | {"threshold_s": jnp.full(env.n_devices, thr, jnp.float32)}
@@ -213,14 +214,14 @@ def evaluate_fleet(fleet: str, policies, seeds: int, episodes: int, steps: int, 
         if policy is None:
             threshold = 5.0
             if name == "wait_threshold":
-                threshold, scores = tune_threshold(env, params, fleet, grid, train_seeds, episodes, steps)
+                threshold, scores = tune_threshold(env, params, fleet, grid, train_seeds, episodes, steps, info)
                 extra = {"threshold_s": threshold, "tuning": scores}
             policy = make_policy(name, threshold)
         pparams = init_per_device(policy, env, params, candidates, info)
         outs = [run_seed(env, policy, params, pparams, fleet, s, episodes, steps) for s in range(seeds)]
         raw[name] = outs
         row = {"fleet": fleet, "policy": name, "seeds": seeds, "episodes": episodes, "steps": steps,
-               "n_devices": env.n_devices} | extra | summarise([seed_metrics(o, env.n_layers) for o in outs])
+               "n_devices": env.n_devices, "n_layers": env.n_layers} | extra | summarise([seed_metrics(o, env.n_layers) for o in outs])
         rows.append(row)
         log(f"{fleet:28s} {name:15s} objective {row['objective']:9.4f} ± {row['objective_ci']:.4f}  "
             f"p95 {row['p95']:8.2f}  util {row['cloud_util']:.2f}  ({time.perf_counter() - t0:.0f} s)")
@@ -335,7 +336,7 @@ def main(argv=None) -> None:
         r, raw = evaluate_fleet(fleet, a.policies, a.seeds, a.episodes, a.steps, a.grid, a.train_seeds, a.candidates,
                                 runs=a.runs)
         rows += r
-        plots += plot_fleet(fleet_name(fleet), raw, a.out / "plots", make_fleet(fleet)[0].n_layers)
+        plots += plot_fleet(fleet_name(fleet), raw, a.out / "plots", r[0]["n_layers"])
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "results.json").write_text(json.dumps(rows, indent=1, default=float))
     (a.out / "results.md").write_text(markdown(rows))
