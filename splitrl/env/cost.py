@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from splitrl.env.cloud import decode_factor
 from splitrl.env.interp import at, lerp_index
-from splitrl.env.tables import LayerRow, ModelRow, decode_layer_row, decode_model_row
+from splitrl.env.tables import LayerRow, ModelRow, compute_time_masks, decode_layer_row, decode_model_row
 from splitrl.env.types import Conditions, EnvParams
 from splitrl.profiles.formats import TOKEN_ID_BYTES
 
@@ -150,6 +150,14 @@ def _lookup(params: EnvParams, b, prompt, output):
     return rows, tot
 
 
+def _throttled(rows, tot, edge_speed):
+    """The looked-up rows with every edge compute time over the edge's speed (thermal throttling,
+    splitrl/env/heat.py); joules unchanged."""
+    m = compute_time_masks((rows.shape[-1] - 9) // 3)
+    slow = 1.0 / edge_speed - 1.0
+    return rows * (1.0 + slow * m["layer_edge"]), tot * (1.0 + slow * m["model_edge"])
+
+
 class Timing(NamedTuple):
     """The chosen plan's time course, for the timeout: the first token after `pre`, then one per `tok`."""
     pre: jax.Array        # s until the first generated token is back at the edge
@@ -177,7 +185,7 @@ def request_cost(params: EnvParams, boundary, fmt, edge_units, prompt, output, c
     b = boundary
     cloud_only = (b == 0) & ~jnp.any(edge_units > 0)
     edge_only = (b >= L) | ((b == L - 1) & jnp.all(edge_units > 0))
-    rows, tot = _lookup(params, b, prompt, output)
+    rows, tot = _throttled(*_lookup(params, b, prompt, output), cond.edge_speed)
     model, head = decode_model_row(tot), decode_model_row(tot[1])
     residual = cond.loss_p ** (ch.max_retx + 1.0)   # loss left after the retransmission rounds
 

@@ -66,12 +66,25 @@ FEATURES: tuple[Feature, ...] = (
     Feature("time", "time"),                        # slot index in the episode
     Feature("load", "arrivals_per_slot"),           # expected arrivals per slot (the scenario's load)
 )
+# Where the edge heats and throttles (splitrl/env/heat.py), it also reports its temperature, as a phone's
+# thermal API or a board's sensor does: 0 at the governor's throttle point, 1 at its limit.
+HEAT_FEATURES: tuple[Feature, ...] = (Feature("temp", "temp_c"),)
 NAMES = tuple(f.name for f in FEATURES)
 SOURCES = tuple(dict.fromkeys(f.source for f in FEATURES))
 
 
-def normalisers(params, n_layers: int, xp=np):
-    """(shift f32[F], scale f32[F]) of every feature in FEATURES order, from a scenario's EnvParams
+def contract(heat: bool = False) -> tuple[Feature, ...]:
+    """The features of an env: FEATURES, then HEAT_FEATURES where the edge heats."""
+    return FEATURES + HEAT_FEATURES if heat else FEATURES
+
+
+def sources(features: Sequence[Feature]) -> tuple[str, ...]:
+    """The raw quantities `features` read, each once."""
+    return tuple(dict.fromkeys(f.source for f in features))
+
+
+def normalisers(params, n_layers: int, xp=np, features: Sequence[Feature] = FEATURES):
+    """(shift f32[F], scale f32[F]) of every feature in `features` order, from a scenario's EnvParams
     (traced or concrete: this runs inside the env's step)."""
     c, w, r = params.channel, params.workload, params.reward
     one = xp.ones((), xp.float32)
@@ -90,8 +103,9 @@ def normalisers(params, n_layers: int, xp=np):
         "last_boundary": (zero, one / n_layers),
         "time": (zero, 1.0 / params.max_steps_in_episode),
         "load": (zero, one / ARRIVALS_SPAN),
+        "temp": (params.heat.throttle_c, 1.0 / xp.maximum(params.heat.limit_c - params.heat.throttle_c, 1e-6)),
     }
-    pairs = [by_name.get(name, (zero, one)) for name in NAMES]
+    pairs = [by_name.get(f.name, (zero, one)) for f in features]
     return (xp.stack([xp.asarray(s, xp.float32) for s, _ in pairs]),
             xp.stack([xp.asarray(k, xp.float32) for _, k in pairs]))
 
@@ -112,16 +126,16 @@ def evaluate(features: Sequence[Feature], shift, scale, raw: Mapping, xp=np, bou
 
 def value(name: str, x, params, n_layers: int, xp=np):
     """One feature, normalised and clipped, from its raw value (for learners that see a subset)."""
-    i = NAMES.index(name)
-    shift, scale = normalisers(params, n_layers, xp)
-    return evaluate((FEATURES[i],), shift[i:i + 1], scale[i:i + 1], {FEATURES[i].source: x}, xp)[..., 0]
+    f = next(f for f in FEATURES + HEAT_FEATURES if f.name == name)
+    shift, scale = normalisers(params, n_layers, xp, (f,))
+    return evaluate((f,), shift, scale, {f.source: x}, xp)[..., 0]
 
 
 # ----------------------------------------------------------------------------- as data (ONNX metadata)
-def spec(shift, scale) -> list[dict]:
-    """FEATURES with one scenario's numbers, as JSON-able dicts (what export writes)."""
+def spec(shift, scale, features: Sequence[Feature] = FEATURES) -> list[dict]:
+    """`features` with one scenario's numbers, as JSON-able dicts (what export writes)."""
     return [dataclasses.asdict(f) | {"shift": float(s), "scale": float(k)}
-            for f, s, k in zip(FEATURES, np.asarray(shift), np.asarray(scale), strict=True)]
+            for f, s, k in zip(features, np.asarray(shift), np.asarray(scale), strict=True)]
 
 
 def from_spec(rows: Sequence[Mapping]) -> tuple[tuple[Feature, ...], np.ndarray, np.ndarray]:

@@ -32,7 +32,9 @@ from splitrl.env.split_env import (
     SplitEnv,
     _uniforms,
     advance_state,
+    edge_speed_of,
     link_conditions,
+    next_temp,
     poisson_icdf,
     price_slot,
     slot_info,
@@ -108,10 +110,10 @@ class FleetEnv(environment.Environment[FleetState, FleetParams]):
 
     # ---- random numbers: one call per step ------------------------------------------------------
     def _n_step_draws(self) -> int:
-        return self.n_devices * SplitEnv.N_STEP_DRAWS + self.n_cells * len(STEP_SHARED) + 1
+        return self.n_devices * self.device.N_STEP_DRAWS + self.n_cells * len(STEP_SHARED) + 1
 
     def _n_reset_draws(self) -> int:
-        return self.n_devices * SplitEnv.N_RESET_DRAWS + self.n_cells * len(RESET_SHARED) + 1
+        return self.n_devices * self.device.N_RESET_DRAWS + self.n_cells * len(RESET_SHARED) + 1
 
     def _share(self, dev_u, cell_u, params: FleetParams, idx: tuple[int, ...]):
         """Devices' uniforms [N, D] with the columns `idx` mixed with their cell's (Gaussian copula of
@@ -152,7 +154,7 @@ class FleetEnv(environment.Environment[FleetState, FleetParams]):
         return self._step(_uniforms(key, self._n_step_draws()), state, action, params)
 
     def _reset(self, u, params: FleetParams) -> tuple[Observation, FleetState]:
-        dev_u, cell_u, u_start = self._split_draws(u, SplitEnv.N_RESET_DRAWS, RESET_SHARED)
+        dev_u, cell_u, u_start = self._split_draws(u, self.device.N_RESET_DRAWS, RESET_SHARED)
         dev_u = self._share(dev_u, cell_u, params, RESET_SHARED)
         _, dev = jax.vmap(self.device._reset)(dev_u, params.device)
         start_s = u_start * params.trace.rate_shape.shape[0] * 60.0
@@ -172,7 +174,7 @@ class FleetEnv(environment.Environment[FleetState, FleetParams]):
         """One device's slot (SplitEnv's pricing and queues) under the fleet's cloud conditions and workload."""
         z, uu = ndtri(u[:8]), u[8:]
         cond, latent = link_conditions(self.device.channel_kind, dev_params.channel, dev_state, z, uu,
-                                       dev_state.cloud_load, wait)
+                                       dev_state.cloud_load, wait, edge_speed_of(dev_params, dev_state, self.device.heat))
         rate = dev_params.workload.arrival_rate
         if self.workload_kind == "trace":
             rate = rate * params.trace.rate_shape[minute]
@@ -182,12 +184,13 @@ class FleetEnv(environment.Environment[FleetState, FleetParams]):
         arrivals = poisson_icdf(rate * params.slot_s, uu[1], self.device.max_arrivals)
         b, fmt, edge_units, m, q = price_slot(dev_params, dev_state, action, cond,
                                               jnp.stack([uu[8], uu[4], z[7]]), arrivals)
-        new = advance_state(dev_params, dev_state, cond, q, b, fmt, edge_units, request, z[6], latent)
+        new = advance_state(dev_params, dev_state, cond, q, b, fmt, edge_units, request, z[6], latent,
+                            next_temp(dev_params, dev_state, m, q, self.device.heat))
         work = q["served"] * (m["cloud_prefill_s"] + m["cloud_decode_s"] / params.cloud.batch_gain)
-        return new, slot_info(m, q, cond, arrivals, b, fmt, edge_units) | {"cloud_work": work}
+        return new, slot_info(m, q, cond, arrivals, b, fmt, edge_units, dev_state.temp_c) | {"cloud_work": work}
 
     def _step(self, u, state: FleetState, action: Action, params: FleetParams):
-        dev_u, cell_u, u_bg = self._split_draws(u, SplitEnv.N_STEP_DRAWS, STEP_SHARED)
+        dev_u, cell_u, u_bg = self._split_draws(u, self.device.N_STEP_DRAWS, STEP_SHARED)
         dev_u = self._share(dev_u, cell_u, params, STEP_SHARED)
         minute = self._minute(params, state.cloud, state.time)
         next_minute = self._minute(params, state.cloud, state.time + 1)

@@ -145,8 +145,8 @@ def _check_compatible(c: Checked, types: list) -> None:
     name0, _, env0, p0, info0 = types[0]
     for i, (name, _, env, p, info) in enumerate(types[1:], 1):
         same = {"model": info.model == info0.model, "cloud and its cost table": info.cost_sources[1] == info0.cost_sources[1],
-                "layers, units and channel kind": (env.n_layers, env.n_units, env.channel_kind)
-                == (env0.n_layers, env0.n_units, env0.channel_kind),
+                "layers, units, channel kind and heat": (env.n_layers, env.n_units, env.channel_kind, env.heat)
+                == (env0.n_layers, env0.n_units, env0.channel_kind, env0.heat),
                 "slot_s and episode_slots": float(p.slot_s) == float(p0.slot_s)
                 and int(p.max_steps_in_episode) == int(p0.max_steps_in_episode),
                 "reward V and scale": float(p.reward.V) == float(p0.reward.V)
@@ -232,7 +232,8 @@ def make_fleet_with_info(scenario: str | Path | dict) -> tuple[FleetEnv, FleetPa
                           count=jnp.asarray(tr["count"], jnp.int32), prompt=f32(tr["prompt"]), output=f32(tr["output"])),
         slot_s=f32(p0.slot_s), max_steps_in_episode=jnp.asarray(p0.max_steps_in_episode, jnp.int32))
     peak = rate * float(p0.slot_s) * (float(tr["rate_shape"].max()) if kind == "trace" else 1.0)
-    device = SplitEnv(env0.n_layers, env0.n_units, env0.channel_kind, _max_arrivals(peak), None, fid, env0.load_kind)
+    device = SplitEnv(env0.n_layers, env0.n_units, env0.channel_kind, _max_arrivals(peak), None, fid, env0.load_kind,
+                      env0.heat)
     env = FleetEnv(device, n, cells, kind, params, fid)
     weights = tr["count"] / tr["count"].sum()
     info = FleetInfo(id=fid, devices=tuple(t[4] for t in types), device_type=device_type, trace=trace_name,

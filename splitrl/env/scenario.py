@@ -24,6 +24,7 @@ from splitrl.env.scenario_sections import (
     ScenarioError,
     channel_section,
     context_of,
+    heat_section,
     reward_section,
     serving_section,
     workload_section,
@@ -126,6 +127,7 @@ def make_with_info(scenario: str | Path | dict = "default") -> tuple[SplitEnv, E
     ch_kind, channel, meta = channel_section(c.sub("channel"), slot_s)
     load_kind, cloud_params = serving_section(c.sub("serving"), model, cloud_dev, cwf, costs, workload, slot_s)
     reward, rw_raw = reward_section(c.sub("reward"))
+    has_heat, heat = heat_section(c, edge)
     c.done()
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
     cost_params = CostParams(**_to_params(costs), power_active_w=f32(edge.power_active_w),
@@ -138,12 +140,14 @@ def make_with_info(scenario: str | Path | dict = "default") -> tuple[SplitEnv, E
                            rows=f32(np.concatenate([ppl.fmt, ppl.loss, ppl.snr], axis=1)))
     params = EnvParams(channel=channel, workload=workload, cloud=cloud_params, costs=cost_params, radio=radio,
                        ppl=ppl_params,
-                       reward=reward, slot_s=f32(slot_s), max_steps_in_episode=jnp.asarray(steps, jnp.int32))
+                       reward=reward, slot_s=f32(slot_s), max_steps_in_episode=jnp.asarray(steps, jnp.int32),
+                       heat=heat)
     refs = nominal_refs(params, ch_kind)
     params = params.replace(reward=reward.replace(
         **{k: f32(refs[k] if rw_raw[k] == "auto" else rw_raw[k]) for k in rw_raw}))
     max_arrivals = poisson_table_size(float(workload.arrival_rate) * slot_s)
-    env = SplitEnv(model.n_layers, int(costs.unit_is_attn.shape[0]), ch_kind, max_arrivals, params, sid, load_kind)
+    env = SplitEnv(model.n_layers, int(costs.unit_is_attn.shape[0]), ch_kind, max_arrivals, params, sid, load_kind,
+                   has_heat)
     check_params(env, params)
     info = ScenarioInfo(id=sid, model=model.name, edge=edge.name, cloud=cloud_dev.name, edge_weight_format=wf,
                         cost_sources=(et.path, ct.path), ppl_source=ppl.source, trace=meta.get("trace_file", ""),

@@ -17,7 +17,7 @@ from splitrl.env.cost import R_MAX
 from splitrl.env.nominal import batch_knee, cloud_service_s
 from splitrl.env.nominal import mean_request as nominal_mean_request
 from splitrl.env.tables import CostArrays
-from splitrl.env.types import ChannelParams, CloudParams, RewardParams, WorkloadParams
+from splitrl.env.types import ChannelParams, CloudParams, HeatParams, RewardParams, WorkloadParams
 from splitrl.profiles.store import data_root
 
 MBPS = 1e6 / 8  # bytes/s per Mbit/s
@@ -260,3 +260,37 @@ def serving_section(c: Checked, model, device, weight_format: str, costs: CostAr
     ld.done()
     c.done()
     return kind, params
+
+
+# an env without heat: the edge stays at 25 C and is never throttled (splitrl/env/heat.py)
+NO_HEAT = dict(ambient_c=25.0, start_lo_c=25.0, start_hi_c=25.0, r_th=0.0, tau_s=1.0, throttle_c=1e3, limit_c=1e3 + 1,
+               min_speed=1.0)
+
+
+def heat_section(c: Checked, device) -> tuple[bool, HeatParams]:
+    """The optional `heat` section: whether the edge heats and throttles (its device file's `thermal`
+    figures), in what room, from what starting temperature. Absent or `enabled: false`: no heat."""
+    f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    if "heat" not in c.data:
+        return False, HeatParams(**{k: f32(v) for k, v in NO_HEAT.items()})
+    h = c.sub("heat")
+    enabled = h.get("enabled", kind=bool)
+    ambient = h.get("ambient_c", -40, 60)
+    h.seen.add("start_c")
+    start = h.data.get("start_c")
+    if (not isinstance(start, list) or len(start) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in start)
+            or not ambient <= start[0] <= start[1] <= 150):
+        raise h.err("start_c", start, f"must be [lo, hi] with ambient_c ({ambient}) <= lo <= hi <= 150 (°C)")
+    h.done()
+    if not enabled:
+        return False, HeatParams(**{k: f32(v) for k, v in NO_HEAT.items()})
+    th = device.thermal
+    if th is None:
+        raise h.err("enabled", True, f"the edge device {device.name!r} has no `thermal` figures: add a thermal block to "
+                    f"{device.path or device.name} (docs/environment.md, 'Heat') or set heat.enabled: false")
+    if start[1] >= th.limit_c + 20:
+        raise h.err("start_c", start, f"starts far above the device's limit_c = {th.limit_c} °C; start at most 20 K above it")
+    return True, HeatParams(ambient_c=f32(ambient), start_lo_c=f32(start[0]), start_hi_c=f32(start[1]),
+                            r_th=f32(th.r_th_k_per_w), tau_s=f32(th.tau_s), throttle_c=f32(th.throttle_c),
+                            limit_c=f32(th.limit_c), min_speed=f32(th.min_speed))

@@ -43,7 +43,7 @@ from gymnax.environments import environment, spaces
 from jax.scipy.special import gammaln, ndtri
 
 from splitrl.env import channel as ch
-from splitrl.env import cloud
+from splitrl.env import cloud, heat
 from splitrl.env import features as F
 from splitrl.env.cost import project_action, request_cost
 from splitrl.env.types import Action, Conditions, EnvParams, EnvState, Observation
@@ -102,18 +102,19 @@ def poisson_icdf(rate, u, max_arrivals: int):
     return jnp.minimum(jnp.sum(u > cdf), max_arrivals).astype(jnp.float32)
 
 
-def link_conditions(kind: str, p, state: EnvState, z, u, cloud_load, cloud_wait):
+def link_conditions(kind: str, p, state: EnvState, z, u, cloud_load, cloud_wait, edge_speed):
     """This slot's link (bandwidth, reachability, RTT, fading, SNR) drawn from the step's normals `z` and
     uniforms `u`, with the cloud's load and admission wait as given (the single-device env draws them
-    from its exogenous load, the fleet env derives them from its shared queue). Returns (Conditions,
-    the updated latent link fields of the state)."""
+    from its exogenous load, the fleet env derives them from its shared queue) and the edge's speed
+    (`edge_speed_of`). Returns (Conditions, the updated latent link fields of the state)."""
     bw, log_bw, regime, trace_pos = ch.next_bandwidth(kind, p, state.log_bw, state.regime, state.trace_pos,
                                                       z[0], u[0])
     connected, link = ch.link_up(kind, p, state.link, regime, trace_pos, u[5])
     log_sigma_h = ch.ar1(state.log_sigma_h, p.fade_log_mean, p.fade_rho, p.fade_log_std, z[2])
     cond = Conditions(bw=bw, rtt=ch.rtt_of(p, bw, z[1]), loss_p=ch.loss_probability(p.h_th, log_sigma_h),
                       snr_db=p.snr_db_mean + p.snr_db_std * z[3], cloud_load=cloud_load, cloud_wait=cloud_wait,
-                      connected=connected, reconnect=p.reconnect_s * (1.0 - state.connected) * connected)
+                      connected=connected, reconnect=p.reconnect_s * (1.0 - state.connected) * connected,
+                      edge_speed=edge_speed)
     return cond, dict(log_bw=log_bw, regime=regime, trace_pos=trace_pos, log_sigma_h=log_sigma_h, link=link)
 
 
@@ -125,20 +126,35 @@ def price_slot(params: EnvParams, state: EnvState, action: Action, cond: Conditi
     return b, fmt, edge_units, m, slot_queues(params, state, m, arrivals)
 
 
+def edge_speed_of(params: EnvParams, state: EnvState, has_heat: bool):
+    """The edge's compute speed in the coming slot, from its temperature (1 in an env without heat)."""
+    return heat.speed(params.heat, state.temp_c) if has_heat else jnp.float32(1.0)
+
+
+def next_temp(params: EnvParams, state: EnvState, m: dict, q: dict, has_heat: bool):
+    """The edge's temperature after the slot, heated by the slot's mean power (splitrl/env/heat.py)."""
+    if not has_heat:
+        return state.temp_c
+    power = heat.slot_power(params.costs.power_idle_w, params.slot_s, q["served"], m["latency"], m["energy"])
+    return heat.next_temp(params.heat, state.temp_c, power, params.slot_s)
+
+
 def advance_state(params: EnvParams, state: EnvState, cond: Conditions, q: dict, b, fmt, edge_units, request,
-                  z_est, latent: dict) -> EnvState:
-    """The state after a priced slot: what was measured, the queues, the next request (prompt, output)."""
+                  z_est, latent: dict, temp_c) -> EnvState:
+    """The state after a priced slot: what was measured, the queues, the next request (prompt, output),
+    the edge's temperature."""
     return state.replace(
         bw=cond.bw, bw_est=cond.bw * jnp.exp(params.channel.bw_est_log_std * z_est), rtt=cond.rtt,
         loss_p=cond.loss_p, snr_db=cond.snr_db, cloud_load=cond.cloud_load,
         cloud_wait_est=cloud.expected_wait(params.cloud, cond.cloud_load), connected=cond.connected,
         backlog=q["backlog"], z_energy=q["z_energy"], z_acc=q["z_acc"], prompt_len=request[0],
         output_len=request[1], last_boundary=b, last_fmt=fmt, last_edge_frac=jnp.mean(edge_units),
-        time=state.time + 1, **latent)
+        time=state.time + 1, temp_c=temp_c, **latent)
 
 
-def slot_info(m: dict, q: dict, cond: Conditions, arrivals, b, fmt, edge_units) -> dict:
-    """The slot's raw metrics (the module docstring lists them)."""
+def slot_info(m: dict, q: dict, cond: Conditions, arrivals, b, fmt, edge_units, temp_c) -> dict:
+    """The slot's raw metrics (the module docstring lists them); `temp_c` is the edge's temperature at
+    the slot's start (with `edge_speed`, the throttle it ran under)."""
     return {
         "latency": m["latency"], "energy": m["energy"], "delta_ppl": m["delta_ppl"], "backlog": q["backlog"],
         "bytes_sent": m["bytes_up"], "bytes_recv": m["bytes_down"], "served": q["served"], "arrivals": arrivals,
@@ -148,6 +164,7 @@ def slot_info(m: dict, q: dict, cond: Conditions, arrivals, b, fmt, edge_units) 
         "cloud_wait": m["cloud_wait"], "connected": cond.connected, "objective": q["objective"],
         "penalty": q["penalty"], "drift": q["drift"], "bandwidth": cond.bw, "cloud_load": cond.cloud_load,
         "boundary": b.astype(jnp.float32), "fmt": fmt.astype(jnp.float32), "edge_frac": jnp.mean(edge_units),
+        "temp_c": temp_c, "edge_speed": cond.edge_speed * jnp.ones_like(temp_c),
     }
 
 
@@ -159,14 +176,16 @@ def estimated_conditions(state: EnvState, params: EnvParams) -> Conditions:
     stay down."""
     return Conditions(bw=state.bw_est, rtt=state.rtt, loss_p=state.loss_p, snr_db=state.snr_db,
                       cloud_load=state.cloud_load, cloud_wait=state.cloud_wait_est,
-                      connected=state.connected, reconnect=jnp.float32(0.0))
+                      connected=state.connected, reconnect=jnp.float32(0.0),
+                      edge_speed=heat.speed(params.heat, state.temp_c))
 
 
 class SplitEnv(environment.Environment[EnvState, EnvParams]):
     """Static structure only (layers, units, channel kind, table sizes); numbers live in EnvParams."""
 
     def __init__(self, n_layers: int, n_units: int, channel_kind: str, max_arrivals: int = 64,
-                 default_params: EnvParams | None = None, scenario_id: str = "custom", load_kind: str = "ar1"):
+                 default_params: EnvParams | None = None, scenario_id: str = "custom", load_kind: str = "ar1",
+                 heat: bool = False):
         if channel_kind not in ch.CHANNEL_KINDS:
             raise ValueError(f"channel kind {channel_kind!r} is unknown; choose one of {ch.CHANNEL_KINDS}")
         if load_kind not in cloud.LOAD_KINDS:
@@ -174,6 +193,10 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
         self.n_layers, self.n_units, self.channel_kind, self.load_kind = n_layers, n_units, channel_kind, load_kind
         self.max_arrivals = max_arrivals
         self.scenario_id = scenario_id
+        # the edge heats and throttles (splitrl/env/heat.py): one more reset draw, its temperature observed
+        self.heat = heat
+        self.features = F.contract(heat)
+        self.N_RESET_DRAWS = SplitEnv.N_RESET_DRAWS + int(heat)
         self._default_params = default_params
 
     # ---- static sizes -----------------------------------------------------------------------
@@ -191,7 +214,7 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
 
     @property
     def obs_dim(self) -> int:
-        return len(F.FEATURES)
+        return len(self.features)
 
     @property
     def default_params(self) -> EnvParams:
@@ -220,7 +243,8 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
     # Equality is the static structure: two envs that differ only in their numbers share compiled
     # code. That is safe because params always enter a trace as an argument, never as a constant.
     def _static(self) -> tuple:
-        return (type(self), self.n_layers, self.n_units, self.channel_kind, self.max_arrivals, self.load_kind)
+        return (type(self), self.n_layers, self.n_units, self.channel_kind, self.max_arrivals, self.load_kind,
+                self.heat)
 
     def __eq__(self, other) -> bool:
         return isinstance(other, SplitEnv) and self._static() == other._static()
@@ -277,8 +301,14 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
             cloud_wait_est=cloud.expected_wait(cl, load),
             connected=jnp.float32(1.0), link=jnp.float32(1.0), backlog=jnp.float32(0.0), z_energy=jnp.float32(0.0),
             z_acc=jnp.float32(0.0), prompt_len=prompt, output_len=output, last_boundary=jnp.int32(0),
-            last_fmt=jnp.int32(0), last_edge_frac=jnp.float32(0.0), time=jnp.int32(0))
+            last_fmt=jnp.int32(0), last_edge_frac=jnp.float32(0.0), time=jnp.int32(0),
+            temp_c=self._start_temp(params.heat, u))
         return self.get_obs(state, params), state
+
+    def _start_temp(self, h, u):
+        if not self.heat:
+            return jnp.asarray(h.ambient_c, jnp.float32)
+        return h.start_lo_c + u[SplitEnv.N_RESET_DRAWS] * (h.start_hi_c - h.start_lo_c)
 
     def _channel(self, z, u, state: EnvState, params: EnvParams):
         """This slot's channel and cloud: what the agent did not know when it chose. Returns (Conditions,
@@ -286,7 +316,7 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
         cl = params.cloud
         load, cloud_logit, cloud_pos = cloud.next_load(self.load_kind, cl, state.cloud_logit, state.cloud_pos, z[5])
         cond, latent = link_conditions(self.channel_kind, params.channel, state, z, u, load,
-                                       cloud.sample_wait(cl, load, u[6], u[7]))
+                                       cloud.sample_wait(cl, load, u[6], u[7]), edge_speed_of(params, state, self.heat))
         return cond, latent | dict(cloud_logit=cloud_logit, cloud_pos=cloud_pos)
 
     def _step(self, draws: jax.Array, state: EnvState, action: Action, params: EnvParams):
@@ -295,8 +325,9 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
         cond, latent = self._channel(z, u, state, params)
         arrivals = self._poisson(w.arrival_rate * params.slot_s, u[1])
         b, fmt, edge_units, m, q = price_slot(params, state, action, cond, jnp.stack([u[8], u[4], z[7]]), arrivals)
-        new = advance_state(params, state, cond, q, b, fmt, edge_units, self._draw_request(w, u[2:5]), z[6], latent)
-        info = slot_info(m, q, cond, arrivals, b, fmt, edge_units)
+        new = advance_state(params, state, cond, q, b, fmt, edge_units, self._draw_request(w, u[2:5]), z[6], latent,
+                            next_temp(params, state, m, q, self.heat))
+        info = slot_info(m, q, cond, arrivals, b, fmt, edge_units, state.temp_c)
         return self.get_obs(new, params), new, -r.scale * q["objective"], jnp.bool_(False), info
 
     def _load_logit0(self, cl, z):
@@ -312,16 +343,15 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
         return poisson_icdf(rate, u, self.max_arrivals)
 
     def get_obs(self, state: EnvState, params: EnvParams, key=None) -> Observation:
-        shift, scale = F.normalisers(params, self.n_layers, jnp)
+        shift, scale = F.normalisers(params, self.n_layers, jnp, self.features)
         c = params.costs
-        return Observation(features=F.evaluate(F.FEATURES, shift, scale, self.raw_features(state, params), jnp),
+        return Observation(features=F.evaluate(self.features, shift, scale, self.raw_features(state, params), jnp),
                            boundary_mask=c.boundary_mask, format_mask=jnp.ones(self.num_formats, dtype=bool),
                            unit_mask=c.unit_mask)
 
-    @staticmethod
-    def raw_features(state: EnvState, params: EnvParams) -> dict[str, jax.Array]:
-        """The raw quantities of the observation contract (splitrl.env.features.SOURCES) in this state."""
-        raw = {name: getattr(state, name) for name in F.SOURCES if name != "arrivals_per_slot"}
+    def raw_features(self, state: EnvState, params: EnvParams) -> dict[str, jax.Array]:
+        """The raw quantities of the observation contract (`F.sources(self.features)`) in this state."""
+        raw = {name: getattr(state, name) for name in F.sources(self.features) if name != "arrivals_per_slot"}
         return raw | {"arrivals_per_slot": params.workload.arrival_rate * params.slot_s}
 
     def is_terminated(self, state: EnvState, params: EnvParams) -> jax.Array:

@@ -55,21 +55,26 @@ def decode_layer_row(rows, U: int) -> LayerRow:
                     prefix_j=rows[..., o["prefix_j"]], suffix=rows[..., o["suffix"]])
 
 
+def compute_time_masks(U: int) -> dict[str, np.ndarray]:
+    """Which entries of a packed layer row (K) and of the model totals (M) are compute times of each side:
+    {"layer_edge", "layer_cloud": bool[K], "model_edge", "model_cloud": bool[M]} (joules are neither)."""
+    o = layer_row_offsets(U)
+    k = np.arange(o["K"])
+    names = ModelRow._fields
+    return {"layer_edge": (k < U) | ((k >= o["norm_edge"]) & (k < o["norm_edge"] + 2)) | (k == o["prefix"]),
+            "layer_cloud": ((k >= o["cloud"]) & (k < o["cloud"] + U))
+            | ((k >= o["norm_cloud"]) & (k < o["norm_cloud"] + 2)) | (k == o["suffix"]),
+            "model_edge": np.array([n in ("edge_embed", "edge_head", "edge_all") for n in names]),
+            "model_cloud": np.array([n in ("cloud_embed", "cloud_head", "cloud_all") for n in names])}
+
+
 def scale_compute(layer_rows, model_rows, edge_scale, cloud_scale):
     """(layer_rows, model_rows) with every compute time of the edge side times `edge_scale` and of the cloud
     side times `cloud_scale` (the joules unchanged): a calibration of either side's speed (numpy or JAX,
     traced scales included)."""
-    U = (layer_rows.shape[-1] - 9) // 3
-    o = layer_row_offsets(U)
-    k = np.arange(o["K"])
-    edge = (k < U) | ((k >= o["norm_edge"]) & (k < o["norm_edge"] + 2)) | (k == o["prefix"])
-    cloud = ((k >= o["cloud"]) & (k < o["cloud"] + U)) | ((k >= o["norm_cloud"]) & (k < o["norm_cloud"] + 2)) \
-        | (k == o["suffix"])
-    names = ModelRow._fields
-    m_edge = np.array([n in ("edge_embed", "edge_head", "edge_all") for n in names])
-    m_cloud = np.array([n in ("cloud_embed", "cloud_head", "cloud_all") for n in names])
-    layer = layer_rows * (1 + (edge_scale - 1) * edge + (cloud_scale - 1) * cloud)
-    model = model_rows * (1 + (edge_scale - 1) * m_edge + (cloud_scale - 1) * m_cloud)[None, :, None]
+    m = compute_time_masks((layer_rows.shape[-1] - 9) // 3)
+    layer = layer_rows * (1 + (edge_scale - 1) * m["layer_edge"] + (cloud_scale - 1) * m["layer_cloud"])
+    model = model_rows * (1 + (edge_scale - 1) * m["model_edge"] + (cloud_scale - 1) * m["model_cloud"])[None, :, None]
     return layer, model
 
 

@@ -122,6 +122,19 @@ class RewardParams:
 
 
 @struct.dataclass
+class HeatParams:
+    """The edge's first-order thermal model (splitrl/env/heat.py, docs/environment.md); r_th = 0 turns it off."""
+    ambient_c: jax.Array        # the air around the device, °C
+    start_lo_c: jax.Array       # an episode starts at a temperature uniform in [start_lo_c, start_hi_c]
+    start_hi_c: jax.Array
+    r_th: jax.Array             # K/W: steady-state rise over ambient per watt the edge draws
+    tau_s: jax.Array            # s: thermal time constant
+    throttle_c: jax.Array       # the governor starts to cut the clock here ...
+    limit_c: jax.Array          # ... and runs at min_speed from here up
+    min_speed: jax.Array        # share of full compute speed at limit_c
+
+
+@struct.dataclass
 class EnvParams:
     channel: ChannelParams
     workload: WorkloadParams
@@ -132,6 +145,7 @@ class EnvParams:
     reward: RewardParams
     slot_s: jax.Array           # length of one decision slot, seconds
     max_steps_in_episode: jax.Array
+    heat: HeatParams
 
 
 @struct.dataclass
@@ -146,6 +160,7 @@ class Conditions:
     cloud_wait: jax.Array       # s: admission wait for a batch slot (sampled, or its expectation)
     connected: jax.Array        # 1.0: the cloud is reachable; 0.0: the link is down
     reconnect: jax.Array        # s: extra delay of the first crossing over a link that just came back
+    edge_speed: jax.Array = 1.0  # share of its full compute speed the edge runs at (thermal throttling)
 
 
 @struct.dataclass
@@ -175,6 +190,7 @@ class EnvState:
     last_fmt: jax.Array         # i32
     last_edge_frac: jax.Array   # share of the boundary layer's units placed on the edge
     time: jax.Array             # i32 slot index
+    temp_c: jax.Array           # the edge's temperature at the start of the slot, °C (what its sensor reports)
 
 
 @struct.dataclass

@@ -33,7 +33,7 @@ def for_policy(env, env_params, model_name: str, member: int, hidden) -> dict[st
     """The metadata entries of a policy trained on `env` with `env_params`."""
     import splitrl
     from splitrl.profiles.formats import TX_FORMATS
-    shift, scale = F.normalisers(env_params, env.n_layers)
+    shift, scale = F.normalisers(env_params, env.n_layers, np, env.features)
     w, ch = env_params.workload, env_params.channel
     masks = {"boundary_mask": np.asarray(env_params.costs.boundary_mask).astype(int).tolist(),
              "unit_mask": np.asarray(env_params.costs.unit_mask).astype(int).tolist()}
@@ -41,7 +41,7 @@ def for_policy(env, env_params, model_name: str, member: int, hidden) -> dict[st
                     "arrivals_per_slot": float(w.arrival_rate * env_params.slot_s)}
     return {"metadata_format": FORMAT, "version": splitrl.__version__, "model": model_name,
             "scenario": env.scenario_id, "member": str(member), "hidden": json.dumps(list(hidden)),
-            "formats": json.dumps(list(TX_FORMATS)), "features": json.dumps(F.spec(shift, scale)),
+            "formats": json.dumps(list(TX_FORMATS)), "features": json.dumps(F.spec(shift, scale, env.features)),
             "feature_bound": repr(F.FEATURE_BOUND), "raw_defaults": json.dumps(raw_defaults),
             "episode_slots": str(int(env_params.max_steps_in_episode)), "masks": json.dumps(masks),
             "units": json.dumps({"n_units": env.num_units, "n_layers": env.n_layers})}

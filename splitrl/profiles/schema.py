@@ -155,6 +155,34 @@ class ModelArch:
 
 
 @dataclasses.dataclass(frozen=True)
+class Thermal:
+    """An edge device's first-order thermal model and its governor (splitrl/env/heat.py): optional in a
+    device file (`thermal:`); a scenario with `heat: {enabled: true}` needs it. Sources in `source.thermal`."""
+    r_th_k_per_w: float   # steady-state rise over ambient per watt drawn
+    tau_s: float          # thermal time constant
+    throttle_c: float     # the governor starts to cut the clock here
+    limit_c: float        # ... and runs at min_speed from here up
+    min_speed: float      # share of full compute speed at limit_c
+
+
+def read_thermal(r: Reader) -> Thermal | None:
+    """The optional `thermal` mapping of an edge device file."""
+    if r.raw("thermal", None) is None:
+        return None
+    t = r.sub("thermal")
+    th = Thermal(r_th_k_per_w=t.float("r_th_k_per_w", 0, lo_open=True), tau_s=t.float("tau_s", 0, lo_open=True),
+                 throttle_c=t.float("throttle_c", -50, 200), limit_c=t.float("limit_c", -50, 200),
+                 min_speed=t.float("min_speed", 0, 1, lo_open=True))
+    t.done()
+    if th.limit_c <= th.throttle_c:
+        raise t.fail("limit_c", th.limit_c, f"must be above throttle_c = {th.throttle_c}")
+    if "thermal" not in r.data.get("source", {}):
+        raise r.fail("source.thermal", None, "missing: a thermal block must say where its numbers come from",
+                     "add source.thermal (cite the measurement, or say which figures are assumptions)")
+    return th
+
+
+@dataclasses.dataclass(frozen=True)
 class Device:
     """A device's datasheet figures. Every model-of-the-world number cites a source in the YAML.
 
@@ -180,6 +208,7 @@ class Device:
     memory_efficiency: float   # achieved fraction of peak bandwidth on weight streaming
     radio: Radio
     source: dict
+    thermal: Thermal | None = None
     path: str = ""
 
     @classmethod
@@ -210,6 +239,7 @@ class Device:
         f["memory_efficiency"] = eff.float("memory", 0, 1, lo_open=True)
         eff.done()
         f["radio"] = read_radio(r, f["role"])
+        f["thermal"] = read_thermal(r)
         f["source"] = read_source(r)
         r.done()
         return cls(**f, path=str(path))

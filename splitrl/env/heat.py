@@ -1,0 +1,47 @@
+"""The edge's heat: a first-order (lumped RC) thermal model and the governor's throttle curve. Pure JAX.
+
+One thermal mass at temperature T, heated by the power P the edge draws in the slot and cooled toward
+the ambient through a thermal resistance R (K/W) with time constant τ; exact over a slot of length Δ
+for constant P:
+
+    T' = T_amb + (T − T_amb)·e^(−Δ/τ) + R·P·(1 − e^(−Δ/τ))
+
+The governor cuts the clock linearly between the throttle point and the limit:
+
+    speed(T) = 1 − (1 − s_min)·clip((T − T_throttle) / (T_limit − T_throttle), 0, 1)
+
+and every edge compute time of the slot is divided by speed(T) at the slot's start (the joules per
+token are kept: a lower clock at a lower voltage does the same work in about the same energy, an
+assumption). P is the slot's mean edge power: the energy of the requests served in it (compute,
+radio, idle while waiting: `request_cost`'s energy) plus idle power for the rest of the slot. With
+r_th = 0 the temperature stays at the ambient and nothing is throttled (every scenario without a
+`heat` section). Parameters and their sources: docs/environment.md ("Heat").
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from splitrl.env.types import HeatParams
+
+
+def speed(h: HeatParams, temp_c):
+    """Share of full compute speed at temperature `temp_c` (1 below the throttle point)."""
+    span = jnp.maximum(h.limit_c - h.throttle_c, 1e-6)
+    return 1.0 - (1.0 - h.min_speed) * jnp.clip((temp_c - h.throttle_c) / span, 0.0, 1.0)
+
+
+def slot_power(power_idle_w, slot_s, served, latency, energy):
+    """Mean edge power over a slot (W): the served requests' energy, then idle for the rest of the slot."""
+    return (served * energy + power_idle_w * jnp.maximum(slot_s - served * latency, 0.0)) / slot_s
+
+
+def next_temp(h: HeatParams, temp_c, power_w, slot_s):
+    """The temperature after a slot at constant power `power_w` (the exact RC step)."""
+    decay = jnp.exp(-slot_s / h.tau_s)
+    return h.ambient_c + (temp_c - h.ambient_c) * decay + h.r_th * power_w * (1.0 - decay)
+
+
+def steady_temp(h: HeatParams, power_w):
+    """Where the temperature settles under constant power."""
+    return h.ambient_c + h.r_th * power_w
