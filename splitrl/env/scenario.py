@@ -173,8 +173,10 @@ def nominal_refs(params: EnvParams, kind: str) -> dict:
     ok = np.asarray(params.costs.boundary_mask)
     lat, en = np.asarray(cost["latency"])[ok], np.asarray(cost["energy"])[ok]
     dppl = np.asarray(cost["delta_ppl"])[ok]
+    cloud_s = float(cost["cloud_prefill_s"][0, 0] + cost["cloud_decode_s"][0, 0])   # boundary 0: cloud-only
     return {"lat_ref_s": float(np.median(lat)), "energy_ref_j": float(np.median(en)),
-            "energy_budget_j": float(np.median(en)), "acc_ref": max(float(np.mean(dppl)), 0.1)}
+            "energy_budget_j": float(np.median(en)), "acc_ref": max(float(np.mean(dppl)), 0.1),
+            "cloud_ref_s": max(cloud_s, 1e-6)}
 
 
 def check_params(env: SplitEnv, params: EnvParams) -> None:

@@ -207,11 +207,15 @@ def reward_section(rw: Checked) -> tuple[RewardParams, dict]:
     """The reward's weights, and its normalisers as written (numbers, or 'auto' to fill from the tables)."""
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
     raw = {k: rw.data.get(k) for k in ("energy_budget_j", "lat_ref_s", "energy_ref_j", "acc_ref")}
+    # optional: the cloud's price (absent: free, as in every scenario before it); its reference is auto
+    # unless given
+    w_cloud = rw.get("w_cloud", 0) if "w_cloud" in rw.data else 0.0
+    raw["cloud_ref_s"] = rw.data.get("cloud_ref_s", "auto")
     reward = RewardParams(V=f32(rw.get("V", 0)), w_lat=f32(rw.get("w_lat", 0)), w_en=f32(rw.get("w_en", 0)),
                           w_acc=f32(rw.get("w_acc", 0)), w_fail=f32(rw.get("w_fail", 0)), energy_budget_j=f32(1.0),
                           acc_budget=f32(rw.get("acc_budget", 0)), lat_ref_s=f32(1.0), energy_ref_j=f32(1.0),
                           acc_ref=f32(1.0), z_max=f32(rw.get("z_max", 0, lo_open=True)),
-                          scale=f32(rw.get("scale", 0, lo_open=True)))
+                          scale=f32(rw.get("scale", 0, lo_open=True)), w_cloud=f32(w_cloud), cloud_ref_s=f32(1.0))
     for k, v in raw.items():
         rw.seen.add(k)
         if v != "auto" and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):

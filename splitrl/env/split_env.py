@@ -66,10 +66,12 @@ def lyapunov(params: EnvParams, backlog, z_energy, z_acc) -> jax.Array:
 
 def slot_penalty(params: EnvParams, m: dict) -> jax.Array:
     """The penalty of the drift-plus-penalty (before V): w_lat lat/lat_ref + w_en E/E_ref + w_acc ΔPPL/acc_ref
-    + w_fail · failed (a request that never gets an answer costs more than any slow one)."""
+    + w_fail · failed (a request that never gets an answer costs more than any slow one) + w_cloud · the
+    cloud GPU-seconds it used / a cloud-only request's (what the cloud charges; 0 unless a scenario prices it)."""
     r = params.reward
     return (r.w_lat * m["latency"] / r.lat_ref_s + r.w_en * m["energy"] / r.energy_ref_j
-            + r.w_acc * m["delta_ppl"] / r.acc_ref + r.w_fail * m["failed"])
+            + r.w_acc * m["delta_ppl"] / r.acc_ref + r.w_fail * m["failed"]
+            + r.w_cloud * (m["cloud_prefill_s"] + m["cloud_decode_s"]) / r.cloud_ref_s)
 
 
 def slot_queues(params: EnvParams, state: EnvState, m: dict, arrivals) -> dict:

@@ -119,6 +119,8 @@ class RewardParams:
     acc_ref: jax.Array
     z_max: jax.Array            # cap on the virtual queues (normalised units)
     scale: jax.Array            # final reward multiplier
+    w_cloud: jax.Array          # price of the cloud's compute (0: free, the default) ...
+    cloud_ref_s: jax.Array      # ... per cloud-only request's GPU-seconds at typical conditions
 
 
 @struct.dataclass

@@ -34,12 +34,17 @@ def paired_cell(row: dict, ref: str) -> str:
     return f"{fmt_number(d)} ± {fmt_number(h)} ({verdict})"
 
 
+HEAT_COLUMNS = ("throttled", "temp_max")   # added where some policy throttled the edge (splitrl/env/heat.py)
+
+
 def markdown_table(rows: list[dict], columns=TABLE_COLUMNS) -> str:
-    """One Markdown table per scenario: mean ± 95 % half-width over seeds."""
-    out = []
+    """One Markdown table per scenario: mean ± 95 % half-width over seeds (with the edge's heat where it
+    throttled)."""
+    out, base = [], columns
     for scen in dict.fromkeys(r["scenario"] for r in rows):
         rs = [r for r in rows if r["scenario"] == scen]
         r0 = rs[0]
+        columns = base + HEAT_COLUMNS if any(r.get("throttled", 0) > 0 for r in rs) else base
         out.append(f"### {scen} ({r0['model']} on {r0['edge']}; {r0['seeds']} seeds x {r0['episodes']} episodes x "
                    f"{r0['steps']} slots)\n")
         paired = "objective_vs_myopic_dpp" in r0

@@ -20,6 +20,21 @@ class PolicyMismatch(PolicyError):
     """A valid policy for another model or unit layout."""
 
 
+THERMAL_ZONES = Path("/sys/class/thermal")
+
+
+def edge_temperature_c(zones: Path = THERMAL_ZONES) -> float | None:
+    """The hottest thermal zone's temperature (°C) as Linux reports it (a phone, a Pi, a Jetson), or None
+    where there is no sensor to read."""
+    temps = []
+    for zone in sorted(zones.glob("thermal_zone*/temp")):
+        try:
+            temps.append(int(zone.read_text().strip()) / 1000.0)
+        except (OSError, ValueError):
+            continue
+    return max(temps) if temps else None
+
+
 class OnnxPolicy:
     def __init__(self, path: str | Path, model_name: str | None = None, sm=None):
         import onnxruntime as ort
@@ -61,10 +76,11 @@ class OnnxPolicy:
 
     def observe(self, bw_bytes_s: float, rtt_s: float, prompt_len: int, output_len: int, backlog: float = 0.0,
                 cloud_load: float = 0.0, loss_p: float = 0.0, connected: bool = True,
-                cloud_wait: float = 0.0) -> np.ndarray:
+                cloud_wait: float = 0.0, temp_c: float | None = None) -> np.ndarray:
         """The features from the edge's own measurements, its last decision, the slot count and what the
         cloud publishes (`cloud_wait`, seconds); what it cannot measure (SNR, the virtual queues, the
-        expected load) at the scenario's values."""
+        expected load) at the scenario's values. A policy trained where the edge heats also reads the
+        edge's temperature: `temp_c`, else the hottest Linux thermal zone; with neither it refuses."""
         last_b, last_f, last_frac = self.last
         raw = self.meta.raw_defaults | {
             "bw_est": max(bw_bytes_s, 1.0), "rtt": rtt_s, "loss_p": loss_p, "cloud_load": cloud_load,
@@ -72,6 +88,13 @@ class OnnxPolicy:
             "connected": float(connected), "backlog": backlog, "prompt_len": prompt_len, "output_len": output_len,
             "last_boundary": last_b, "last_fmt": last_f, "last_edge_frac": last_frac,
             "time": self.t % self.meta.episode_slots}
+        if "temp_c" in F.sources(self.meta.features):
+            temp_c = edge_temperature_c() if temp_c is None else temp_c
+            if temp_c is None:
+                raise PolicyMismatch(f"{self.path}: the policy observes the edge's temperature (trained where the edge "
+                                     f"heats), and this machine has no sensor under {THERMAL_ZONES}; pass temp_c, or "
+                                     f"export a policy trained on a scenario without heat")
+            raw["temp_c"] = temp_c
         return self.features(raw)
 
     def act(self, features: np.ndarray) -> tuple[int, int, list[int]]:
