@@ -181,7 +181,9 @@ def test_dpp_objective_is_the_envs(default):
     for _obs, state, step_key in _states(env, lossless, 3):
         a = Action(boundary=jnp.int32(7), fmt=jnp.int32(1), units=jnp.array([1, 0, 1, 1, 0, 0, 0], jnp.int32))
         _, new, _, _, info = env.step_env(step_key, state, a, lossless)
-        metrics = {k: info[k] for k in ("latency", "energy", "delta_ppl")} | {"failed": (info["failed"] > 0) * 1.0}
+        metrics = {k: info[k] for k in ("latency", "energy", "delta_ppl")} | {"failed": (info["failed"] > 0) * 1.0,
+                                                                              "cloud_prefill_s": info["cloud_s"],
+                                                                              "cloud_decode_s": 0.0}
         assert float(dpp_objective(lossless, state, metrics, info["arrivals"])) == pytest.approx(
             float(info["objective"]), rel=1e-6)
         cond = Conditions(bw=new.bw, rtt=new.rtt, loss_p=new.loss_p, snr_db=new.snr_db, cloud_load=new.cloud_load,

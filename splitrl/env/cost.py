@@ -134,13 +134,13 @@ def pipelined(serial, edge_s, n_cross, crossing, rtt, prompt, chunk):
 
 
 # ----------------------------------------------------------------------------- one request
-def _lookup(params: EnvParams, b, prompt, output):
-    """The boundary's packed rows [2 phases, K] and the model totals [2, M], each phase at its context:
-    one gather of both grid neighbours."""
+def _lookup(params: EnvParams, b, pre_ctx, dec_ctx):
+    """The boundary's packed rows [2 phases, K] and the model totals [2, M], prefill at context `pre_ctx` and
+    decode at `dec_ctx`: one gather of both grid neighbours."""
     c = params.costs
     L = c.layer_rows.shape[0] - 1
-    i_pre, w_pre = lerp_index(c.ctx_grid, prompt)
-    i_dec, w_dec = lerp_index(c.ctx_grid, prompt + output / 2)  # decode is linear in context: the midpoint is exact
+    i_pre, w_pre = lerp_index(c.ctx_grid, pre_ctx)
+    i_dec, w_dec = lerp_index(c.ctx_grid, dec_ctx)
     idx, wts = jnp.stack([i_pre, i_dec]), jnp.stack([w_pre, w_dec])
     phase = jnp.arange(2)
     near = c.layer_rows[jnp.minimum(b, L), jnp.stack([idx, idx + 1]), jnp.stack([phase, phase])]  # [2 neighbours, 2 phases, K]
@@ -153,6 +153,8 @@ def _lookup(params: EnvParams, b, prompt, output):
 def _throttled(rows, tot, edge_speed):
     """The looked-up rows with every edge compute time over the edge's speed (thermal throttling,
     splitrl/env/heat.py); joules unchanged."""
+    if isinstance(edge_speed, float) and edge_speed == 1.0:   # no heat: nothing to trace
+        return rows, tot
     m = compute_time_masks((rows.shape[-1] - 9) // 3)
     slow = 1.0 / edge_speed - 1.0
     return rows * (1.0 + slow * m["layer_edge"]), tot * (1.0 + slow * m["model_edge"])
@@ -185,7 +187,9 @@ def request_cost(params: EnvParams, boundary, fmt, edge_units, prompt, output, c
     b = boundary
     cloud_only = (b == 0) & ~jnp.any(edge_units > 0)
     edge_only = (b >= L) | ((b == L - 1) & jnp.all(edge_units > 0))
-    rows, tot = _throttled(*_lookup(params, b, prompt, output), cond.edge_speed)
+    # a conversation's later turn prefills its new tokens at the whole context (cached + new); decode is
+    # linear in context, so its midpoint is exact
+    rows, tot = _throttled(*_lookup(params, b, cond.ctx + prompt, cond.ctx + prompt + output / 2), cond.edge_speed)
     model, head = decode_model_row(tot), decode_model_row(tot[1])
     residual = cond.loss_p ** (ch.max_retx + 1.0)   # loss left after the retransmission rounds
 
@@ -227,7 +231,44 @@ def request_cost(params: EnvParams, boundary, fmt, edge_units, prompt, output, c
          "down": jnp.where(edge_only, 0.0, jnp.where(cloud_only, output * TOKEN_ID_BYTES, n_down[0] * sizes[0]
                                                       + steps * n_down[1] * hidden + output * TOKEN_ID_BYTES)),
          "dppl": jnp.where(edge_only | cloud_only, 0.0, delta_ppl(params, b, fmt, edge_units, residual, cond.snr_db))}
-    return _finish(params, m, plan, edge, edge_only, prompt, output, model, cond) | {"residual_loss": residual}
+    # no conversation cache (a plain 0.0, not a traced value: `link_conditions`): nothing to move, nothing traced
+    no_cache = isinstance(cond.ctx, float) and cond.ctx == 0.0
+    mig = {k: 0.0 for k in ("time", "up", "down", "edge_s", "edge_j", "cloud_s")} if no_cache else \
+        migration(params, b, fmt, edge_units, model, cond)
+    m = m | {"latency": m["latency"] + mig["time"], "edge_s": m["edge_s"] + mig["edge_s"],
+             "compute_j": m["compute_j"] + mig["edge_j"], "up": m["up"] + mig["up"], "down": m["down"] + mig["down"]}
+    out = _finish(params, m, plan, edge, edge_only, prompt, output, model, cond)
+    down = cond.connected < 0.5
+    return out | {"residual_loss": residual, "cloud_prefill_s": out["cloud_prefill_s"] + jnp.where(down, 0.0, mig["cloud_s"]),
+                  "migration_s": jnp.where(down, 0.0, mig["time"]),
+                  "migration_bytes": jnp.where(down, 0.0, mig["up"] + mig["down"])}
+
+
+def migration(params: EnvParams, b, fmt, edge_units, model: ModelRow, cond: Conditions) -> dict:
+    """Moving a conversation's KV cache to this turn's placement (docs/environment.md, "Sessions"). The
+    cache of layer l lives where layer l ran last turn (on the edge for l < cond.kv_split, the boundary
+    layer by its share of units); layers whose side changes move, by the cheaper of: their KV bytes
+    (ctx x kv_bytes per layer) over the link, or the hidden state at the boundary (ctx x the format's
+    bytes) over the link and the destination recomputing those layers' KV over the context (the model's
+    mean layer per token, prefill). Expected wire times (no retransmission draw). Nothing moves in a new
+    conversation (ctx = 0) or while the link is down (the request runs alone: `_finish`)."""
+    c, ch, s = params.costs, params.channel, params.session
+    L = c.layer_rows.shape[0] - 1
+    split = jnp.minimum(b, L).astype(jnp.float32) + jnp.where(b < L, jnp.mean(edge_units), 0.0)
+    moved = jnp.abs(split - cond.kv_split)
+    to_cloud = split < cond.kv_split
+    live = (cond.ctx > 0) & (moved > 0) & (cond.connected > 0.5)
+    kv_bytes, hid_bytes = cond.ctx * s.kv_bytes * moved, cond.ctx * c.tx_bytes[fmt]
+    wire = lambda n: transfer_time(n, cond.bw, cond.rtt, cond.loss_p, ch.packet_bytes, ch.max_retx)  # noqa: E731
+    layer_s = cond.ctx * moved * jnp.where(to_cloud, model.cloud_all[0], model.edge_all[0]) / L
+    t_kv, t_re = wire(kv_bytes), wire(hid_bytes) + layer_s
+    recompute = live & (t_re < t_kv)
+    nbytes = jnp.where(live, jnp.where(recompute, hid_bytes, kv_bytes), 0.0)
+    return {"time": jnp.where(live, jnp.minimum(t_kv, t_re), 0.0),
+            "up": jnp.where(to_cloud, nbytes, 0.0), "down": jnp.where(to_cloud, 0.0, nbytes),
+            "edge_s": jnp.where(recompute & ~to_cloud, layer_s, 0.0),
+            "edge_j": jnp.where(recompute & ~to_cloud, cond.ctx * moved * model.edge_all_j[0] / L, 0.0),
+            "cloud_s": jnp.where(recompute & to_cloud, layer_s, 0.0)}
 
 
 def delta_ppl(params: EnvParams, b, fmt, edge_units, residual_loss, snr_db):
@@ -261,14 +302,18 @@ def _finish(params: EnvParams, m: dict, plan: Timing, edge: Timing, edge_only, p
     ran_s = jnp.where(started, plan.edge_pre + steps_done * plan.edge_tok, 0.0)
     ran_j = jnp.where(started, plan.edge_pre_j + steps_done * plan.edge_tok_j, 0.0)
     # resumed: rebuild the other layers' KV cache over the context so far, then decode the rest alone
-    ctx, rest = prompt + done, output - done
+    ctx, rest = cond.ctx + prompt + done, output - done
     rebuild_s = ctx * jnp.maximum(model.edge_embed[0] + model.edge_all[0] - plan.prefix, 0.0)
     rebuild_j = ctx * jnp.maximum(model.edge_embed_j[0] + model.edge_all_j[0] - plan.prefix_j, 0.0)
     resumed = (ch.timeout_s + rebuild_s + rest * edge.tok, ran_s + rebuild_s + rest * edge.tok,
                ran_j + rebuild_j + rest * edge.edge_tok_j)
     steps = jnp.maximum(output - 1.0, 0.0)
-    alone = (ch.detect_s + edge.pre + steps * edge.tok, edge.pre + steps * edge.tok,
-             edge.edge_pre_j + steps * edge.edge_tok_j)
+    # alone, the edge first rebuilds the conversation's cache of the layers it did not hold (layer-tokens)
+    L = c.layer_rows.shape[0] - 1
+    lacking = cond.ctx * jnp.clip(L - cond.kv_split, 0.0, L) / L
+    alone = (ch.detect_s + edge.pre + steps * edge.tok + lacking * model.edge_all[0],
+             edge.pre + steps * edge.tok + lacking * model.edge_all[0],
+             edge.edge_pre_j + steps * edge.edge_tok_j + lacking * model.edge_all_j[0])
     gave_up = (ch.timeout_s, jnp.where(timed_out, ran_s, 0.0), jnp.where(timed_out, ran_j, 0.0))
     planned = (m["latency"], m["edge_s"], m["compute_j"])
     latency, edge_s, compute_j = (

@@ -69,13 +69,17 @@ FEATURES: tuple[Feature, ...] = (
 # Where the edge heats and throttles (splitrl/env/heat.py), it also reports its temperature, as a phone's
 # thermal API or a board's sensor does: 0 at the governor's throttle point, 1 at its limit.
 HEAT_FEATURES: tuple[Feature, ...] = (Feature("temp", "temp_c"),)
+# Where requests are turns of conversations, the edge knows how much of the conversation is cached and
+# where that cache lives (what moving the split would cost): over the model's context, over its layers.
+SESSION_FEATURES: tuple[Feature, ...] = (Feature("ctx_len", "ctx_len"), Feature("kv_split", "kv_split"))
 NAMES = tuple(f.name for f in FEATURES)
 SOURCES = tuple(dict.fromkeys(f.source for f in FEATURES))
 
 
-def contract(heat: bool = False) -> tuple[Feature, ...]:
-    """The features of an env: FEATURES, then HEAT_FEATURES where the edge heats."""
-    return FEATURES + HEAT_FEATURES if heat else FEATURES
+def contract(heat: bool = False, sessions: bool = False) -> tuple[Feature, ...]:
+    """The features of an env: FEATURES, then HEAT_FEATURES where the edge heats, then SESSION_FEATURES
+    where requests are turns of conversations."""
+    return FEATURES + (HEAT_FEATURES if heat else ()) + (SESSION_FEATURES if sessions else ())
 
 
 def sources(features: Sequence[Feature]) -> tuple[str, ...]:
@@ -104,6 +108,8 @@ def normalisers(params, n_layers: int, xp=np, features: Sequence[Feature] = FEAT
         "time": (zero, 1.0 / params.max_steps_in_episode),
         "load": (zero, one / ARRIVALS_SPAN),
         "temp": (params.heat.throttle_c, 1.0 / xp.maximum(params.heat.limit_c - params.heat.throttle_c, 1e-6)),
+        "ctx_len": (zero, 1.0 / params.session.max_ctx),
+        "kv_split": (zero, one / n_layers),
     }
     pairs = [by_name.get(f.name, (zero, one)) for f in features]
     return (xp.stack([xp.asarray(s, xp.float32) for s, _ in pairs]),
@@ -126,7 +132,7 @@ def evaluate(features: Sequence[Feature], shift, scale, raw: Mapping, xp=np, bou
 
 def value(name: str, x, params, n_layers: int, xp=np):
     """One feature, normalised and clipped, from its raw value (for learners that see a subset)."""
-    f = next(f for f in FEATURES + HEAT_FEATURES if f.name == name)
+    f = next(f for f in FEATURES + HEAT_FEATURES + SESSION_FEATURES if f.name == name)
     shift, scale = normalisers(params, n_layers, xp, (f,))
     return evaluate((f,), shift, scale, {f.source: x}, xp)[..., 0]
 

@@ -17,7 +17,7 @@ from splitrl.env.cost import R_MAX
 from splitrl.env.nominal import batch_knee, cloud_service_s
 from splitrl.env.nominal import mean_request as nominal_mean_request
 from splitrl.env.tables import CostArrays
-from splitrl.env.types import ChannelParams, CloudParams, HeatParams, RewardParams, WorkloadParams
+from splitrl.env.types import ChannelParams, CloudParams, HeatParams, RewardParams, SessionParams, WorkloadParams
 from splitrl.profiles.store import data_root
 
 MBPS = 1e6 / 8  # bytes/s per Mbit/s
@@ -298,3 +298,21 @@ def heat_section(c: Checked, device) -> tuple[bool, HeatParams]:
     return True, HeatParams(ambient_c=f32(ambient), start_lo_c=f32(start[0]), start_hi_c=f32(start[1]),
                             r_th=f32(th.r_th_k_per_w), tau_s=f32(th.tau_s), throttle_c=f32(th.throttle_c),
                             limit_c=f32(th.limit_c), min_speed=f32(th.min_speed))
+
+
+def session_section(c: Checked, model) -> tuple[bool, SessionParams]:
+    """The optional `sessions` section: requests are turns of conversations, `turns_mean` of them on average
+    (geometric), whose KV cache stays where each layer ran (splitrl/env/cost.py `migration`). Absent or
+    `enabled: false`: every request is a new conversation."""
+    f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    kv_bytes = 2.0 * model.n_kv_heads * model.head_dim * 2.0   # K and V, fp16, per token of one layer
+    off = SessionParams(continue_p=f32(0.0), kv_bytes=f32(kv_bytes), max_ctx=f32(model.max_context))
+    if "sessions" not in c.data:
+        return False, off
+    s = c.sub("sessions")
+    enabled = s.get("enabled", kind=bool)
+    turns = s.get("turns_mean", 1)
+    s.done()
+    if not enabled:
+        return False, off
+    return True, off.replace(continue_p=f32(1.0 - 1.0 / turns))

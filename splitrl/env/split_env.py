@@ -29,7 +29,12 @@ bytes_recv, served, arrivals, drops, failed (failed requests served), request_fa
 request failed), timed_out, fell_back (ran on the edge alone: link down), response_time (queueing
 wait + service of this slot's arrivals), queue_delay, cloud_wait, connected, objective (the bracket
 above, unscaled), penalty (the bracket's weighted cost before V), drift (L(Θ') - L(Θ)), bandwidth,
-cloud_load, boundary, fmt, edge_frac.
+cloud_load, boundary, fmt, edge_frac, cloud_s (cloud GPU-seconds of the priced request), temp_c and
+edge_speed (the edge's heat, splitrl/env/heat.py), ctx_len, migration_s and migration_bytes (the
+conversation's cache, splitrl/env/cost.py `migration`).
+Optional static structure: `heat` (the edge heats and throttles; one more reset draw, a `temp` feature)
+and `sessions` (requests are turns of conversations; one more step draw, `ctx_len` and `kv_split`
+features). Without them the env is exactly the one above.
 """
 
 from __future__ import annotations
@@ -104,11 +109,13 @@ def poisson_icdf(rate, u, max_arrivals: int):
     return jnp.minimum(jnp.sum(u > cdf), max_arrivals).astype(jnp.float32)
 
 
-def link_conditions(kind: str, p, state: EnvState, z, u, cloud_load, cloud_wait, edge_speed):
+def link_conditions(kind: str, p, state: EnvState, z, u, cloud_load, cloud_wait, edge_speed, sessions: bool = False):
     """This slot's link (bandwidth, reachability, RTT, fading, SNR) drawn from the step's normals `z` and
     uniforms `u`, with the cloud's load and admission wait as given (the single-device env draws them
     from its exogenous load, the fleet env derives them from its shared queue) and the edge's speed
-    (`edge_speed_of`). Returns (Conditions, the updated latent link fields of the state)."""
+    (`edge_speed_of`), and the conversation's cache where the env has sessions (else none: a plain 0.0, so
+    `request_cost` skips the migration when it traces). Returns (Conditions, the updated latent link
+    fields of the state)."""
     bw, log_bw, regime, trace_pos = ch.next_bandwidth(kind, p, state.log_bw, state.regime, state.trace_pos,
                                                       z[0], u[0])
     connected, link = ch.link_up(kind, p, state.link, regime, trace_pos, u[5])
@@ -116,7 +123,8 @@ def link_conditions(kind: str, p, state: EnvState, z, u, cloud_load, cloud_wait,
     cond = Conditions(bw=bw, rtt=ch.rtt_of(p, bw, z[1]), loss_p=ch.loss_probability(p.h_th, log_sigma_h),
                       snr_db=p.snr_db_mean + p.snr_db_std * z[3], cloud_load=cloud_load, cloud_wait=cloud_wait,
                       connected=connected, reconnect=p.reconnect_s * (1.0 - state.connected) * connected,
-                      edge_speed=edge_speed)
+                      edge_speed=edge_speed, ctx=state.ctx_len if sessions else 0.0,
+                      kv_split=state.kv_split if sessions else 0.0)
     return cond, dict(log_bw=log_bw, regime=regime, trace_pos=trace_pos, log_sigma_h=log_sigma_h, link=link)
 
 
@@ -129,8 +137,9 @@ def price_slot(params: EnvParams, state: EnvState, action: Action, cond: Conditi
 
 
 def edge_speed_of(params: EnvParams, state: EnvState, has_heat: bool):
-    """The edge's compute speed in the coming slot, from its temperature (1 in an env without heat)."""
-    return heat.speed(params.heat, state.temp_c) if has_heat else jnp.float32(1.0)
+    """The edge's compute speed in the coming slot, from its temperature (a plain 1.0 in an env without heat,
+    so `request_cost` traces no throttle)."""
+    return heat.speed(params.heat, state.temp_c) if has_heat else 1.0
 
 
 def next_temp(params: EnvParams, state: EnvState, m: dict, q: dict, has_heat: bool):
@@ -141,11 +150,25 @@ def next_temp(params: EnvParams, state: EnvState, m: dict, q: dict, has_heat: bo
     return heat.next_temp(params.heat, state.temp_c, power, params.slot_s)
 
 
+def next_session(params: EnvParams, state: EnvState, b, edge_units, request, u, has_sessions: bool):
+    """(cached context, KV split) of the next request: the next turn of this conversation with probability
+    continue_p while it fits the model's context (the cache grows by this turn's prompt and output and
+    now lives where this turn ran), else a new conversation (nothing cached)."""
+    if not has_sessions:
+        return state.ctx_len, state.kv_split
+    s, L = params.session, params.costs.layer_rows.shape[0] - 1
+    ctx = state.ctx_len + state.prompt_len + state.output_len
+    go_on = (u < s.continue_p) & (ctx + request[0] + request[1] <= s.max_ctx)
+    split = jnp.minimum(b, L).astype(jnp.float32) + jnp.where(b < L, jnp.mean(edge_units), 0.0)
+    return jnp.where(go_on, ctx, 0.0), jnp.where(go_on, split, 0.0)
+
+
 def advance_state(params: EnvParams, state: EnvState, cond: Conditions, q: dict, b, fmt, edge_units, request,
-                  z_est, latent: dict, temp_c) -> EnvState:
+                  z_est, latent: dict, temp_c, session=None) -> EnvState:
     """The state after a priced slot: what was measured, the queues, the next request (prompt, output),
-    the edge's temperature."""
-    return state.replace(
+    the edge's temperature and the next request's session (`next_session`; unchanged when None)."""
+    ctx_len, kv_split = (state.ctx_len, state.kv_split) if session is None else session
+    return state.replace(ctx_len=ctx_len, kv_split=kv_split,
         bw=cond.bw, bw_est=cond.bw * jnp.exp(params.channel.bw_est_log_std * z_est), rtt=cond.rtt,
         loss_p=cond.loss_p, snr_db=cond.snr_db, cloud_load=cond.cloud_load,
         cloud_wait_est=cloud.expected_wait(params.cloud, cond.cloud_load), connected=cond.connected,
@@ -167,6 +190,9 @@ def slot_info(m: dict, q: dict, cond: Conditions, arrivals, b, fmt, edge_units, 
         "penalty": q["penalty"], "drift": q["drift"], "bandwidth": cond.bw, "cloud_load": cond.cloud_load,
         "boundary": b.astype(jnp.float32), "fmt": fmt.astype(jnp.float32), "edge_frac": jnp.mean(edge_units),
         "temp_c": temp_c, "edge_speed": cond.edge_speed * jnp.ones_like(temp_c),
+        "cloud_s": m["cloud_prefill_s"] + m["cloud_decode_s"],
+        "ctx_len": cond.ctx * jnp.ones_like(temp_c), "migration_s": m["migration_s"],
+        "migration_bytes": m["migration_bytes"],
     }
 
 
@@ -179,7 +205,7 @@ def estimated_conditions(state: EnvState, params: EnvParams) -> Conditions:
     return Conditions(bw=state.bw_est, rtt=state.rtt, loss_p=state.loss_p, snr_db=state.snr_db,
                       cloud_load=state.cloud_load, cloud_wait=state.cloud_wait_est,
                       connected=state.connected, reconnect=jnp.float32(0.0),
-                      edge_speed=heat.speed(params.heat, state.temp_c))
+                      edge_speed=heat.speed(params.heat, state.temp_c), ctx=state.ctx_len, kv_split=state.kv_split)
 
 
 class SplitEnv(environment.Environment[EnvState, EnvParams]):
@@ -187,7 +213,7 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
 
     def __init__(self, n_layers: int, n_units: int, channel_kind: str, max_arrivals: int = 64,
                  default_params: EnvParams | None = None, scenario_id: str = "custom", load_kind: str = "ar1",
-                 heat: bool = False):
+                 heat: bool = False, sessions: bool = False):
         if channel_kind not in ch.CHANNEL_KINDS:
             raise ValueError(f"channel kind {channel_kind!r} is unknown; choose one of {ch.CHANNEL_KINDS}")
         if load_kind not in cloud.LOAD_KINDS:
@@ -197,8 +223,12 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
         self.scenario_id = scenario_id
         # the edge heats and throttles (splitrl/env/heat.py): one more reset draw, its temperature observed
         self.heat = heat
-        self.features = F.contract(heat)
+        # requests are turns of conversations whose KV cache stays where it ran (splitrl/env/cost.py
+        # `migration`): one more step draw, the cached context and its placement observed
+        self.sessions = sessions
+        self.features = F.contract(heat, sessions)
         self.N_RESET_DRAWS = SplitEnv.N_RESET_DRAWS + int(heat)
+        self.N_STEP_DRAWS = SplitEnv.N_STEP_DRAWS + int(sessions)
         self._default_params = default_params
 
     # ---- static sizes -----------------------------------------------------------------------
@@ -246,7 +276,7 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
     # code. That is safe because params always enter a trace as an argument, never as a constant.
     def _static(self) -> tuple:
         return (type(self), self.n_layers, self.n_units, self.channel_kind, self.max_arrivals, self.load_kind,
-                self.heat)
+                self.heat, self.sessions)
 
     def __eq__(self, other) -> bool:
         return isinstance(other, SplitEnv) and self._static() == other._static()
@@ -304,7 +334,7 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
             connected=jnp.float32(1.0), link=jnp.float32(1.0), backlog=jnp.float32(0.0), z_energy=jnp.float32(0.0),
             z_acc=jnp.float32(0.0), prompt_len=prompt, output_len=output, last_boundary=jnp.int32(0),
             last_fmt=jnp.int32(0), last_edge_frac=jnp.float32(0.0), time=jnp.int32(0),
-            temp_c=self._start_temp(params.heat, u))
+            temp_c=self._start_temp(params.heat, u), ctx_len=jnp.float32(0.0), kv_split=jnp.float32(0.0))
         return self.get_obs(state, params), state
 
     def _start_temp(self, h, u):
@@ -318,7 +348,8 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
         cl = params.cloud
         load, cloud_logit, cloud_pos = cloud.next_load(self.load_kind, cl, state.cloud_logit, state.cloud_pos, z[5])
         cond, latent = link_conditions(self.channel_kind, params.channel, state, z, u, load,
-                                       cloud.sample_wait(cl, load, u[6], u[7]), edge_speed_of(params, state, self.heat))
+                                       cloud.sample_wait(cl, load, u[6], u[7]), edge_speed_of(params, state, self.heat),
+                                       self.sessions)
         return cond, latent | dict(cloud_logit=cloud_logit, cloud_pos=cloud_pos)
 
     def _step(self, draws: jax.Array, state: EnvState, action: Action, params: EnvParams):
@@ -327,8 +358,10 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
         cond, latent = self._channel(z, u, state, params)
         arrivals = self._poisson(w.arrival_rate * params.slot_s, u[1])
         b, fmt, edge_units, m, q = price_slot(params, state, action, cond, jnp.stack([u[8], u[4], z[7]]), arrivals)
-        new = advance_state(params, state, cond, q, b, fmt, edge_units, self._draw_request(w, u[2:5]), z[6], latent,
-                            next_temp(params, state, m, q, self.heat))
+        request = self._draw_request(w, u[2:5])
+        session = next_session(params, state, b, edge_units, request, u[9] if self.sessions else None, self.sessions)
+        new = advance_state(params, state, cond, q, b, fmt, edge_units, request, z[6], latent,
+                            next_temp(params, state, m, q, self.heat), session)
         info = slot_info(m, q, cond, arrivals, b, fmt, edge_units, state.temp_c)
         return self.get_obs(new, params), new, -r.scale * q["objective"], jnp.bool_(False), info
 

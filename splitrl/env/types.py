@@ -137,6 +137,14 @@ class HeatParams:
 
 
 @struct.dataclass
+class SessionParams:
+    """Conversations (splitrl/env/cost.py `migration`, docs/environment.md "Sessions"); continue_p = 0 turns them off."""
+    continue_p: jax.Array       # P(the next request is the next turn of the same conversation) = 1 − 1/mean turns
+    kv_bytes: jax.Array         # KV-cache bytes per token of one layer (K and V, fp16)
+    max_ctx: jax.Array          # the model's context window: a conversation that would outgrow it starts afresh
+
+
+@struct.dataclass
 class EnvParams:
     channel: ChannelParams
     workload: WorkloadParams
@@ -148,6 +156,7 @@ class EnvParams:
     slot_s: jax.Array           # length of one decision slot, seconds
     max_steps_in_episode: jax.Array
     heat: HeatParams
+    session: SessionParams
 
 
 @struct.dataclass
@@ -163,6 +172,8 @@ class Conditions:
     connected: jax.Array        # 1.0: the cloud is reachable; 0.0: the link is down
     reconnect: jax.Array        # s: extra delay of the first crossing over a link that just came back
     edge_speed: jax.Array = 1.0  # share of its full compute speed the edge runs at (thermal throttling)
+    ctx: jax.Array = 0.0        # tokens of the conversation already in the KV cache (0: a new conversation)
+    kv_split: jax.Array = 0.0   # where that cache lives: layers < kv_split on the edge (fractional: the boundary layer's share)
 
 
 @struct.dataclass
@@ -193,6 +204,8 @@ class EnvState:
     last_edge_frac: jax.Array   # share of the boundary layer's units placed on the edge
     time: jax.Array             # i32 slot index
     temp_c: jax.Array           # the edge's temperature at the start of the slot, °C (what its sensor reports)
+    ctx_len: jax.Array          # tokens of the coming request's conversation already cached (0: a new one)
+    kv_split: jax.Array         # layers < kv_split hold that cache on the edge (the last turn's placement)
 
 
 @struct.dataclass

@@ -38,7 +38,8 @@ CONF_DIR = str(config_dir())
 # info entries recorded per slot (all f32 scalars of the env's info)
 RECORD = ("latency", "energy", "delta_ppl", "backlog", "objective", "served", "arrivals", "drops", "failed",
           "request_failed", "timed_out", "fell_back", "response_time", "cloud_wait", "connected", "bandwidth",
-          "boundary", "fmt", "edge_frac", "bytes_sent", "temp_c", "edge_speed")
+          "boundary", "fmt", "edge_frac", "bytes_sent", "temp_c", "edge_speed",
+          "migration_s", "migration_bytes")
 
 
 # ----------------------------------------------------------------------------- rollout

@@ -51,6 +51,10 @@ class OnnxPolicy:
             self.meta = metadata_io.parse(metadata_io.read(self.session), str(self.path))
         except metadata_io.MetadataError as e:
             raise PolicyError(str(e)) from None
+        if "ctx_len" in F.sources(self.meta.features):
+            raise PolicyMismatch(f"{self.path}: the policy was trained on conversations (a scenario with sessions); "
+                                 f"splitrl-edge does not keep KV caches across turns yet: export a policy trained "
+                                 f"without sessions")
         self.model = self.meta.model
         self.boundary_mask, self.unit_mask = self.meta.boundary_mask, self.meta.unit_mask
         self.sm = None

@@ -1,0 +1,97 @@
+"""Conversations whose KV cache stays where it ran (splitrl/env/cost.py `migration`): what moving the
+split between turns costs, how the context grows, and that a scenario without sessions is unchanged."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from splitrl.env import features as F
+from splitrl.env.cost import action_cost, transfer_time
+from splitrl.env.scenario import make
+from splitrl.env.scenario_sections import ScenarioError
+from splitrl.env.split_env import estimated_conditions
+from splitrl.env.types import Action
+
+SESSION = "session_s23_3g_bus"
+
+
+@pytest.fixture(scope="module")
+def env_params():
+    env, params = make(SESSION)
+    state = env.reset(jax.random.PRNGKey(0), params)[1]
+    cond = estimated_conditions(state, params).replace(connected=jnp.float32(1.0), bw=jnp.float32(2e6),
+                                                       rtt=jnp.float32(0.05), loss_p=jnp.float32(0.0))
+    return env, params, cond
+
+
+def _cost(env, params, cond, b, ctx, kv_split, fmt=0):
+    units = jnp.zeros(env.n_units, jnp.int32)
+    return action_cost(params, jnp.int32(b), jnp.int32(fmt), units, 64.0, 32.0,
+                       cond.replace(ctx=jnp.float32(ctx), kv_split=jnp.float32(kv_split)))
+
+
+def test_a_new_conversation_or_an_unmoved_split_migrates_nothing(env_params):
+    env, params, cond = env_params
+    for b, ctx, kv in ((10, 0.0, 30.0), (10, 500.0, 10.0), (0, 500.0, 0.0)):
+        m = _cost(env, params, cond, b, ctx, kv)
+        assert float(m["migration_s"]) == 0.0 and float(m["migration_bytes"]) == 0.0
+
+
+def test_moving_the_split_moves_the_cheaper_of_the_kv_cache_and_a_recompute(env_params):
+    env, params, cond = env_params
+    ctx, moved = 500.0, 6
+    m = _cost(env, params, cond, 10, ctx, 10 + moved)            # six layers' cache goes up to the cloud
+    kv_bytes = ctx * float(params.session.kv_bytes) * moved
+    hid_bytes = ctx * float(params.costs.tx_bytes[0])
+    wire = lambda n: float(transfer_time(n, cond.bw, cond.rtt, cond.loss_p, params.channel.packet_bytes,  # noqa: E731
+                                         params.channel.max_retx))
+    # the hidden state is smaller than six layers' K and V, and recomputing adds time on top of sending it
+    assert hid_bytes < kv_bytes
+    assert wire(hid_bytes) * (1 - 1e-5) <= float(m["migration_s"]) <= wire(kv_bytes) * (1 + 1e-5)
+    assert float(m["migration_bytes"]) in (pytest.approx(kv_bytes, rel=1e-5), pytest.approx(hid_bytes, rel=1e-5))
+    # the request pays for it: the same request without a cache to move is faster by the migration
+    fresh = _cost(env, params, cond, 10, ctx, 10.0)
+    np.testing.assert_allclose(float(m["latency"]) - float(fresh["latency"]), float(m["migration_s"]), rtol=1e-4)
+    # a longer conversation costs more to move
+    assert float(_cost(env, params, cond, 10, 2 * ctx, 10 + moved)["migration_s"]) > float(m["migration_s"])
+
+
+def test_kv_bytes_are_the_models_k_and_v_per_layer_in_fp16():
+    from splitrl.profiles import load_model
+    _, params = make(SESSION)
+    gpt = load_model("gpt2-xl")
+    assert float(params.session.kv_bytes) == 2 * gpt.n_kv_heads * gpt.head_dim * 2
+    assert float(params.session.max_ctx) == gpt.max_context
+
+
+def test_conversations_grow_then_start_afresh():
+    env, params = make(SESSION)
+    assert env.sessions and env.obs_dim == len(F.FEATURES) + 2 and env.N_STEP_DRAWS == 18
+    action = Action(boundary=jnp.int32(0), fmt=jnp.int32(0), units=jnp.zeros(env.n_units, jnp.int32))
+
+    def step(state, k):
+        _, new, _, _, info = env.step_env(k, state, action, params)
+        return new, (state.ctx_len, state.prompt_len + state.output_len, new.ctx_len, info["ctx_len"])
+
+    state = env.reset(jax.random.PRNGKey(3), params)[1]
+    _, (ctx, turn, nxt, seen) = jax.lax.scan(step, state, jax.random.split(jax.random.PRNGKey(4), 400))
+    ctx, turn, nxt, seen = map(np.asarray, (ctx, turn, nxt, seen))
+    np.testing.assert_array_equal(seen, ctx)                             # info reports the priced turn's cache
+    grew = nxt > 0
+    np.testing.assert_allclose(nxt[grew], (ctx + turn)[grew])            # a next turn caches this one
+    assert (nxt <= float(params.session.max_ctx)).all()
+    # geometric conversations: P(next turn) = 1 - 1/turns_mean, less those cut by the context window
+    p = float(params.session.continue_p)
+    assert 0.5 * p < grew.mean() <= p + 0.05
+
+
+def test_a_bad_sessions_section_names_the_field():
+    from splitrl.env.scenario import load_scenario_dict
+    data, _ = load_scenario_dict(SESSION)
+    with pytest.raises(ScenarioError, match=r"sessions\.turns_mean"):
+        make(data | {"sessions": {"enabled": True, "turns_mean": 0.5}})
+    with pytest.raises(ScenarioError, match=r"sessions\.think_s"):
+        make(data | {"sessions": {"enabled": True, "turns_mean": 3.0, "think_s": 5.0}})
+    env, params = make(data | {"sessions": {"enabled": False, "turns_mean": 3.0}})
+    assert not env.sessions and float(params.session.continue_p) == 0.0
