@@ -184,7 +184,7 @@ def request_cost(params: EnvParams, boundary, fmt, edge_units, prompt, output, c
     """
     c, ch = params.costs, params.channel
     L = c.layer_rows.shape[0] - 1
-    b = boundary
+    b, edge_units = edge_available(cond, boundary, edge_units)
     cloud_only = (b == 0) & ~jnp.any(edge_units > 0)
     edge_only = (b >= L) | ((b == L - 1) & jnp.all(edge_units > 0))
     # a conversation's later turn prefills its new tokens at the whole context (cached + new); decode is
@@ -289,7 +289,7 @@ def _finish(params: EnvParams, m: dict, plan: Timing, edge: Timing, edge_only, p
     """The request's outcome: served as planned; run on the edge alone because the link is down; resumed
     on the edge from its last token past the timeout; or failed (the edge cannot hold the model)."""
     c, ch = params.costs, params.channel
-    can_fallback = c.boundary_mask[-1]
+    can_fallback = c.boundary_mask[-1] & (cond.edge_up > 0.5)   # a model that fits, on an edge that may run
     down = (cond.connected < 0.5) & ~edge_only
     timed_out = (m["latency"] > ch.timeout_s) & ~edge_only & ~down
     failed = (timed_out | down) & ~can_fallback
@@ -356,6 +356,15 @@ def radio_energy(params: EnvParams, up, down, latency, used_link, cond: Conditio
               + rd.connected_w * jnp.maximum(latency - active, 0.0)
               + rd.tail_w * gap * (1.0 - jnp.exp(-rd.tail_s / gap)) + idle_before * rd.promotion_w * rd.promotion_s)
     return jnp.where(used_link, linked, 0.0)
+
+
+def edge_available(cond: Conditions, b, edge_units):
+    """(b, edge units) where the edge may compute; cloud-only where it may not (its battery is at the floor).
+    Traces nothing where `cond.edge_up` is a plain 1.0 (no battery)."""
+    if isinstance(cond.edge_up, float) and cond.edge_up == 1.0:
+        return b, edge_units
+    up = cond.edge_up > 0.5
+    return jnp.where(up, b, 0), edge_units * up
 
 
 def project_action(params: EnvParams, boundary, fmt, units):

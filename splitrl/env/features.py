@@ -72,14 +72,17 @@ HEAT_FEATURES: tuple[Feature, ...] = (Feature("temp", "temp_c"),)
 # Where requests are turns of conversations, the edge knows how much of the conversation is cached and
 # where that cache lives (what moving the split would cost): over the model's context, over its layers.
 SESSION_FEATURES: tuple[Feature, ...] = (Feature("ctx_len", "ctx_len"), Feature("kv_split", "kv_split"))
+# Where the edge runs on a battery: its charge (0 at the floor, 1 at the top of the starting range) and Z_B.
+BATTERY_FEATURES: tuple[Feature, ...] = (Feature("soc", "soc"), Feature("z_battery", "z_battery"))
 NAMES = tuple(f.name for f in FEATURES)
 SOURCES = tuple(dict.fromkeys(f.source for f in FEATURES))
 
 
-def contract(heat: bool = False, sessions: bool = False) -> tuple[Feature, ...]:
-    """The features of an env: FEATURES, then HEAT_FEATURES where the edge heats, then SESSION_FEATURES
-    where requests are turns of conversations."""
-    return FEATURES + (HEAT_FEATURES if heat else ()) + (SESSION_FEATURES if sessions else ())
+def contract(heat: bool = False, sessions: bool = False, battery: bool = False) -> tuple[Feature, ...]:
+    """The features of an env: FEATURES, then HEAT_FEATURES where the edge heats, SESSION_FEATURES where
+    requests are turns of conversations, BATTERY_FEATURES where the edge runs on a battery."""
+    return (FEATURES + (HEAT_FEATURES if heat else ()) + (SESSION_FEATURES if sessions else ())
+            + (BATTERY_FEATURES if battery else ()))
 
 
 def sources(features: Sequence[Feature]) -> tuple[str, ...]:
@@ -110,6 +113,8 @@ def normalisers(params, n_layers: int, xp=np, features: Sequence[Feature] = FEAT
         "temp": (params.heat.throttle_c, 1.0 / xp.maximum(params.heat.limit_c - params.heat.throttle_c, 1e-6)),
         "ctx_len": (zero, 1.0 / params.session.max_ctx),
         "kv_split": (zero, one / n_layers),
+        "soc": (params.battery.floor, 1.0 / xp.maximum(params.battery.start_hi - params.battery.floor, 1e-6)),
+        "z_battery": (zero, 1.0 / r.z_max),
     }
     pairs = [by_name.get(f.name, (zero, one)) for f in features]
     return (xp.stack([xp.asarray(s, xp.float32) for s, _ in pairs]),
@@ -132,7 +137,7 @@ def evaluate(features: Sequence[Feature], shift, scale, raw: Mapping, xp=np, bou
 
 def value(name: str, x, params, n_layers: int, xp=np):
     """One feature, normalised and clipped, from its raw value (for learners that see a subset)."""
-    f = next(f for f in FEATURES + HEAT_FEATURES + SESSION_FEATURES if f.name == name)
+    f = next(f for f in FEATURES + HEAT_FEATURES + SESSION_FEATURES + BATTERY_FEATURES if f.name == name)
     shift, scale = normalisers(params, n_layers, xp, (f,))
     return evaluate((f,), shift, scale, {f.source: x}, xp)[..., 0]
 

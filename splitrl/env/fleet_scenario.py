@@ -220,9 +220,9 @@ def make_fleet_with_info(scenario: str | Path | dict) -> tuple[FleetEnv, FleetPa
     _check_compatible(c, types)
     device_type = np.repeat(np.arange(len(types)), _shares_to_counts([t[1] for t in types], n))
     env0, p0 = types[0][2], types[0][3]
-    if env0.sessions:
-        raise c.err("devices[0].scenario", entries[0][0], "has a sessions section: conversations are not modelled "
-                    "in a fleet yet; remove it from the device's scenario")
+    if env0.sessions or env0.battery:
+        raise c.err("devices[0].scenario", entries[0][0], "has a sessions or battery section: conversations and "
+                    "batteries are not modelled in a fleet yet; remove it from the device's scenario")
     gain = float(min(p0.cloud.slots, p0.cloud.batch_knee))
     bg = background_work(p0, tr, gain)
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731

@@ -21,6 +21,7 @@ from splitrl.env.cost import R_MAX, request_cost
 from splitrl.env.nominal import nominal
 from splitrl.env.scenario_sections import (
     Checked,
+    battery_section,
     ScenarioError,
     channel_section,
     context_of,
@@ -130,6 +131,7 @@ def make_with_info(scenario: str | Path | dict = "default") -> tuple[SplitEnv, E
     reward, rw_raw = reward_section(c.sub("reward"))
     has_heat, heat = heat_section(c, edge)
     has_sessions, session = session_section(c, model)
+    has_battery, battery = battery_section(c, edge)
     c.done()
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
     cost_params = CostParams(**_to_params(costs), power_active_w=f32(edge.power_active_w),
@@ -143,13 +145,13 @@ def make_with_info(scenario: str | Path | dict = "default") -> tuple[SplitEnv, E
     params = EnvParams(channel=channel, workload=workload, cloud=cloud_params, costs=cost_params, radio=radio,
                        ppl=ppl_params,
                        reward=reward, slot_s=f32(slot_s), max_steps_in_episode=jnp.asarray(steps, jnp.int32),
-                       heat=heat, session=session)
+                       heat=heat, session=session, battery=battery)
     refs = nominal_refs(params, ch_kind)
     params = params.replace(reward=reward.replace(
         **{k: f32(refs[k] if rw_raw[k] == "auto" else rw_raw[k]) for k in rw_raw}))
     max_arrivals = poisson_table_size(float(workload.arrival_rate) * slot_s)
     env = SplitEnv(model.n_layers, int(costs.unit_is_attn.shape[0]), ch_kind, max_arrivals, params, sid, load_kind,
-                   has_heat, has_sessions)
+                   has_heat, has_sessions, has_battery)
     check_params(env, params)
     info = ScenarioInfo(id=sid, model=model.name, edge=edge.name, cloud=cloud_dev.name, edge_weight_format=wf,
                         cost_sources=(et.path, ct.path), ppl_source=ppl.source, trace=meta.get("trace_file", ""),

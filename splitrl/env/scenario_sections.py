@@ -17,7 +17,15 @@ from splitrl.env.cost import R_MAX
 from splitrl.env.nominal import batch_knee, cloud_service_s
 from splitrl.env.nominal import mean_request as nominal_mean_request
 from splitrl.env.tables import CostArrays
-from splitrl.env.types import ChannelParams, CloudParams, HeatParams, RewardParams, SessionParams, WorkloadParams
+from splitrl.env.types import (
+    BatteryParams,
+    ChannelParams,
+    CloudParams,
+    HeatParams,
+    RewardParams,
+    SessionParams,
+    WorkloadParams,
+)
 from splitrl.profiles.store import data_root
 
 MBPS = 1e6 / 8  # bytes/s per Mbit/s
@@ -316,3 +324,34 @@ def session_section(c: Checked, model) -> tuple[bool, SessionParams]:
     if not enabled:
         return False, off
     return True, off.replace(continue_p=f32(1.0 - 1.0 / turns))
+
+
+# an edge on mains power: its "battery" never drains (capacity 1e30 J) and never stops it
+NO_BATTERY = dict(capacity_j=1e30, start_lo=1.0, start_hi=1.0, floor=0.0)
+
+
+def battery_section(c: Checked, device) -> tuple[bool, BatteryParams]:
+    """The optional `battery` section: the edge runs on its battery (`battery_wh` in its device file),
+    starting at a charge in `start_soc` = [lo, hi]; at `floor` the phone stops on-device inference.
+    Absent or `enabled: false`: mains power."""
+    f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    off = BatteryParams(**{k: f32(v) for k, v in NO_BATTERY.items()})
+    if "battery" not in c.data:
+        return False, off
+    b = c.sub("battery")
+    enabled = b.get("enabled", kind=bool)
+    floor = b.get("floor", 0, 1)
+    b.seen.add("start_soc")
+    start = b.data.get("start_soc")
+    if (not isinstance(start, list) or len(start) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in start)
+            or not floor < start[0] <= start[1] <= 1):
+        raise b.err("start_soc", start, f"must be [lo, hi] with floor ({floor}) < lo <= hi <= 1")
+    b.done()
+    if not enabled:
+        return False, off
+    if device.battery_wh is None:
+        raise b.err("enabled", True, f"the edge device {device.name!r} has no battery_wh: add it to "
+                    f"{device.path or device.name} (with source.battery) or set battery.enabled: false")
+    return True, BatteryParams(capacity_j=f32(device.battery_wh * 3600.0), start_lo=f32(start[0]),
+                               start_hi=f32(start[1]), floor=f32(floor))

@@ -50,7 +50,7 @@ from jax.scipy.special import gammaln, ndtri
 from splitrl.env import channel as ch
 from splitrl.env import cloud, heat
 from splitrl.env import features as F
-from splitrl.env.cost import project_action, request_cost
+from splitrl.env.cost import edge_available, project_action, request_cost
 from splitrl.env.types import Action, Conditions, EnvParams, EnvState, Observation
 from splitrl.profiles.formats import TX_FORMATS
 
@@ -92,10 +92,18 @@ def slot_queues(params: EnvParams, state: EnvState, m: dict, arrivals) -> dict:
     queue_delay = jnp.maximum(state.backlog - served, 0.0) * m["latency"]
     z_energy = jnp.clip(state.z_energy + (m["energy"] - r.energy_budget_j) / r.energy_ref_j, 0.0, r.z_max)
     z_acc = jnp.clip(state.z_acc + (m["delta_ppl"] - r.acc_budget) / r.acc_ref, 0.0, r.z_max)
+    # the battery (docs/environment.md, "Battery"): the slot's edge energy drains it, and Z_B counts what was
+    # spent ahead of an even spend-down to the floor by the episode's end (without a battery: an
+    # allowance of 1e30 J, so Z_B stays 0 and the charge at 1)
+    slot_j = heat.slot_power(params.costs.power_idle_w, params.slot_s, served, m["latency"], m["energy"]) * params.slot_s
+    z_battery = jnp.clip(state.z_battery + (slot_j - state.battery_allow_j) / r.energy_ref_j, 0.0, r.z_max)
+    soc = state.soc - slot_j / params.battery.capacity_j
     penalty = slot_penalty(params, m)
     drift = (lyapunov(params, q_next, z_energy, z_acc)
-             - lyapunov(params, state.backlog, state.z_energy, state.z_acc))
+             - lyapunov(params, state.backlog, state.z_energy, state.z_acc)
+             + 0.5 * (z_battery**2 - state.z_battery**2))
     return {"served": served, "backlog": q_next, "drops": drops, "z_energy": z_energy, "z_acc": z_acc,
+            "z_battery": z_battery, "soc": soc,
             "queue_delay": queue_delay, "response_time": queue_delay + m["latency"],
             "penalty": penalty, "drift": drift, "objective": r.V * penalty + drift}
 
@@ -109,7 +117,8 @@ def poisson_icdf(rate, u, max_arrivals: int):
     return jnp.minimum(jnp.sum(u > cdf), max_arrivals).astype(jnp.float32)
 
 
-def link_conditions(kind: str, p, state: EnvState, z, u, cloud_load, cloud_wait, edge_speed, sessions: bool = False):
+def link_conditions(kind: str, p, state: EnvState, z, u, cloud_load, cloud_wait, edge_speed, sessions: bool = False,
+                    edge_up=1.0):
     """This slot's link (bandwidth, reachability, RTT, fading, SNR) drawn from the step's normals `z` and
     uniforms `u`, with the cloud's load and admission wait as given (the single-device env draws them
     from its exogenous load, the fleet env derives them from its shared queue) and the edge's speed
@@ -124,7 +133,7 @@ def link_conditions(kind: str, p, state: EnvState, z, u, cloud_load, cloud_wait,
                       snr_db=p.snr_db_mean + p.snr_db_std * z[3], cloud_load=cloud_load, cloud_wait=cloud_wait,
                       connected=connected, reconnect=p.reconnect_s * (1.0 - state.connected) * connected,
                       edge_speed=edge_speed, ctx=state.ctx_len if sessions else 0.0,
-                      kv_split=state.kv_split if sessions else 0.0)
+                      kv_split=state.kv_split if sessions else 0.0, edge_up=edge_up)
     return cond, dict(log_bw=log_bw, regime=regime, trace_pos=trace_pos, log_sigma_h=log_sigma_h, link=link)
 
 
@@ -132,6 +141,7 @@ def price_slot(params: EnvParams, state: EnvState, action: Action, cond: Conditi
     """The slot's request priced under the (projected) action and the device's queues moved:
     (boundary, format, edge units, metrics `request_cost`, queues `slot_queues`)."""
     b, fmt, edge_units = project_action(params, action.boundary, action.fmt, action.units)
+    b, edge_units = edge_available(cond, b, edge_units)
     m = request_cost(params, b, fmt, edge_units, state.prompt_len, state.output_len, cond, draws=arq_draws)
     return b, fmt, edge_units, m, slot_queues(params, state, m, arrivals)
 
@@ -140,6 +150,11 @@ def edge_speed_of(params: EnvParams, state: EnvState, has_heat: bool):
     """The edge's compute speed in the coming slot, from its temperature (a plain 1.0 in an env without heat,
     so `request_cost` traces no throttle)."""
     return heat.speed(params.heat, state.temp_c) if has_heat else 1.0
+
+
+def edge_up_of(params: EnvParams, state: EnvState, has_battery: bool):
+    """1.0 while the edge may compute, 0.0 once its battery is at the floor (a plain 1.0 without a battery)."""
+    return (state.soc > params.battery.floor).astype(jnp.float32) if has_battery else 1.0
 
 
 def next_temp(params: EnvParams, state: EnvState, m: dict, q: dict, has_heat: bool):
@@ -168,7 +183,7 @@ def advance_state(params: EnvParams, state: EnvState, cond: Conditions, q: dict,
     """The state after a priced slot: what was measured, the queues, the next request (prompt, output),
     the edge's temperature and the next request's session (`next_session`; unchanged when None)."""
     ctx_len, kv_split = (state.ctx_len, state.kv_split) if session is None else session
-    return state.replace(ctx_len=ctx_len, kv_split=kv_split,
+    return state.replace(ctx_len=ctx_len, kv_split=kv_split, soc=q["soc"], z_battery=q["z_battery"],
         bw=cond.bw, bw_est=cond.bw * jnp.exp(params.channel.bw_est_log_std * z_est), rtt=cond.rtt,
         loss_p=cond.loss_p, snr_db=cond.snr_db, cloud_load=cond.cloud_load,
         cloud_wait_est=cloud.expected_wait(params.cloud, cond.cloud_load), connected=cond.connected,
@@ -190,7 +205,7 @@ def slot_info(m: dict, q: dict, cond: Conditions, arrivals, b, fmt, edge_units, 
         "penalty": q["penalty"], "drift": q["drift"], "bandwidth": cond.bw, "cloud_load": cond.cloud_load,
         "boundary": b.astype(jnp.float32), "fmt": fmt.astype(jnp.float32), "edge_frac": jnp.mean(edge_units),
         "temp_c": temp_c, "edge_speed": cond.edge_speed * jnp.ones_like(temp_c),
-        "cloud_s": m["cloud_prefill_s"] + m["cloud_decode_s"],
+        "cloud_s": m["cloud_prefill_s"] + m["cloud_decode_s"], "soc": q["soc"], "z_battery": q["z_battery"],
         "ctx_len": cond.ctx * jnp.ones_like(temp_c), "migration_s": m["migration_s"],
         "migration_bytes": m["migration_bytes"],
     }
@@ -205,7 +220,8 @@ def estimated_conditions(state: EnvState, params: EnvParams) -> Conditions:
     return Conditions(bw=state.bw_est, rtt=state.rtt, loss_p=state.loss_p, snr_db=state.snr_db,
                       cloud_load=state.cloud_load, cloud_wait=state.cloud_wait_est,
                       connected=state.connected, reconnect=jnp.float32(0.0),
-                      edge_speed=heat.speed(params.heat, state.temp_c), ctx=state.ctx_len, kv_split=state.kv_split)
+                      edge_speed=heat.speed(params.heat, state.temp_c), ctx=state.ctx_len, kv_split=state.kv_split,
+                      edge_up=(state.soc > params.battery.floor).astype(jnp.float32))
 
 
 class SplitEnv(environment.Environment[EnvState, EnvParams]):
@@ -213,7 +229,7 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
 
     def __init__(self, n_layers: int, n_units: int, channel_kind: str, max_arrivals: int = 64,
                  default_params: EnvParams | None = None, scenario_id: str = "custom", load_kind: str = "ar1",
-                 heat: bool = False, sessions: bool = False):
+                 heat: bool = False, sessions: bool = False, battery: bool = False):
         if channel_kind not in ch.CHANNEL_KINDS:
             raise ValueError(f"channel kind {channel_kind!r} is unknown; choose one of {ch.CHANNEL_KINDS}")
         if load_kind not in cloud.LOAD_KINDS:
@@ -226,8 +242,10 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
         # requests are turns of conversations whose KV cache stays where it ran (splitrl/env/cost.py
         # `migration`): one more step draw, the cached context and its placement observed
         self.sessions = sessions
-        self.features = F.contract(heat, sessions)
-        self.N_RESET_DRAWS = SplitEnv.N_RESET_DRAWS + int(heat)
+        # the edge runs on a battery that must last the episode: one more reset draw, its charge and Z_B observed
+        self.battery = battery
+        self.features = F.contract(heat, sessions, battery)
+        self.N_RESET_DRAWS = SplitEnv.N_RESET_DRAWS + int(heat) + int(battery)
         self.N_STEP_DRAWS = SplitEnv.N_STEP_DRAWS + int(sessions)
         self._default_params = default_params
 
@@ -276,7 +294,7 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
     # code. That is safe because params always enter a trace as an argument, never as a constant.
     def _static(self) -> tuple:
         return (type(self), self.n_layers, self.n_units, self.channel_kind, self.max_arrivals, self.load_kind,
-                self.heat, self.sessions)
+                self.heat, self.sessions, self.battery)
 
     def __eq__(self, other) -> bool:
         return isinstance(other, SplitEnv) and self._static() == other._static()
@@ -334,8 +352,17 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
             connected=jnp.float32(1.0), link=jnp.float32(1.0), backlog=jnp.float32(0.0), z_energy=jnp.float32(0.0),
             z_acc=jnp.float32(0.0), prompt_len=prompt, output_len=output, last_boundary=jnp.int32(0),
             last_fmt=jnp.int32(0), last_edge_frac=jnp.float32(0.0), time=jnp.int32(0),
-            temp_c=self._start_temp(params.heat, u), ctx_len=jnp.float32(0.0), kv_split=jnp.float32(0.0))
+            temp_c=self._start_temp(params.heat, u), ctx_len=jnp.float32(0.0), kv_split=jnp.float32(0.0),
+            **self._start_battery(params, u))
         return self.get_obs(state, params), state
+
+    def _start_battery(self, params, u):
+        b = params.battery
+        if not self.battery:
+            return dict(soc=jnp.float32(1.0), z_battery=jnp.float32(0.0), battery_allow_j=jnp.float32(1e30))
+        soc = b.start_lo + u[SplitEnv.N_RESET_DRAWS + int(self.heat)] * (b.start_hi - b.start_lo)
+        allow = (soc - b.floor) * b.capacity_j / params.max_steps_in_episode.astype(jnp.float32)
+        return dict(soc=soc, z_battery=jnp.float32(0.0), battery_allow_j=allow)
 
     def _start_temp(self, h, u):
         if not self.heat:
@@ -349,7 +376,7 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
         load, cloud_logit, cloud_pos = cloud.next_load(self.load_kind, cl, state.cloud_logit, state.cloud_pos, z[5])
         cond, latent = link_conditions(self.channel_kind, params.channel, state, z, u, load,
                                        cloud.sample_wait(cl, load, u[6], u[7]), edge_speed_of(params, state, self.heat),
-                                       self.sessions)
+                                       self.sessions, edge_up_of(params, state, self.battery))
         return cond, latent | dict(cloud_logit=cloud_logit, cloud_pos=cloud_pos)
 
     def _step(self, draws: jax.Array, state: EnvState, action: Action, params: EnvParams):

@@ -145,6 +145,15 @@ class SessionParams:
 
 
 @struct.dataclass
+class BatteryParams:
+    """The edge's battery (docs/environment.md, "Battery"); capacity_j = inf turns it off."""
+    capacity_j: jax.Array       # the battery's energy
+    start_lo: jax.Array         # an episode starts at a state of charge uniform in [start_lo, start_hi]
+    start_hi: jax.Array
+    floor: jax.Array            # at or below this charge the phone stops on-device inference (cloud only)
+
+
+@struct.dataclass
 class EnvParams:
     channel: ChannelParams
     workload: WorkloadParams
@@ -157,6 +166,7 @@ class EnvParams:
     max_steps_in_episode: jax.Array
     heat: HeatParams
     session: SessionParams
+    battery: BatteryParams
 
 
 @struct.dataclass
@@ -174,6 +184,7 @@ class Conditions:
     edge_speed: jax.Array = 1.0  # share of its full compute speed the edge runs at (thermal throttling)
     ctx: jax.Array = 0.0        # tokens of the conversation already in the KV cache (0: a new conversation)
     kv_split: jax.Array = 0.0   # where that cache lives: layers < kv_split on the edge (fractional: the boundary layer's share)
+    edge_up: jax.Array = 1.0    # 0.0: the edge cannot compute (its battery is at the floor): cloud only, no fallback
 
 
 @struct.dataclass
@@ -206,6 +217,9 @@ class EnvState:
     temp_c: jax.Array           # the edge's temperature at the start of the slot, °C (what its sensor reports)
     ctx_len: jax.Array          # tokens of the coming request's conversation already cached (0: a new one)
     kv_split: jax.Array         # layers < kv_split hold that cache on the edge (the last turn's placement)
+    soc: jax.Array              # the battery's state of charge at the start of the slot (1.0 without a battery)
+    z_battery: jax.Array        # Z_B: energy spent ahead of an even spend-down to the floor (normalised)
+    battery_allow_j: jax.Array  # that even spend-down, joules per slot (fixed at reset)
 
 
 @struct.dataclass

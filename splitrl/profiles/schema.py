@@ -209,6 +209,7 @@ class Device:
     radio: Radio
     source: dict
     thermal: Thermal | None = None
+    battery_wh: float | None = None   # a battery-powered edge's battery (optional; source.battery required beside it)
     path: str = ""
 
     @classmethod
@@ -240,6 +241,10 @@ class Device:
         eff.done()
         f["radio"] = read_radio(r, f["role"])
         f["thermal"] = read_thermal(r)
+        f["battery_wh"] = None if r.raw("battery_wh", None) is None else r.float("battery_wh", 0, lo_open=True)
+        if f["battery_wh"] is not None and "battery" not in r.data.get("source", {}):
+            raise r.fail("source.battery", None, "missing: a battery_wh figure must say where it comes from",
+                         "add source.battery (the spec sheet)")
         f["source"] = read_source(r)
         r.done()
         return cls(**f, path=str(path))

@@ -1,0 +1,83 @@
+"""The edge's battery: it drains with the slot's edge energy, Z_B counts spending ahead of an even
+spend-down, and at the floor the phone stops on-device inference (cloud only, no fallback)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from splitrl.env import features as F
+from splitrl.env import heat
+from splitrl.env.cost import action_cost
+from splitrl.env.scenario import load_scenario_dict, make
+from splitrl.env.scenario_sections import ScenarioError
+from splitrl.env.split_env import estimated_conditions
+from splitrl.env.types import Action
+
+BATTERY = "battery_s23_outages"
+
+
+def _run(env, params, boundary, key=0, steps=200):
+    action = Action(boundary=jnp.int32(boundary), fmt=jnp.int32(0), units=jnp.zeros(env.n_units, jnp.int32))
+
+    def step(state, k):
+        _, new, _, _, info = env.step_env(k, state, action, params)
+        return new, (state.soc, new.soc, info["energy"], info["served"], info["latency"], info["z_battery"],
+                     info["boundary"], info["request_failed"], info["connected"])
+
+    state = env.reset(jax.random.PRNGKey(key), params)[1]
+    _, out = jax.lax.scan(step, state, jax.random.split(jax.random.PRNGKey(key + 7), steps))
+    return state, [np.asarray(x) for x in out]
+
+
+def _low(params, soc=0.056):
+    return params.replace(battery=params.battery.replace(start_lo=jnp.float32(soc), start_hi=jnp.float32(soc)))
+
+
+def test_the_battery_drains_by_the_slots_edge_energy_and_z_b_tracks_overspending():
+    env, params = make(BATTERY)
+    params = _low(params, 0.06)
+    assert env.battery and env.obs_dim == len(F.FEATURES) + 2
+    b = params.battery
+    state, (soc, soc_next, energy, served, latency, zb, _, _, _) = _run(env, params, env.n_layers)
+    np.testing.assert_allclose(float(state.soc), 0.06, rtol=1e-6)
+    allow = float(state.battery_allow_j)
+    np.testing.assert_allclose(allow, (float(state.soc) - float(b.floor)) * float(b.capacity_j) / 200, rtol=1e-5)
+    slot_j = np.asarray(heat.slot_power(params.costs.power_idle_w, params.slot_s, served, latency, energy)) * float(params.slot_s)
+    np.testing.assert_allclose(soc - soc_next, slot_j / float(b.capacity_j), rtol=1e-3, atol=1e-9)
+    assert (np.diff(soc) <= 0).all()
+    # Z_B grows only while the slot spends more than the even allowance
+    dz = np.diff(np.concatenate([[0.0], zb]))
+    assert (dz[slot_j < allow] <= 1e-6).all() and zb.max() > 0
+
+
+def test_at_the_floor_the_phone_runs_nothing_itself():
+    env, params = make(BATTERY)
+    params = _low(params)
+    _, (soc, _, _, _, _, _, boundary, failed, connected) = _run(env, params, env.n_layers, steps=400)
+    dead = soc <= float(params.battery.floor)
+    assert dead.any() and (~dead).any()
+    assert (boundary[dead] == 0).all() and (boundary[~dead] > 0).all()      # edge-only asked: cloud only once dead
+    # a dead phone cannot fall back when the link is down: those requests fail
+    assert (failed[dead & (connected < 0.5)] == 1).all()
+    state = env.reset(jax.random.PRNGKey(0), params)[1]
+    cond = estimated_conditions(state.replace(soc=params.battery.floor), params).replace(connected=jnp.float32(1.0))
+    m = action_cost(params, jnp.int32(env.n_layers), jnp.int32(0), jnp.zeros(env.n_units, jnp.int32), 64.0, 16.0, cond)
+    assert float(m["edge_compute_s"]) == 0.0 and float(m["cloud_prefill_s"]) > 0
+
+
+def test_without_a_battery_nothing_drains_and_nothing_is_traced():
+    env, params = make("heat_s23_3g_bus")
+    assert not env.battery
+    state, (soc, _, _, _, _, zb, _, _, _) = _run(env, params, env.n_layers, steps=50)
+    assert (soc == 1.0).all() and (zb == 0.0).all()
+
+
+def test_a_bad_battery_section_names_the_field():
+    data, _ = load_scenario_dict(BATTERY)
+    with pytest.raises(ScenarioError, match=r"battery\.start_soc"):
+        make(data | {"battery": {"enabled": True, "start_soc": [0.04, 0.08], "floor": 0.05}})
+    with pytest.raises(ScenarioError, match=r"battery\.enabled"):
+        make(data | {"edge": "jetson-orin-nx-16gb"})
+    with pytest.raises(ScenarioError, match=r"battery\.floor"):
+        make(data | {"battery": {"enabled": True, "start_soc": [0.5, 0.8], "floor": 1.5}})
