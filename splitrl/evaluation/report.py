@@ -36,6 +36,7 @@ def paired_cell(row: dict, ref: str) -> str:
 
 HEAT_COLUMNS = ("throttled", "temp_max")   # added where some policy throttled the edge (splitrl/env/heat.py)
 SESSION_COLUMNS = ("migration_mb", "migration_s")   # added where some policy moved a conversation's KV cache
+BATTERY_COLUMNS = ("soc_end", "soc_min", "fail_rate")   # added where the edge runs on a battery
 
 
 def markdown_table(rows: list[dict], columns=TABLE_COLUMNS) -> str:
@@ -46,7 +47,9 @@ def markdown_table(rows: list[dict], columns=TABLE_COLUMNS) -> str:
         rs = [r for r in rows if r["scenario"] == scen]
         r0 = rs[0]
         columns = (base + (HEAT_COLUMNS if any(r.get("throttled", 0) > 0 for r in rs) else ())
-                   + (SESSION_COLUMNS if any(r.get("migration_mb", 0) > 0 for r in rs) else ()))
+                   + (SESSION_COLUMNS if any(r.get("migration_mb", 0) > 0 for r in rs) else ())
+                   + (tuple(c for c in BATTERY_COLUMNS if c not in base) if any(r.get("soc_end", 1) < 1 for r in rs)
+                      else ()))
         out.append(f"### {scen} ({r0['model']} on {r0['edge']}; {r0['seeds']} seeds x {r0['episodes']} episodes x "
                    f"{r0['steps']} slots)\n")
         paired = "objective_vs_myopic_dpp" in r0

@@ -39,7 +39,7 @@ CONF_DIR = str(config_dir())
 RECORD = ("latency", "energy", "delta_ppl", "backlog", "objective", "served", "arrivals", "drops", "failed",
           "request_failed", "timed_out", "fell_back", "response_time", "cloud_wait", "connected", "bandwidth",
           "boundary", "fmt", "edge_frac", "bytes_sent", "temp_c", "edge_speed",
-          "migration_s", "migration_bytes")
+          "migration_s", "migration_bytes", "soc")
 
 
 # ----------------------------------------------------------------------------- rollout

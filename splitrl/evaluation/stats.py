@@ -9,14 +9,15 @@ import numpy as np
 METRICS = ("latency_mean", "latency_p50", "latency_p95", "latency_p99", "service_p95", "energy", "delta_ppl",
            "backlog_mean", "backlog_max", "backlog_growth", "objective", "return", "drops", "timed_out", "failed",
            "fail_rate", "cloud_wait", "edge_frac", "boundary", "throttled", "temp_max", "migration_mb",
-           "migration_s")
+           "migration_s", "soc_end", "soc_min")
 LABELS = {"latency_mean": "response mean (s)", "latency_p50": "p50 (s)", "latency_p95": "p95 (s)",
           "latency_p99": "p99 (s)", "service_p95": "service p95, per slot (s)", "energy": "energy/req (J)",
           "delta_ppl": "ΔPPL", "backlog_mean": "backlog", "fail_rate": "unanswered", "cloud_wait": "cloud wait (s)",
           "backlog_max": "max backlog", "backlog_growth": "backlog growth (req/slot)", "objective": "DPP objective",
           "return": "return", "drops": "drops/ep", "timed_out": "timeouts", "failed": "failed",
           "edge_frac": "edge units", "boundary": "boundary", "throttled": "throttled (share of slots)",
-          "temp_max": "peak edge temp (°C)", "migration_mb": "KV moved (MB/slot)", "migration_s": "moving (s/slot)"}
+          "temp_max": "peak edge temp (°C)", "migration_mb": "KV moved (MB/slot)", "migration_s": "moving (s/slot)",
+          "soc_end": "charge at the end", "soc_min": "lowest end charge"}
 
 
 def request_times(out: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -61,7 +62,10 @@ def seed_stats(out: dict[str, np.ndarray]) -> dict[str, float]:
             "temp_max": float(out["temp_c"].max(1).mean()) if "temp_c" in out else float("nan"),
             # conversations (splitrl/env/cost.py `migration`): 0 where the scenario has none
             "migration_mb": float(out["migration_bytes"].mean() / 1e6) if "migration_bytes" in out else 0.0,
-            "migration_s": float(out["migration_s"].mean()) if "migration_s" in out else 0.0}
+            "migration_s": float(out["migration_s"].mean()) if "migration_s" in out else 0.0,
+            # the battery: 1 where the scenario has none
+            "soc_end": float(out["soc"][:, -1].mean()) if "soc" in out else 1.0,
+            "soc_min": float(out["soc"][:, -1].min()) if "soc" in out else 1.0}
 
 
 def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
