@@ -29,7 +29,8 @@ from .conftest import CONF
 # the held-out files are edits of these (other traces, devices, loads): tests/test_env.py builds and runs
 # each, and `bash scripts/compare` runs every baseline on them; here they would only add compiles
 SCENARIOS = sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml") if not p.stem.startswith("heldout_"))
-CAUSAL = [n for n in BASELINES if n != "oracle_dpp"]
+CAUSAL = [n for n in BASELINES if n not in ("oracle_dpp", "mpc_oracle")]
+ONE_SLOT = [n for n in BASELINES if n != "mpc_oracle"]   # called with one slot's key (the MPC oracle reads several)
 
 
 # ----------------------------------------------------------------------------- test-only references
@@ -52,7 +53,7 @@ def oracle_objectives(env, env_params, state, step_key, actions: Action) -> jax.
 def _bound(env, params, spec):
     """Every baseline bound to the scenario with its test-sized parameters (Chen: untrained actor)."""
     pols, pps = [], []
-    for name in BASELINES:
+    for name in ONE_SLOT:
         kw = {"n_bins": 2, "n_buckets": 16} if name == "splitllm_dp" else {}
         p = make_baseline(name, **kw).bind(env, params)
         if isinstance(p, ChenPPO):
@@ -144,7 +145,7 @@ def test_oracle_is_never_worse_than_any_policy_from_the_same_state_and_key(defau
         acts = _all_actions_at(pols, pps, obs, state, params, step_key)
         batch = jax.tree.map(lambda a, r: jnp.concatenate([a, r]), acts, rand)
         objs = np.asarray(objectives(env, params, state, step_key, batch))
-        oracle = objs[list(BASELINES).index("oracle_dpp")]
+        oracle = objs[ONE_SLOT.index("oracle_dpp")]
         assert oracle <= objs.min() + 1e-6 * max(1.0, abs(objs.min()))
 
 
@@ -303,3 +304,35 @@ def test_a_run_from_another_observation_contract_names_the_cause(default, tmp_pa
     with pytest.raises(Exception, match=rf"has shape \({env.obs_dim - 1}, 16\).*observation contract.*"
                                         rf"{env.obs_dim} features"):
         Trained.from_run_dir(str(run)).bind(env, params).init(env, params, spec)
+
+
+# ----------------------------------------------------------------------------- the MPC oracle
+def test_the_mpc_oracle_looks_ahead_with_the_envs_own_keys():
+    """With a horizon of 1 it is the one-slot oracle over its candidate set; with 2 it minimises the
+    two-slot objective the env really charges (stepped with the evaluation's keys of slots t and t + 1)."""
+    from splitrl.baselines import make_baseline
+    from splitrl.env.dpp import pick
+    from splitrl.evaluation.run import episode_keys, rollout
+    env, params = make("session_s23_3g_bus")
+    ek, pk = episode_keys("session_s23_3g_bus", 0, 1)
+    for horizon in (1, 2):
+        mpc = make_baseline("mpc_oracle", horizon=horizon, width=4).bind(env, params)
+        pp = mpc.init(env, params)
+        assert pp["sequences"].shape == (4**horizon, horizon) and int(pp["actions"].boundary[0]) == 0
+        out = rollout(env, mpc, params, pp, ek, pk, 6)
+        assert np.isfinite(np.asarray(out["objective"])).all()
+        # replay: from the episode's state at slot 0, every sequence's true cost, with the same keys
+        reset_key, root = jax.random.split(ek[0])
+        _, state = env.reset_env(reset_key, params)
+        keys = [jax.random.fold_in(root, i) for i in range(horizon)]
+
+        def cost(seq):
+            s, total = state, 0.0
+            for i, j in enumerate(seq):
+                _, s, _, _, info = env.step_env(keys[i], s, pick(pp["actions"], j), params)
+                total += float(info["objective"])
+            return total
+
+        costs = [cost(seq) for seq in np.asarray(pp["sequences"])]
+        best = np.asarray(pp["sequences"])[int(np.argmin(costs)), 0]
+        assert float(out["boundary"][0, 0]) == float(pp["actions"].boundary[best])

@@ -35,7 +35,9 @@ class ScenarioSpec(NamedTuple):
 
 class PolicyBase:
     """`bind(env, env_params)` returns the policy specialised to a scenario's static structure (the
-    oracle keeps the env it simulates); host side, before `init`."""
+    oracle keeps the env it simulates); host side, before `init`. `lookahead` > 0: the evaluation passes
+    the env's keys of this slot and the next lookahead − 1 ([lookahead, 2]) as `step_key` (the MPC oracle)."""
+    lookahead = 0
 
     def bind(self, env, env_params):
         return self

@@ -7,6 +7,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from splitrl.baselines.base import PolicyBase
 from splitrl.env.dpp import candidate_actions, candidate_costs, myopic_action, pick
@@ -68,3 +69,52 @@ class Oracle(PolicyBase):
     def __call__(self, pparams, key, obs, state, env_params, step_key):
         return pick(pparams, jnp.argmin(self.objectives(pparams, state, env_params, step_key)))
 
+
+
+@dataclasses.dataclass(frozen=True)
+class LookaheadOracle(PolicyBase):
+    """FULL-INFORMATION MODEL-PREDICTIVE CONTROL: an upper reference that READS THE NEXT `horizon` SLOTS.
+    Every sequence of `horizon` placements from a small candidate set (cloud-only, edge-only where it
+    fits, and layer splits at evenly spaced allowed boundaries, fp16; `width` in all) is stepped through
+    the env with the very keys the env will use, from the very state; the first placement of the
+    sequence of least total objective is played, then the search repeats next slot (receding horizon).
+    Exact over that set and horizon: width^horizon sequences a slot (512 by default). Unlike the one-slot
+    oracle it sees what a choice does to the next slots (heat, a conversation's cache, the battery,
+    the queues); unlike a learned policy it searches a coarse set and a short horizon."""
+    env: SplitEnv = None
+    horizon: int = 3
+    width: int = 8
+    name: str = "mpc_oracle"
+
+    @property
+    def lookahead(self) -> int:
+        return self.horizon
+
+    def bind(self, env, env_params):
+        return dataclasses.replace(self, env=env)
+
+    def init(self, env, env_params, spec=None, key=None):
+        allowed = np.flatnonzero(np.asarray(env_params.costs.boundary_mask))
+        inner = allowed[(allowed > 0) & (allowed < env.n_layers)]
+        picks = [0] + ([env.n_layers] if env.n_layers in allowed else [])
+        k = self.width - len(picks)
+        if k > 0 and inner.size:
+            picks += sorted(set(inner[np.linspace(0, inner.size - 1, min(k, inner.size)).round().astype(int)].tolist()))
+        b = np.asarray(picks, np.int32)
+        seqs = np.stack(np.meshgrid(*[np.arange(b.size)] * self.horizon, indexing="ij"), -1).reshape(-1, self.horizon)
+        return {"actions": Action(boundary=jnp.asarray(b), fmt=jnp.zeros(b.size, jnp.int32),
+                                  units=jnp.zeros((b.size, env.n_units), jnp.int32)),
+                "sequences": jnp.asarray(seqs, jnp.int32)}
+
+    def __call__(self, pparams, key, obs, state, env_params, step_key):
+        actions, seqs = pparams["actions"], pparams["sequences"]
+        T = env_params.max_steps_in_episode
+
+        def total(seq):
+            def one(s, i):
+                s_next, cost = s
+                _, s_new, _, _, info = self.env.step_env(step_key[i], s_next, pick(actions, seq[i]), env_params)
+                return (s_new, cost + jnp.where(s_next.time < T, info["objective"], 0.0)), None
+            return jax.lax.scan(one, (state, jnp.float32(0.0)), jnp.arange(self.horizon))[0][1]
+
+        return pick(actions, seqs[jnp.argmin(jax.vmap(total)(seqs)), 0])

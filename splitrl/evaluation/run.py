@@ -62,7 +62,12 @@ def rollout(env, policy, env_params, pparams, env_keys, policy_keys, n_steps: in
     reset_keys, env_roots = jax.vmap(jax.random.split)(env_keys).transpose(1, 0, 2)
     fold = jax.vmap(jax.random.fold_in, (0, None))
 
-    def act(obs, state, pol_keys, step_keys):   # the oracle reads the env's step keys; no one else does
+    k = getattr(policy, "lookahead", 0)
+
+    def act(obs, state, pol_keys, step_keys):   # the oracles read the env's step keys; no one else does
+        if k:   # the MPC oracle: this slot's key and the next k − 1 (an episode's slot t is state.time)
+            step_keys = jax.vmap(lambda root, t: jnp.stack([jax.random.fold_in(root, t + i) for i in range(k)]))(
+                env_roots, state.time)
         return jax.vmap(policy, (None, 0, 0, 0, None, 0))(pparams, pol_keys, obs, state, env_params, step_keys), None
 
     def record(s: R.Step) -> dict:
