@@ -326,7 +326,7 @@ def test_the_mpc_oracle_looks_ahead_with_the_envs_own_keys():
         _, state = env.reset_env(reset_key, params)
         keys = [jax.random.fold_in(root, i) for i in range(horizon)]
 
-        def cost(seq):
+        def cost(seq, state=state, keys=keys, pp=pp):
             s, total = state, 0.0
             for i, j in enumerate(seq):
                 _, s, _, _, info = env.step_env(keys[i], s, pick(pp["actions"], j), params)

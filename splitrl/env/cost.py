@@ -30,44 +30,14 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from splitrl.env import sessions
+from splitrl.env.battery import edge_available
 from splitrl.env.cloud import decode_factor
+from splitrl.env.crossing import R_MAX, _rounds, rounds_std, transfer_time
 from splitrl.env.interp import at, lerp_index
 from splitrl.env.tables import LayerRow, ModelRow, compute_time_masks, decode_layer_row, decode_model_row
 from splitrl.env.types import Conditions, EnvParams
 from splitrl.profiles.formats import TOKEN_ID_BYTES
-
-R_MAX = 4            # static bound on retransmission rounds (params.channel.max_retx <= R_MAX)
-
-
-# ----------------------------------------------------------------------------- crossings
-def _rounds(nbytes, bw, rtt, loss_p, packet_bytes, max_retx):
-    """(P(round r is needed), seconds of round r), r = 1..R_MAX, for selective-repeat ARQ over nbytes:
-    round r is needed when some packet was lost in all r earlier sends, and costs a retransmission
-    timeout (one RTT) plus resending the lost share."""
-    nbytes = jnp.asarray(nbytes)[..., None]
-    n_pk = jnp.maximum(jnp.ceil(nbytes / packet_bytes), 1.0)
-    r = jnp.arange(1, R_MAX + 1, dtype=jnp.float32)
-    lost_r = loss_p ** r
-    needed = jnp.where(r <= max_retx, 1.0 - (1.0 - lost_r) ** n_pk, 0.0)
-    return needed, rtt + lost_r * nbytes / bw
-
-
-def transfer_time(nbytes, bw, rtt, loss_p, packet_bytes, max_retx, u=None):
-    """One-way time of `nbytes` (any shape): RTT/2 + bytes/bandwidth + retransmission rounds, drawn with
-    the uniforms `u` (the rounds needed are the max of the packets' geometric losses: round r happens
-    iff u < P(round r needed), a nested set), or their expectation when `u` is None. 0 when nothing is sent."""
-    needed, cost = _rounds(nbytes, bw, rtt, loss_p, packet_bytes, max_retx)
-    happens = needed if u is None else (jnp.asarray(u)[..., None] < needed).astype(jnp.float32)
-    nbytes = jnp.asarray(nbytes)
-    return jnp.where(nbytes > 0, rtt / 2 + nbytes / bw + (happens * cost).sum(-1), 0.0)
-
-
-def rounds_std(nbytes, bw, rtt, loss_p, packet_bytes, max_retx):
-    """Standard deviation of one crossing's retransmission time (rounds are nested: P(r and s) = P(max))."""
-    needed, cost = _rounds(nbytes, bw, rtt, loss_p, packet_bytes, max_retx)
-    both = needed[..., jnp.maximum(jnp.arange(R_MAX)[:, None], jnp.arange(R_MAX)[None, :])]   # [.., R, R]
-    second = jnp.einsum("...rs,...r,...s->...", both, cost, cost)
-    return jnp.sqrt(jnp.maximum(second - (needed * cost).sum(-1) ** 2, 0.0))
 
 
 # ----------------------------------------------------------------------------- one pipeline pass
@@ -234,7 +204,7 @@ def request_cost(params: EnvParams, boundary, fmt, edge_units, prompt, output, c
     # no conversation cache (a plain 0.0, not a traced value: `link_conditions`): nothing to move, nothing traced
     no_cache = isinstance(cond.ctx, float) and cond.ctx == 0.0
     mig = {k: 0.0 for k in ("time", "up", "down", "edge_s", "edge_j", "cloud_s")} if no_cache else \
-        migration(params, b, fmt, edge_units, model, cond)
+        sessions.migration(params, b, fmt, edge_units, model, cond)
     m = m | {"latency": m["latency"] + mig["time"], "edge_s": m["edge_s"] + mig["edge_s"],
              "compute_j": m["compute_j"] + mig["edge_j"], "up": m["up"] + mig["up"], "down": m["down"] + mig["down"]}
     out = _finish(params, m, plan, edge, edge_only, prompt, output, model, cond)
@@ -242,33 +212,6 @@ def request_cost(params: EnvParams, boundary, fmt, edge_units, prompt, output, c
     return out | {"residual_loss": residual, "cloud_prefill_s": out["cloud_prefill_s"] + jnp.where(down, 0.0, mig["cloud_s"]),
                   "migration_s": jnp.where(down, 0.0, mig["time"]),
                   "migration_bytes": jnp.where(down, 0.0, mig["up"] + mig["down"])}
-
-
-def migration(params: EnvParams, b, fmt, edge_units, model: ModelRow, cond: Conditions) -> dict:
-    """Moving a conversation's KV cache to this turn's placement (docs/environment.md, "Sessions"). The
-    cache of layer l lives where layer l ran last turn (on the edge for l < cond.kv_split, the boundary
-    layer by its share of units); layers whose side changes move, by the cheaper of: their KV bytes
-    (ctx x kv_bytes per layer) over the link, or the hidden state at the boundary (ctx x the format's
-    bytes) over the link and the destination recomputing those layers' KV over the context (the model's
-    mean layer per token, prefill). Expected wire times (no retransmission draw). Nothing moves in a new
-    conversation (ctx = 0) or while the link is down (the request runs alone: `_finish`)."""
-    c, ch, s = params.costs, params.channel, params.session
-    L = c.layer_rows.shape[0] - 1
-    split = jnp.minimum(b, L).astype(jnp.float32) + jnp.where(b < L, jnp.mean(edge_units), 0.0)
-    moved = jnp.abs(split - cond.kv_split)
-    to_cloud = split < cond.kv_split
-    live = (cond.ctx > 0) & (moved > 0) & (cond.connected > 0.5)
-    kv_bytes, hid_bytes = cond.ctx * s.kv_bytes * moved, cond.ctx * c.tx_bytes[fmt]
-    wire = lambda n: transfer_time(n, cond.bw, cond.rtt, cond.loss_p, ch.packet_bytes, ch.max_retx)  # noqa: E731
-    layer_s = cond.ctx * moved * jnp.where(to_cloud, model.cloud_all[0], model.edge_all[0]) / L
-    t_kv, t_re = wire(kv_bytes), wire(hid_bytes) + layer_s
-    recompute = live & (t_re < t_kv)
-    nbytes = jnp.where(live, jnp.where(recompute, hid_bytes, kv_bytes), 0.0)
-    return {"time": jnp.where(live, jnp.minimum(t_kv, t_re), 0.0),
-            "up": jnp.where(to_cloud, nbytes, 0.0), "down": jnp.where(to_cloud, 0.0, nbytes),
-            "edge_s": jnp.where(recompute & ~to_cloud, layer_s, 0.0),
-            "edge_j": jnp.where(recompute & ~to_cloud, cond.ctx * moved * model.edge_all_j[0] / L, 0.0),
-            "cloud_s": jnp.where(recompute & to_cloud, layer_s, 0.0)}
 
 
 def delta_ppl(params: EnvParams, b, fmt, edge_units, residual_loss, snr_db):
@@ -356,15 +299,6 @@ def radio_energy(params: EnvParams, up, down, latency, used_link, cond: Conditio
               + rd.connected_w * jnp.maximum(latency - active, 0.0)
               + rd.tail_w * gap * (1.0 - jnp.exp(-rd.tail_s / gap)) + idle_before * rd.promotion_w * rd.promotion_s)
     return jnp.where(used_link, linked, 0.0)
-
-
-def edge_available(cond: Conditions, b, edge_units):
-    """(b, edge units) where the edge may compute; cloud-only where it may not (its battery is at the floor).
-    Traces nothing where `cond.edge_up` is a plain 1.0 (no battery)."""
-    if isinstance(cond.edge_up, float) and cond.edge_up == 1.0:
-        return b, edge_units
-    up = cond.edge_up > 0.5
-    return jnp.where(up, b, 0), edge_units * up
 
 
 def project_action(params: EnvParams, boundary, fmt, units):

@@ -28,13 +28,12 @@ import jax.numpy as jnp
 from gymnax.environments import environment, spaces
 from jax.scipy.special import ndtr, ndtri
 
+from splitrl.env import heat
 from splitrl.env.split_env import (
     SplitEnv,
     _uniforms,
     advance_state,
-    edge_speed_of,
     link_conditions,
-    next_temp,
     poisson_icdf,
     price_slot,
     slot_info,
@@ -174,7 +173,7 @@ class FleetEnv(environment.Environment[FleetState, FleetParams]):
         """One device's slot (SplitEnv's pricing and queues) under the fleet's cloud conditions and workload."""
         z, uu = ndtri(u[:8]), u[8:]
         cond, latent = link_conditions(self.device.channel_kind, dev_params.channel, dev_state, z, uu,
-                                       dev_state.cloud_load, wait, edge_speed_of(dev_params, dev_state, self.device.heat))
+                                       dev_state.cloud_load, wait, heat.edge_speed_of(dev_params, dev_state, self.device.heat))
         rate = dev_params.workload.arrival_rate
         if self.workload_kind == "trace":
             rate = rate * params.trace.rate_shape[minute]
@@ -185,7 +184,7 @@ class FleetEnv(environment.Environment[FleetState, FleetParams]):
         b, fmt, edge_units, m, q = price_slot(dev_params, dev_state, action, cond,
                                               jnp.stack([uu[8], uu[4], z[7]]), arrivals)
         new = advance_state(dev_params, dev_state, cond, q, b, fmt, edge_units, request, z[6], latent,
-                            next_temp(dev_params, dev_state, m, q, self.device.heat))
+                            heat.temp_after(dev_params, dev_state, m, q, self.device.heat))
         work = q["served"] * (m["cloud_prefill_s"] + m["cloud_decode_s"] / params.cloud.batch_gain)
         return new, slot_info(m, q, cond, arrivals, b, fmt, edge_units, dev_state.temp_c) | {"cloud_work": work}
 

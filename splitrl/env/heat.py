@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from splitrl.env.types import HeatParams
+from splitrl.env.types import EnvParams, EnvState, HeatParams
 
 
 def speed(h: HeatParams, temp_c):
@@ -45,3 +45,25 @@ def next_temp(h: HeatParams, temp_c, power_w, slot_s):
 def steady_temp(h: HeatParams, power_w):
     """Where the temperature settles under constant power."""
     return h.ambient_c + h.r_th * power_w
+
+
+def edge_speed_of(params: EnvParams, state: EnvState, has_heat: bool):
+    """The edge's compute speed in the coming slot, from its temperature (a plain 1.0 in an env without heat,
+    so `request_cost` traces no throttle)."""
+    return speed(params.heat, state.temp_c) if has_heat else 1.0
+
+
+def temp_after(params: EnvParams, state: EnvState, m: dict, q: dict, has_heat: bool):
+    """The edge's temperature after the slot, heated by the slot's mean power (`m`: the priced request's
+    metrics, `q`: the slot's queues)."""
+    if not has_heat:
+        return state.temp_c
+    power = slot_power(params.costs.power_idle_w, params.slot_s, q["served"], m["latency"], m["energy"])
+    return next_temp(params.heat, state.temp_c, power, params.slot_s)
+
+
+def start_temp(h: HeatParams, u, has_heat: bool):
+    """An episode's starting temperature: uniform in [start_lo_c, start_hi_c] from `u` (the ambient without heat)."""
+    if not has_heat:
+        return jnp.asarray(h.ambient_c, jnp.float32)
+    return h.start_lo_c + u * (h.start_hi_c - h.start_lo_c)

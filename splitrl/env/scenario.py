@@ -21,8 +21,8 @@ from splitrl.env.cost import R_MAX, request_cost
 from splitrl.env.nominal import nominal
 from splitrl.env.scenario_sections import (
     Checked,
-    battery_section,
     ScenarioError,
+    battery_section,
     channel_section,
     context_of,
     heat_section,

@@ -47,10 +47,11 @@ import jax.numpy as jnp
 from gymnax.environments import environment, spaces
 from jax.scipy.special import gammaln, ndtri
 
+from splitrl.env import battery, cloud, heat, sessions
 from splitrl.env import channel as ch
-from splitrl.env import cloud, heat
 from splitrl.env import features as F
-from splitrl.env.cost import edge_available, project_action, request_cost
+from splitrl.env.battery import edge_available
+from splitrl.env.cost import project_action, request_cost
 from splitrl.env.types import Action, Conditions, EnvParams, EnvState, Observation
 from splitrl.profiles.formats import TX_FORMATS
 
@@ -92,12 +93,7 @@ def slot_queues(params: EnvParams, state: EnvState, m: dict, arrivals) -> dict:
     queue_delay = jnp.maximum(state.backlog - served, 0.0) * m["latency"]
     z_energy = jnp.clip(state.z_energy + (m["energy"] - r.energy_budget_j) / r.energy_ref_j, 0.0, r.z_max)
     z_acc = jnp.clip(state.z_acc + (m["delta_ppl"] - r.acc_budget) / r.acc_ref, 0.0, r.z_max)
-    # the battery (docs/environment.md, "Battery"): the slot's edge energy drains it, and Z_B counts what was
-    # spent ahead of an even spend-down to the floor by the episode's end (without a battery: an
-    # allowance of 1e30 J, so Z_B stays 0 and the charge at 1)
-    slot_j = heat.slot_power(params.costs.power_idle_w, params.slot_s, served, m["latency"], m["energy"]) * params.slot_s
-    z_battery = jnp.clip(state.z_battery + (slot_j - state.battery_allow_j) / r.energy_ref_j, 0.0, r.z_max)
-    soc = state.soc - slot_j / params.battery.capacity_j
+    z_battery, soc = battery.drain(params, state, served, m)
     penalty = slot_penalty(params, m)
     drift = (lyapunov(params, q_next, z_energy, z_acc)
              - lyapunov(params, state.backlog, state.z_energy, state.z_acc)
@@ -144,38 +140,6 @@ def price_slot(params: EnvParams, state: EnvState, action: Action, cond: Conditi
     b, edge_units = edge_available(cond, b, edge_units)
     m = request_cost(params, b, fmt, edge_units, state.prompt_len, state.output_len, cond, draws=arq_draws)
     return b, fmt, edge_units, m, slot_queues(params, state, m, arrivals)
-
-
-def edge_speed_of(params: EnvParams, state: EnvState, has_heat: bool):
-    """The edge's compute speed in the coming slot, from its temperature (a plain 1.0 in an env without heat,
-    so `request_cost` traces no throttle)."""
-    return heat.speed(params.heat, state.temp_c) if has_heat else 1.0
-
-
-def edge_up_of(params: EnvParams, state: EnvState, has_battery: bool):
-    """1.0 while the edge may compute, 0.0 once its battery is at the floor (a plain 1.0 without a battery)."""
-    return (state.soc > params.battery.floor).astype(jnp.float32) if has_battery else 1.0
-
-
-def next_temp(params: EnvParams, state: EnvState, m: dict, q: dict, has_heat: bool):
-    """The edge's temperature after the slot, heated by the slot's mean power (splitrl/env/heat.py)."""
-    if not has_heat:
-        return state.temp_c
-    power = heat.slot_power(params.costs.power_idle_w, params.slot_s, q["served"], m["latency"], m["energy"])
-    return heat.next_temp(params.heat, state.temp_c, power, params.slot_s)
-
-
-def next_session(params: EnvParams, state: EnvState, b, edge_units, request, u, has_sessions: bool):
-    """(cached context, KV split) of the next request: the next turn of this conversation with probability
-    continue_p while it fits the model's context (the cache grows by this turn's prompt and output and
-    now lives where this turn ran), else a new conversation (nothing cached)."""
-    if not has_sessions:
-        return state.ctx_len, state.kv_split
-    s, L = params.session, params.costs.layer_rows.shape[0] - 1
-    ctx = state.ctx_len + state.prompt_len + state.output_len
-    go_on = (u < s.continue_p) & (ctx + request[0] + request[1] <= s.max_ctx)
-    split = jnp.minimum(b, L).astype(jnp.float32) + jnp.where(b < L, jnp.mean(edge_units), 0.0)
-    return jnp.where(go_on, ctx, 0.0), jnp.where(go_on, split, 0.0)
 
 
 def advance_state(params: EnvParams, state: EnvState, cond: Conditions, q: dict, b, fmt, edge_units, request,
@@ -352,22 +316,14 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
             connected=jnp.float32(1.0), link=jnp.float32(1.0), backlog=jnp.float32(0.0), z_energy=jnp.float32(0.0),
             z_acc=jnp.float32(0.0), prompt_len=prompt, output_len=output, last_boundary=jnp.int32(0),
             last_fmt=jnp.int32(0), last_edge_frac=jnp.float32(0.0), time=jnp.int32(0),
-            temp_c=self._start_temp(params.heat, u), ctx_len=jnp.float32(0.0), kv_split=jnp.float32(0.0),
-            **self._start_battery(params, u))
+            temp_c=heat.start_temp(params.heat, u[self._draw("heat")] if self.heat else None, self.heat),
+            ctx_len=jnp.float32(0.0), kv_split=jnp.float32(0.0),
+            **battery.start(params, u[self._draw("battery")] if self.battery else None, self.battery))
         return self.get_obs(state, params), state
 
-    def _start_battery(self, params, u):
-        b = params.battery
-        if not self.battery:
-            return dict(soc=jnp.float32(1.0), z_battery=jnp.float32(0.0), battery_allow_j=jnp.float32(1e30))
-        soc = b.start_lo + u[SplitEnv.N_RESET_DRAWS + int(self.heat)] * (b.start_hi - b.start_lo)
-        allow = (soc - b.floor) * b.capacity_j / params.max_steps_in_episode.astype(jnp.float32)
-        return dict(soc=soc, z_battery=jnp.float32(0.0), battery_allow_j=allow)
-
-    def _start_temp(self, h, u):
-        if not self.heat:
-            return jnp.asarray(h.ambient_c, jnp.float32)
-        return h.start_lo_c + u[SplitEnv.N_RESET_DRAWS] * (h.start_hi_c - h.start_lo_c)
+    def _draw(self, what: str) -> int:
+        """The reset draw of an optional section: after the 10 every env takes, heat's, then the battery's."""
+        return SplitEnv.N_RESET_DRAWS + (int(self.heat) if what == "battery" else 0)
 
     def _channel(self, z, u, state: EnvState, params: EnvParams):
         """This slot's channel and cloud: what the agent did not know when it chose. Returns (Conditions,
@@ -375,8 +331,8 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
         cl = params.cloud
         load, cloud_logit, cloud_pos = cloud.next_load(self.load_kind, cl, state.cloud_logit, state.cloud_pos, z[5])
         cond, latent = link_conditions(self.channel_kind, params.channel, state, z, u, load,
-                                       cloud.sample_wait(cl, load, u[6], u[7]), edge_speed_of(params, state, self.heat),
-                                       self.sessions, edge_up_of(params, state, self.battery))
+                                       cloud.sample_wait(cl, load, u[6], u[7]), heat.edge_speed_of(params, state, self.heat),
+                                       self.sessions, battery.edge_up_of(params, state, self.battery))
         return cond, latent | dict(cloud_logit=cloud_logit, cloud_pos=cloud_pos)
 
     def _step(self, draws: jax.Array, state: EnvState, action: Action, params: EnvParams):
@@ -386,9 +342,9 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
         arrivals = self._poisson(w.arrival_rate * params.slot_s, u[1])
         b, fmt, edge_units, m, q = price_slot(params, state, action, cond, jnp.stack([u[8], u[4], z[7]]), arrivals)
         request = self._draw_request(w, u[2:5])
-        session = next_session(params, state, b, edge_units, request, u[9] if self.sessions else None, self.sessions)
+        session = sessions.next_session(params, state, b, edge_units, request, u[9] if self.sessions else None, self.sessions)
         new = advance_state(params, state, cond, q, b, fmt, edge_units, request, z[6], latent,
-                            next_temp(params, state, m, q, self.heat), session)
+                            heat.temp_after(params, state, m, q, self.heat), session)
         info = slot_info(m, q, cond, arrivals, b, fmt, edge_units, state.temp_c)
         return self.get_obs(new, params), new, -r.scale * q["objective"], jnp.bool_(False), info
 
