@@ -310,7 +310,7 @@ def heat_section(c: Checked, device) -> tuple[bool, HeatParams]:
 
 def session_section(c: Checked, model) -> tuple[bool, SessionParams]:
     """The optional `sessions` section: requests are turns of conversations, `turns_mean` of them on average
-    (geometric), whose KV cache stays where each layer ran (splitrl/env/cost.py `migration`). Absent or
+    (geometric), whose KV cache stays where each layer ran (splitrl/env/sessions.py `migration`). Absent or
     `enabled: false`: every request is a new conversation."""
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
     kv_bytes = 2.0 * model.n_kv_heads * model.head_dim * 2.0   # K and V, fp16, per token of one layer

@@ -31,10 +31,11 @@ wait + service of this slot's arrivals), queue_delay, cloud_wait, connected, obj
 above, unscaled), penalty (the bracket's weighted cost before V), drift (L(Θ') - L(Θ)), bandwidth,
 cloud_load, boundary, fmt, edge_frac, cloud_s (cloud GPU-seconds of the priced request), temp_c and
 edge_speed (the edge's heat, splitrl/env/heat.py), ctx_len, migration_s and migration_bytes (the
-conversation's cache, splitrl/env/cost.py `migration`).
-Optional static structure: `heat` (the edge heats and throttles; one more reset draw, a `temp` feature)
-and `sessions` (requests are turns of conversations; one more step draw, `ctx_len` and `kv_split`
-features). Without them the env is exactly the one above.
+conversation's cache, splitrl/env/sessions.py `migration`).
+Optional static structure: `heat` (the edge heats and throttles; one more reset draw, a `temp` feature),
+`sessions` (requests are turns of conversations; one more step draw, `ctx_len` and `kv_split` features)
+and `battery` (the edge's charge must last the episode; one more reset draw, `soc` and `z_battery`
+features; info soc, z_battery). Without them the env is exactly the one above.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def link_conditions(kind: str, p, state: EnvState, z, u, cloud_load, cloud_wait,
     """This slot's link (bandwidth, reachability, RTT, fading, SNR) drawn from the step's normals `z` and
     uniforms `u`, with the cloud's load and admission wait as given (the single-device env draws them
     from its exogenous load, the fleet env derives them from its shared queue) and the edge's speed
-    (`edge_speed_of`), and the conversation's cache where the env has sessions (else none: a plain 0.0, so
+    (`heat.edge_speed_of`), and the conversation's cache where the env has sessions (else none: a plain 0.0, so
     `request_cost` skips the migration when it traces). Returns (Conditions, the updated latent link
     fields of the state)."""
     bw, log_bw, regime, trace_pos = ch.next_bandwidth(kind, p, state.log_bw, state.regime, state.trace_pos,
@@ -203,10 +204,10 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
         self.scenario_id = scenario_id
         # the edge heats and throttles (splitrl/env/heat.py): one more reset draw, its temperature observed
         self.heat = heat
-        # requests are turns of conversations whose KV cache stays where it ran (splitrl/env/cost.py
-        # `migration`): one more step draw, the cached context and its placement observed
+        # requests are turns of conversations whose KV cache stays where it ran (splitrl/env/sessions.py):
+        # one more step draw, the cached context and its placement observed
         self.sessions = sessions
-        # the edge runs on a battery that must last the episode: one more reset draw, its charge and Z_B observed
+        # the edge's battery must last the episode: one more reset draw, its charge and Z_B observed
         self.battery = battery
         self.features = F.contract(heat, sessions, battery)
         self.N_RESET_DRAWS = SplitEnv.N_RESET_DRAWS + int(heat) + int(battery)
@@ -322,7 +323,7 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
         return self.get_obs(state, params), state
 
     def _draw(self, what: str) -> int:
-        """The reset draw of an optional section: after the 10 every env takes, heat's, then the battery's."""
+        """An optional section's reset draw: after the 10 every env takes, heat's, then the battery's."""
         return SplitEnv.N_RESET_DRAWS + (int(self.heat) if what == "battery" else 0)
 
     def _channel(self, z, u, state: EnvState, params: EnvParams):

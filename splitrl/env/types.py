@@ -138,7 +138,7 @@ class HeatParams:
 
 @struct.dataclass
 class SessionParams:
-    """Conversations (splitrl/env/cost.py `migration`, docs/environment.md "Sessions"); continue_p = 0 turns them off."""
+    """Conversations (splitrl/env/sessions.py `migration`, docs/environment.md "Sessions"); continue_p = 0 turns them off."""
     continue_p: jax.Array       # P(the next request is the next turn of the same conversation) = 1 − 1/mean turns
     kv_bytes: jax.Array         # KV-cache bytes per token of one layer (K and V, fp16)
     max_ctx: jax.Array          # the model's context window: a conversation that would outgrow it starts afresh

@@ -60,7 +60,7 @@ def seed_stats(out: dict[str, np.ndarray]) -> dict[str, float]:
             # the edge's heat (splitrl/env/heat.py): constant where the scenario has none
             "throttled": float((out["edge_speed"] < 1.0).mean()) if "edge_speed" in out else 0.0,
             "temp_max": float(out["temp_c"].max(1).mean()) if "temp_c" in out else float("nan"),
-            # conversations (splitrl/env/cost.py `migration`): 0 where the scenario has none
+            # conversations (splitrl/env/sessions.py `migration`): 0 where the scenario has none
             "migration_mb": float(out["migration_bytes"].mean() / 1e6) if "migration_bytes" in out else 0.0,
             "migration_s": float(out["migration_s"].mean()) if "migration_s" in out else 0.0,
             # the battery: 1 where the scenario has none
