@@ -11,8 +11,13 @@ pytest.importorskip("onnxruntime")
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
+    return export_random(tmp_path_factory.mktemp("run"), "default")
+
+
+def export_random(run, scenario_name: str):
     """A run directory like splitrl-train writes (resolved_config.yaml + final_params.msgpack, two
-    members), with the real flax HierarchicalNet, weights perturbed to O(1) so logits are not tiny."""
+    members) for a scenario, with the real flax HierarchicalNet, weights perturbed to O(1) so logits are
+    not tiny, exported to run/policy.onnx: (run, report, env, env params, agent config, params)."""
     import jax
     import yaml
 
@@ -23,8 +28,7 @@ def exported(tmp_path_factory):
     from splitrl.training.rundir import write_final_params
     from tests.conftest import CONF
 
-    run = tmp_path_factory.mktemp("run")
-    scenario = yaml.safe_load((CONF / "scenario" / "default.yaml").read_text())
+    scenario = yaml.safe_load((CONF / "scenario" / f"{scenario_name}.yaml").read_text())
     env, ep = make(scenario)
     pol = HierarchicalPolicy(env.num_boundaries, env.num_formats, env.num_units, (32, 32), "separate")
     params = pol.init(jax.random.PRNGKey(1), env.reset(jax.random.PRNGKey(0), ep)[0])

@@ -95,3 +95,11 @@ def test_a_bad_sessions_section_names_the_field():
         make(data | {"sessions": {"enabled": True, "turns_mean": 3.0, "think_s": 5.0}})
     env, params = make(data | {"sessions": {"enabled": False, "turns_mean": 3.0}})
     assert not env.sessions and float(params.session.continue_p) == 0.0
+
+
+def test_the_runtime_refuses_a_policy_trained_on_conversations(tmp_path):
+    from splitrl.runtime.policy import OnnxPolicy, PolicyMismatch
+    from tests.test_harness_export import export_random
+    _, report, *_ = export_random(tmp_path, SESSION)
+    with pytest.raises(PolicyMismatch, match="conversations"):
+        OnnxPolicy(report["onnx"], model_name="gpt2-xl")

@@ -23,9 +23,10 @@ class PolicyMismatch(PolicyError):
 THERMAL_ZONES = Path("/sys/class/thermal")
 
 
-def edge_temperature_c(zones: Path = THERMAL_ZONES) -> float | None:
+def edge_temperature_c(zones: Path | None = None) -> float | None:
     """The hottest thermal zone's temperature (°C) as Linux reports it (a phone, a Pi, a Jetson), or None
-    where there is no sensor to read."""
+    where there is no sensor to read (`zones`: THERMAL_ZONES)."""
+    zones = THERMAL_ZONES if zones is None else zones
     temps = []
     for zone in sorted(zones.glob("thermal_zone*/temp")):
         try:
