@@ -103,3 +103,28 @@ def test_the_runtime_refuses_a_policy_trained_on_conversations(tmp_path):
     _, report, *_ = export_random(tmp_path, SESSION)
     with pytest.raises(PolicyMismatch, match="conversations"):
         OnnxPolicy(report["onnx"], model_name="gpt2-xl")
+
+
+def test_the_edge_memory_masks_follow_a_conversations_cache():
+    """LLaMA-2-7B on a Galaxy S23: the deeper splits that fit a short request stop fitting once a long
+    conversation's cache is on the edge; the observation shows it and the env projects onto what fits."""
+    from splitrl.env.scenario import load_scenario_dict
+    from splitrl.env.sessions import params_at
+    data, _ = load_scenario_dict(SESSION)
+    env, params = make(data | {"model": "llama-2-7b", "context": 256, "id": "session-s23-7b-test"})
+    s = params.session
+    assert s.boundary_masks.shape == (s.mask_ctx.shape[0], env.num_boundaries)
+    fits = np.asarray(s.boundary_masks).sum(1)
+    assert (np.diff(fits) <= 0).all() and fits[0] > fits[-1]          # more cache, fewer splits fit
+    state = env.reset(jax.random.PRNGKey(0), params)[1]
+    short = state.replace(ctx_len=jnp.float32(0.0), prompt_len=jnp.float32(64.0), output_len=jnp.float32(32.0))
+    long = short.replace(ctx_len=float(s.max_ctx) - 200.0)
+    m_short = np.asarray(env.get_obs(short, params).boundary_mask)
+    m_long = np.asarray(env.get_obs(long, params).boundary_mask)
+    np.testing.assert_array_equal(m_short, np.asarray(params_at(params, short).costs.boundary_mask))
+    assert m_long.sum() < m_short.sum() and not (m_long & ~m_short).any()
+    deepest = int(np.flatnonzero(m_short)[-1])
+    assert not m_long[deepest]
+    action = Action(boundary=jnp.int32(deepest), fmt=jnp.int32(0), units=jnp.zeros(env.n_units, jnp.int32))
+    info = env.step_env(jax.random.PRNGKey(1), long.replace(kv_split=jnp.float32(deepest)), action, params)[4]
+    assert m_long[int(info["boundary"])] and int(info["boundary"]) < deepest

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from splitrl.baselines.base import PolicyBase
+from splitrl.env import sessions
 from splitrl.env.dpp import candidate_actions, candidate_costs, myopic_action, pick
 from splitrl.env.split_env import SplitEnv, estimated_conditions
 from splitrl.env.types import Action
@@ -26,6 +27,7 @@ class GreedyLatency(PolicyBase):
         return candidate_actions(env, env_params, exhaustive=False)
 
     def __call__(self, pparams, key, obs, state, env_params, step_key):
+        env_params = sessions.params_at(env_params, state)   # the masks at a conversation's context
         m = candidate_costs(env_params, pparams, state.prompt_len, state.output_len, estimated_conditions(state, env_params))
         return pick(pparams, jnp.argmin(m["latency"]))
 

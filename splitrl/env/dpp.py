@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from splitrl.env import sessions
 from splitrl.env.cost import action_cost
 from splitrl.env.split_env import SplitEnv, estimated_conditions, slot_penalty, slot_queues
 from splitrl.env.tables import decode_layer_row
@@ -111,7 +112,9 @@ def dpp_objective(env_params: EnvParams, state: EnvState, m: dict, arrivals) -> 
 def myopic_action(env_params: EnvParams, state: EnvState, candidates: Action) -> Action:
     """The myopic DPP decision in `state`: the candidate of least one-slot objective (penalty + queue and
     virtual-queue drift) at the bandwidth estimate, last slot's RTT/loss/SNR/load/link and the expected
-    admission wait and arrivals, in place of the slot's unknown truth (Neely's classic controller)."""
+    admission wait and arrivals, in place of the slot's unknown truth (Neely's classic controller). The
+    memory masks are the coming request's (they follow a conversation's cache: `sessions.params_at`)."""
+    env_params = sessions.params_at(env_params, state)
     m = candidate_costs(env_params, candidates, state.prompt_len, state.output_len,
                         estimated_conditions(state, env_params))
     arrivals = env_params.workload.arrival_rate * env_params.slot_s

@@ -32,7 +32,13 @@ from splitrl.env.scenario_sections import (
     workload_section,
 )
 from splitrl.env.split_env import SplitEnv
-from splitrl.env.tables import CostArrays, build_cost_arrays, build_ppl_arrays, layer_row_offsets
+from splitrl.env.tables import (
+    CostArrays,
+    build_cost_arrays,
+    build_ppl_arrays,
+    layer_row_offsets,
+    memory_masks,
+)
 from splitrl.env.types import (
     Conditions,
     CostParams,
@@ -130,7 +136,8 @@ def make_with_info(scenario: str | Path | dict = "default") -> tuple[SplitEnv, E
     load_kind, cloud_params = serving_section(c.sub("serving"), model, cloud_dev, cwf, costs, workload, slot_s)
     reward, rw_raw = reward_section(c.sub("reward"))
     has_heat, heat = heat_section(c, edge)
-    has_sessions, session = session_section(c, model)
+    has_sessions, session = session_section(
+        c, model, costs, lambda tokens: memory_masks(model, edge, cloud_dev, wf, cwf, tokens)[:2])
     has_battery, battery = battery_section(c, edge)
     c.done()
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731

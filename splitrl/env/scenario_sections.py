@@ -308,13 +308,20 @@ def heat_section(c: Checked, device) -> tuple[bool, HeatParams]:
                             limit_c=f32(th.limit_c), min_speed=f32(th.min_speed))
 
 
-def session_section(c: Checked, model) -> tuple[bool, SessionParams]:
+MASK_POINTS = 8   # contexts at which a conversation's memory masks are computed (the reserve .. the window)
+
+
+def session_section(c: Checked, model, costs: CostArrays, masks_at) -> tuple[bool, SessionParams]:
     """The optional `sessions` section: requests are turns of conversations, `turns_mean` of them on average
     (geometric), whose KV cache stays where each layer ran (splitrl/env/sessions.py `migration`). Absent or
-    `enabled: false`: every request is a new conversation."""
+    `enabled: false`: every request is a new conversation. `masks_at(tokens)` gives the edge's memory
+    masks with that much KV cache: with sessions they are tabulated from the scenario's reserve up to the
+    model's window, so the masks follow a conversation's growing cache (`sessions.params_at`)."""
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
     kv_bytes = 2.0 * model.n_kv_heads * model.head_dim * 2.0   # K and V, fp16, per token of one layer
-    off = SessionParams(continue_p=f32(0.0), kv_bytes=f32(kv_bytes), max_ctx=f32(model.max_context))
+    off = SessionParams(continue_p=f32(0.0), kv_bytes=f32(kv_bytes), max_ctx=f32(model.max_context),
+                        mask_ctx=f32([float(model.max_context)]), boundary_masks=jnp.asarray(costs.boundary_mask[None]),
+                        unit_masks=jnp.asarray(costs.unit_mask[None]))
     if "sessions" not in c.data:
         return False, off
     s = c.sub("sessions")
@@ -323,7 +330,11 @@ def session_section(c: Checked, model) -> tuple[bool, SessionParams]:
     s.done()
     if not enabled:
         return False, off
-    return True, off.replace(continue_p=f32(1.0 - 1.0 / turns))
+    points = np.unique(np.linspace(0, model.max_context, MASK_POINTS + 1)[1:].round().astype(int))
+    masks = [masks_at(int(t)) for t in points]
+    return True, off.replace(continue_p=f32(1.0 - 1.0 / turns), mask_ctx=f32(points),
+                             boundary_masks=jnp.asarray(np.stack([m[0] for m in masks])),
+                             unit_masks=jnp.asarray(np.stack([m[1] for m in masks])))
 
 
 # an edge on mains power: its "battery" never drains (capacity 1e30 J) and never stops it

@@ -49,3 +49,13 @@ def next_session(params: EnvParams, state: EnvState, b, edge_units, request, u, 
     go_on = (u < s.continue_p) & (ctx + request[0] + request[1] <= s.max_ctx)
     split = jnp.minimum(b, L).astype(jnp.float32) + jnp.where(b < L, jnp.mean(edge_units), 0.0)
     return jnp.where(go_on, ctx, 0.0), jnp.where(go_on, split, 0.0)
+
+
+def params_at(params: EnvParams, state: EnvState) -> EnvParams:
+    """`params` with the edge's memory masks for the coming request's whole context (cached + prompt +
+    output), from the tabulated contexts (the first at or above it: conservative). Without sessions the
+    table has one entry, the scenario's masks, so this returns them unchanged."""
+    s = params.session
+    tokens = state.ctx_len + state.prompt_len + state.output_len
+    m = jnp.minimum(jnp.searchsorted(s.mask_ctx, tokens), s.mask_ctx.shape[0] - 1)
+    return params.replace(costs=params.costs.replace(boundary_mask=s.boundary_masks[m], unit_mask=s.unit_masks[m]))

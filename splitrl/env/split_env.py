@@ -338,10 +338,12 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
 
     def _step(self, draws: jax.Array, state: EnvState, action: Action, params: EnvParams):
         z, u = ndtri(draws[:8]), draws[8:]  # 8 normals by inverse CDF, 9 uniforms
+        # a conversation's growing cache shrinks what fits the edge: price with the masks at its context
+        here = sessions.params_at(params, state) if self.sessions else params
         w, r = params.workload, params.reward
         cond, latent = self._channel(z, u, state, params)
         arrivals = self._poisson(w.arrival_rate * params.slot_s, u[1])
-        b, fmt, edge_units, m, q = price_slot(params, state, action, cond, jnp.stack([u[8], u[4], z[7]]), arrivals)
+        b, fmt, edge_units, m, q = price_slot(here, state, action, cond, jnp.stack([u[8], u[4], z[7]]), arrivals)
         request = self._draw_request(w, u[2:5])
         session = sessions.next_session(params, state, b, edge_units, request, u[9] if self.sessions else None, self.sessions)
         new = advance_state(params, state, cond, q, b, fmt, edge_units, request, z[6], latent,
@@ -363,7 +365,7 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
 
     def get_obs(self, state: EnvState, params: EnvParams, key=None) -> Observation:
         shift, scale = F.normalisers(params, self.n_layers, jnp, self.features)
-        c = params.costs
+        c = (sessions.params_at(params, state) if self.sessions else params).costs
         return Observation(features=F.evaluate(self.features, shift, scale, self.raw_features(state, params), jnp),
                            boundary_mask=c.boundary_mask, format_mask=jnp.ones(self.num_formats, dtype=bool),
                            unit_mask=c.unit_mask)

@@ -142,6 +142,9 @@ class SessionParams:
     continue_p: jax.Array       # P(the next request is the next turn of the same conversation) = 1 − 1/mean turns
     kv_bytes: jax.Array         # KV-cache bytes per token of one layer (K and V, fp16)
     max_ctx: jax.Array          # the model's context window: a conversation that would outgrow it starts afresh
+    mask_ctx: jax.Array         # [M] contexts (tokens) at which the edge's memory masks were computed, increasing
+    boundary_masks: jax.Array   # [M, L+1] costs.boundary_mask with mask_ctx[m] tokens of KV cache
+    unit_masks: jax.Array       # [M, L+1, U] costs.unit_mask likewise
 
 
 @struct.dataclass
