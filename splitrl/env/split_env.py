@@ -32,10 +32,8 @@ above, unscaled), penalty (the bracket's weighted cost before V), drift (L(Θ') 
 cloud_load, boundary, fmt, edge_frac, cloud_s (cloud GPU-seconds of the priced request), temp_c and
 edge_speed (the edge's heat, splitrl/env/heat.py), ctx_len, migration_s and migration_bytes (the
 conversation's cache, splitrl/env/sessions.py `migration`).
-Optional static structure: `heat` (the edge heats and throttles; one more reset draw, a `temp` feature),
-`sessions` (requests are turns of conversations; one more step draw, `ctx_len` and `kv_split` features)
-and `battery` (the edge's charge must last the episode; one more reset draw, `soc` and `z_battery`
-features; info soc, z_battery). Without them the env is exactly the one above.
+Optional static structure (`heat`, `sessions`, `battery`; docs/environment.md) adds draws, features and
+info (soc, z_battery); without it the env is exactly the one above.
 """
 
 from __future__ import annotations
@@ -338,7 +336,7 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
 
     def _step(self, draws: jax.Array, state: EnvState, action: Action, params: EnvParams):
         z, u = ndtri(draws[:8]), draws[8:]  # 8 normals by inverse CDF, 9 uniforms
-        # a conversation's growing cache shrinks what fits the edge: price with the masks at its context
+        # a conversation's cache shrinks what fits the edge: the masks at its context
         here = sessions.params_at(params, state) if self.sessions else params
         w, r = params.workload, params.reward
         cond, latent = self._channel(z, u, state, params)
