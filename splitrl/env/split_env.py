@@ -336,7 +336,7 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
 
     def _step(self, draws: jax.Array, state: EnvState, action: Action, params: EnvParams):
         z, u = ndtri(draws[:8]), draws[8:]  # 8 normals by inverse CDF, 9 uniforms
-        # a conversation's cache shrinks what fits the edge: the masks at its context
+        # a conversation's cache shrinks what fits: the masks at its context
         here = sessions.params_at(params, state) if self.sessions else params
         w, r = params.workload, params.reward
         cond, latent = self._channel(z, u, state, params)
