@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from splitrl.env.heat import slot_power
 from splitrl.env.types import Conditions, EnvParams, EnvState
 
 
@@ -35,11 +34,10 @@ def start(params: EnvParams, u, has_battery: bool) -> dict:
     return dict(soc=soc, z_battery=jnp.float32(0.0), battery_allow_j=allow)
 
 
-def drain(params: EnvParams, state: EnvState, served, m: dict):
-    """(Z_B', charge') after a slot: the slot's edge energy (served requests, then idle) drains the battery,
-    and Z_B counts what was spent ahead of the even spend-down to the floor (without a battery: an
-    allowance of 1e30 J and a capacity of 1e30 J, so Z_B stays 0 and the charge at 1)."""
+def drain(params: EnvParams, state: EnvState, slot_j):
+    """(Z_B', charge') after a slot: the slot's edge energy `slot_j` (`heat.slot_power` x slot_s) drains
+    the battery, and Z_B counts what was spent ahead of the even spend-down to the floor (without a
+    battery: an allowance of 1e30 J and a capacity of 1e30 J, so Z_B stays 0 and the charge at 1)."""
     r = params.reward
-    slot_j = slot_power(params.costs.power_idle_w, params.slot_s, served, m["latency"], m["energy"]) * params.slot_s
     z_battery = jnp.clip(state.z_battery + (slot_j - state.battery_allow_j) / r.energy_ref_j, 0.0, r.z_max)
     return z_battery, state.soc - slot_j / params.battery.capacity_j

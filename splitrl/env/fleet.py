@@ -184,7 +184,7 @@ class FleetEnv(environment.Environment[FleetState, FleetParams]):
         b, fmt, edge_units, m, q = price_slot(dev_params, dev_state, action, cond,
                                               jnp.stack([uu[8], uu[4], z[7]]), arrivals)
         new = advance_state(dev_params, dev_state, cond, q, b, fmt, edge_units, request, z[6], latent,
-                            heat.temp_after(dev_params, dev_state, m, q, self.device.heat))
+                            heat.temp_after(dev_params, dev_state, q, self.device.heat))
         work = q["served"] * (m["cloud_prefill_s"] + m["cloud_decode_s"] / params.cloud.batch_gain)
         return new, slot_info(m, q, cond, arrivals, b, fmt, edge_units, dev_state.temp_c) | {"cloud_work": work}
 

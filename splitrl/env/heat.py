@@ -36,6 +36,11 @@ def slot_power(power_idle_w, slot_s, served, latency, energy):
     return (served * energy + power_idle_w * jnp.maximum(slot_s - served * latency, 0.0)) / slot_s
 
 
+def slot_energy(params: EnvParams, served, m: dict):
+    """The edge's joules in a slot (`slot_power` x slot_s) from the served requests and the priced metrics `m`."""
+    return slot_power(params.costs.power_idle_w, params.slot_s, served, m["latency"], m["energy"]) * params.slot_s
+
+
 def next_temp(h: HeatParams, temp_c, power_w, slot_s):
     """The temperature after a slot at constant power `power_w` (the exact RC step)."""
     decay = jnp.exp(-slot_s / h.tau_s)
@@ -53,13 +58,12 @@ def edge_speed_of(params: EnvParams, state: EnvState, has_heat: bool):
     return speed(params.heat, state.temp_c) if has_heat else 1.0
 
 
-def temp_after(params: EnvParams, state: EnvState, m: dict, q: dict, has_heat: bool):
-    """The edge's temperature after the slot, heated by the slot's mean power (`m`: the priced request's
-    metrics, `q`: the slot's queues)."""
+def temp_after(params: EnvParams, state: EnvState, q: dict, has_heat: bool):
+    """The edge's temperature after the slot, heated by the slot's mean power (`q`: the slot's queues, with
+    its edge energy `slot_j`)."""
     if not has_heat:
         return state.temp_c
-    power = slot_power(params.costs.power_idle_w, params.slot_s, q["served"], m["latency"], m["energy"])
-    return next_temp(params.heat, state.temp_c, power, params.slot_s)
+    return next_temp(params.heat, state.temp_c, q["slot_j"] / params.slot_s, params.slot_s)
 
 
 def start_temp(h: HeatParams, u, has_heat: bool):

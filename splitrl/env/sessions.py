@@ -11,6 +11,12 @@ from splitrl.env.tables import ModelRow
 from splitrl.env.types import Conditions, EnvParams, EnvState
 
 
+def split_point(b, edge_units, L: int):
+    """Where a placement splits the layers: b plus the boundary layer's share of units on the edge (L for
+    edge-only). A conversation's cache lives on the edge below it."""
+    return jnp.minimum(b, L).astype(jnp.float32) + jnp.where(b < L, jnp.mean(edge_units), 0.0)
+
+
 def migration(params: EnvParams, b, fmt, edge_units, model: ModelRow, cond: Conditions) -> dict:
     """Moving a conversation's KV cache to this turn's placement (docs/environment.md, "Sessions"). The
     cache of layer l lives where layer l ran last turn (on the edge for l < cond.kv_split, the boundary
@@ -21,7 +27,7 @@ def migration(params: EnvParams, b, fmt, edge_units, model: ModelRow, cond: Cond
     conversation (ctx = 0) or while the link is down (the request runs alone: `_finish`)."""
     c, ch, s = params.costs, params.channel, params.session
     L = c.layer_rows.shape[0] - 1
-    split = jnp.minimum(b, L).astype(jnp.float32) + jnp.where(b < L, jnp.mean(edge_units), 0.0)
+    split = split_point(b, edge_units, L)
     moved = jnp.abs(split - cond.kv_split)
     to_cloud = split < cond.kv_split
     live = (cond.ctx > 0) & (moved > 0) & (cond.connected > 0.5)
@@ -47,8 +53,7 @@ def next_session(params: EnvParams, state: EnvState, b, edge_units, request, u, 
     s, L = params.session, params.costs.layer_rows.shape[0] - 1
     ctx = state.ctx_len + state.prompt_len + state.output_len
     go_on = (u < s.continue_p) & (ctx + request[0] + request[1] <= s.max_ctx)
-    split = jnp.minimum(b, L).astype(jnp.float32) + jnp.where(b < L, jnp.mean(edge_units), 0.0)
-    return jnp.where(go_on, ctx, 0.0), jnp.where(go_on, split, 0.0)
+    return jnp.where(go_on, ctx, 0.0), jnp.where(go_on, split_point(b, edge_units, L), 0.0)
 
 
 def params_at(params: EnvParams, state: EnvState) -> EnvParams:

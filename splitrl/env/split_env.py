@@ -92,13 +92,14 @@ def slot_queues(params: EnvParams, state: EnvState, m: dict, arrivals) -> dict:
     queue_delay = jnp.maximum(state.backlog - served, 0.0) * m["latency"]
     z_energy = jnp.clip(state.z_energy + (m["energy"] - r.energy_budget_j) / r.energy_ref_j, 0.0, r.z_max)
     z_acc = jnp.clip(state.z_acc + (m["delta_ppl"] - r.acc_budget) / r.acc_ref, 0.0, r.z_max)
-    z_battery, soc = battery.drain(params, state, served, m)
+    slot_j = heat.slot_energy(params, served, m)
+    z_battery, soc = battery.drain(params, state, slot_j)
     penalty = slot_penalty(params, m)
     drift = (lyapunov(params, q_next, z_energy, z_acc)
              - lyapunov(params, state.backlog, state.z_energy, state.z_acc)
              + 0.5 * (z_battery**2 - state.z_battery**2))
     return {"served": served, "backlog": q_next, "drops": drops, "z_energy": z_energy, "z_acc": z_acc,
-            "z_battery": z_battery, "soc": soc,
+            "z_battery": z_battery, "soc": soc, "slot_j": slot_j,
             "queue_delay": queue_delay, "response_time": queue_delay + m["latency"],
             "penalty": penalty, "drift": drift, "objective": r.V * penalty + drift}
 
@@ -156,8 +157,7 @@ def advance_state(params: EnvParams, state: EnvState, cond: Conditions, q: dict,
 
 
 def slot_info(m: dict, q: dict, cond: Conditions, arrivals, b, fmt, edge_units, temp_c) -> dict:
-    """The slot's raw metrics (the module docstring lists them); `temp_c` is the edge's temperature at
-    the slot's start (with `edge_speed`, the throttle it ran under)."""
+    """The slot's raw metrics (the module docstring lists them); `temp_c`: the edge's, at the slot's start."""
     return {
         "latency": m["latency"], "energy": m["energy"], "delta_ppl": m["delta_ppl"], "backlog": q["backlog"],
         "bytes_sent": m["bytes_up"], "bytes_recv": m["bytes_down"], "served": q["served"], "arrivals": arrivals,
@@ -321,7 +321,7 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
         return self.get_obs(state, params), state
 
     def _draw(self, what: str) -> int:
-        """An optional section's reset draw: after the 10 every env takes, heat's, then the battery's."""
+        """An optional section's reset draw: after the 10 of every env, heat's, then the battery's."""
         return SplitEnv.N_RESET_DRAWS + (int(self.heat) if what == "battery" else 0)
 
     def _channel(self, z, u, state: EnvState, params: EnvParams):
@@ -345,7 +345,7 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
         request = self._draw_request(w, u[2:5])
         session = sessions.next_session(params, state, b, edge_units, request, u[9] if self.sessions else None, self.sessions)
         new = advance_state(params, state, cond, q, b, fmt, edge_units, request, z[6], latent,
-                            heat.temp_after(params, state, m, q, self.heat), session)
+                            heat.temp_after(params, state, q, self.heat), session)
         info = slot_info(m, q, cond, arrivals, b, fmt, edge_units, state.temp_c)
         return self.get_obs(new, params), new, -r.scale * q["objective"], jnp.bool_(False), info
 
