@@ -70,6 +70,16 @@ class Checked:
                 raise self.err(key, v, "must be true or false")
         return v
 
+    def pair(self, key, lo: float, hi: float, lo_name: str) -> list[float]:
+        """A range [a, b] of two finite numbers with lo <= a <= b <= hi (`lo_name` says what lo is)."""
+        self.seen.add(key)
+        v = self.data.get(key)
+        if (not isinstance(v, list) or len(v) != 2
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+                or not lo <= v[0] <= v[1] <= hi):
+            raise self.err(key, v, f"must be [lo, hi] with {lo_name} ({lo}) <= lo <= hi <= {hi}")
+        return [float(x) for x in v]
+
     def sub(self, key) -> Checked:
         self.seen.add(key)
         if key not in self.data:
@@ -288,12 +298,7 @@ def heat_section(c: Checked, device) -> tuple[bool, HeatParams]:
     h = c.sub("heat")
     enabled = h.get("enabled", kind=bool)
     ambient = h.get("ambient_c", -40, 60)
-    h.seen.add("start_c")
-    start = h.data.get("start_c")
-    if (not isinstance(start, list) or len(start) != 2
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in start)
-            or not ambient <= start[0] <= start[1] <= 150):
-        raise h.err("start_c", start, f"must be [lo, hi] with ambient_c ({ambient}) <= lo <= hi <= 150 (°C)")
+    start = h.pair("start_c", ambient, 150.0, "ambient_c, °C")
     h.done()
     if not enabled:
         return False, HeatParams(**{k: f32(v) for k, v in NO_HEAT.items()})
@@ -308,14 +313,14 @@ def heat_section(c: Checked, device) -> tuple[bool, HeatParams]:
                             limit_c=f32(th.limit_c), min_speed=f32(th.min_speed))
 
 
-MASK_POINTS = 8   # contexts at which a conversation's memory masks are computed (the reserve .. the window)
+MASK_POINTS = 8   # contexts at which a conversation's memory masks are computed (1/8 .. the whole window)
 
 
 def session_section(c: Checked, model, costs: CostArrays, masks_at) -> tuple[bool, SessionParams]:
     """The optional `sessions` section: requests are turns of conversations, `turns_mean` of them on average
     (geometric), whose KV cache stays where each layer ran (splitrl/env/sessions.py `migration`). Absent or
     `enabled: false`: every request is a new conversation. `masks_at(tokens)` gives the edge's memory
-    masks with that much KV cache: with sessions they are tabulated from the scenario's reserve up to the
+    masks with that much KV cache: with sessions they are tabulated at MASK_POINTS contexts up to the
     model's window, so the masks follow a conversation's growing cache (`sessions.params_at`)."""
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
     kv_bytes = 2.0 * model.n_kv_heads * model.head_dim * 2.0   # K and V, fp16, per token of one layer
@@ -352,12 +357,9 @@ def battery_section(c: Checked, device) -> tuple[bool, BatteryParams]:
     b = c.sub("battery")
     enabled = b.get("enabled", kind=bool)
     floor = b.get("floor", 0, 1)
-    b.seen.add("start_soc")
-    start = b.data.get("start_soc")
-    if (not isinstance(start, list) or len(start) != 2
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in start)
-            or not floor < start[0] <= start[1] <= 1):
-        raise b.err("start_soc", start, f"must be [lo, hi] with floor ({floor}) < lo <= hi <= 1")
+    start = b.pair("start_soc", floor, 1.0, "floor")
+    if start[0] == floor:
+        raise b.err("start_soc", start, f"must start above the floor ({floor}): at the floor the edge never runs")
     b.done()
     if not enabled:
         return False, off

@@ -40,8 +40,8 @@ BATTERY_COLUMNS = ("soc_end", "soc_min", "fail_rate")   # added where the edge r
 
 
 def markdown_table(rows: list[dict], columns=TABLE_COLUMNS) -> str:
-    """One Markdown table per scenario: mean ± 95 % half-width over seeds (with the edge's heat where it
-    throttled)."""
+    """One Markdown table per scenario: mean ± 95 % half-width over seeds (with the edge's heat, the KV moved
+    and the battery where a scenario has them)."""
     out, base = [], columns
     for scen in dict.fromkeys(r["scenario"] for r in rows):
         rs = [r for r in rows if r["scenario"] == scen]
