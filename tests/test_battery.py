@@ -81,3 +81,11 @@ def test_a_bad_battery_section_names_the_field():
         make(data | {"edge": "jetson-orin-nx-16gb"})
     with pytest.raises(ScenarioError, match=r"battery\.floor"):
         make(data | {"battery": {"enabled": True, "start_soc": [0.5, 0.8], "floor": 1.5}})
+
+
+def test_the_runtime_refuses_a_policy_trained_on_a_battery(tmp_path):
+    from splitrl.runtime.policy import OnnxPolicy, PolicyMismatch
+    from tests.test_harness_export import export_random
+    _, report, *_ = export_random(tmp_path, BATTERY)
+    with pytest.raises(PolicyMismatch, match="battery"):
+        OnnxPolicy(report["onnx"], model_name="gpt2-xl")

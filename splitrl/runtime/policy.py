@@ -56,6 +56,10 @@ class OnnxPolicy:
             raise PolicyMismatch(f"{self.path}: the policy was trained on conversations (a scenario with sessions); "
                                  f"splitrl-edge does not keep KV caches across turns yet: export a policy trained "
                                  f"without sessions")
+        if "soc" in F.sources(self.meta.features):
+            raise PolicyMismatch(f"{self.path}: the policy was trained on a battery (a scenario with a battery "
+                                 f"section); splitrl-edge does not track a battery queue yet: export a policy trained "
+                                 f"without one")
         self.model = self.meta.model
         self.boundary_mask, self.unit_mask = self.meta.boundary_mask, self.meta.unit_mask
         self.sm = None
