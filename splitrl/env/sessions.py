@@ -11,23 +11,26 @@ from splitrl.env.tables import ModelRow
 from splitrl.env.types import Conditions, EnvParams, EnvState
 
 
-def split_point(b, edge_units, L: int):
-    """Where a placement splits the layers: b plus the boundary layer's share of units on the edge (L for
-    edge-only). A conversation's cache lives on the edge below it."""
-    return jnp.minimum(b, L).astype(jnp.float32) + jnp.where(b < L, jnp.mean(edge_units), 0.0)
+def split_point(b, edge_units, unit_is_attn, L: int):
+    """Where a placement leaves a conversation's cache: b plus the boundary layer's share of attention units
+    on the edge (L for edge-only); FFN chunks keep no cache. The cache lives on the edge below it
+    (splitrl/runtime/conversation.py `split_point` is the runtime's same rule)."""
+    attn = jnp.asarray(unit_is_attn, jnp.float32)
+    share = jnp.sum(edge_units * attn) / jnp.maximum(attn.sum(), 1.0)
+    return jnp.minimum(b, L).astype(jnp.float32) + jnp.where(b < L, share, 0.0)
 
 
 def migration(params: EnvParams, b, fmt, edge_units, model: ModelRow, cond: Conditions) -> dict:
     """Moving a conversation's KV cache to this turn's placement (docs/environment.md, "Sessions"). The
     cache of layer l lives where layer l ran last turn (on the edge for l < cond.kv_split, the boundary
-    layer by its share of units); layers whose side changes move, by the cheaper of: their KV bytes
+    layer by its share of attention units); layers whose side changes move, by the cheaper of: their KV bytes
     (ctx x kv_bytes per layer) over the link, or the hidden state at the boundary (ctx x the format's
     bytes) over the link and the destination recomputing those layers' KV over the context (the model's
     mean layer per token, prefill). Expected wire times (no retransmission draw). Nothing moves in a new
     conversation (ctx = 0) or while the link is down (the request runs alone: `_finish`)."""
     c, ch, s = params.costs, params.channel, params.session
     L = c.layer_rows.shape[0] - 1
-    split = split_point(b, edge_units, L)
+    split = split_point(b, edge_units, c.unit_is_attn, L)
     moved = jnp.abs(split - cond.kv_split)
     to_cloud = split < cond.kv_split
     live = (cond.ctx > 0) & (moved > 0) & (cond.connected > 0.5)
@@ -53,7 +56,8 @@ def next_session(params: EnvParams, state: EnvState, b, edge_units, request, u, 
     s, L = params.session, params.costs.layer_rows.shape[0] - 1
     ctx = state.ctx_len + state.prompt_len + state.output_len
     go_on = (u < s.continue_p) & (ctx + request[0] + request[1] <= s.max_ctx)
-    return jnp.where(go_on, ctx, 0.0), jnp.where(go_on, split_point(b, edge_units, L), 0.0)
+    split = split_point(b, edge_units, params.costs.unit_is_attn, L)
+    return jnp.where(go_on, ctx, 0.0), jnp.where(go_on, split, 0.0)
 
 
 def params_at(params: EnvParams, state: EnvState) -> EnvParams:

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from splitrl.lm.units import decoder_layers
 from splitrl.profiles.formats import TX_FORMATS
+from splitrl.runtime.kv import KV, Hidden  # noqa: F401 - KV is part of this module's interface
 
 UP_NAMES = ("h", "pa", "pf")
 
@@ -107,23 +108,6 @@ class Plan:
 
 
 # ----------------------------------------------------------------------------- weights and maths
-class KV:
-    """A growing K/V cache [1, heads, T, head_dim] of one side's attention in one layer."""
-
-    def __init__(self):
-        self.k: torch.Tensor | None = None
-        self.v: torch.Tensor | None = None
-
-    @property
-    def length(self) -> int:
-        return 0 if self.k is None else self.k.shape[2]
-
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
-        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
-        return self.k, self.v
-
-
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
@@ -215,7 +199,7 @@ class SplitModel:
         cos, sin = rope
         q, k = _rope(q, cos, sin), _rope(k, cos, sin)
         past = cache.length
-        k, v = cache.append(k, v)
+        k, v = cache.append(k, v, units)
         if s == 1:
             mask, causal = None, False
         elif past == 0:
@@ -260,11 +244,17 @@ def _no_check() -> None:
 class EdgeSession:
     """The edge's share of one request: embedding, layers < b, its units of layer b, their KV caches."""
 
-    def __init__(self, sm: SplitModel, plan: Plan):
+    def __init__(self, sm: SplitModel, plan: Plan, record: bool = False):
         self.sm, self.plan = sm, plan
         self.caches = [KV() for _ in range(sm.n_layers)]
         self.pos = 0
+        # a conversation keeps each layer's input for the positions this side saw (a later recompute's source)
+        self.hidden = [Hidden() for _ in range(sm.n_layers)] if record else None
         self._h1_pending: torch.Tensor | None = None
+
+    def _record(self, layer: int, h: torch.Tensor, start: int) -> None:
+        if self.hidden is not None and layer < self.sm.n_layers:
+            self.hidden[layer].record(start, h)
 
     @torch.inference_mode()
     def up(self, ids: Sequence[int]) -> dict[str, torch.Tensor]:
@@ -277,9 +267,11 @@ class EdgeSession:
         h = sm.embed(torch.as_tensor(list(ids), dtype=torch.long))
         rope = sm.rope(h, self.pos)
         self._rope = rope
-        self.pos += h.shape[1]
+        start, self.pos = self.pos, self.pos + h.shape[1]
         for layer in range(min(p.boundary, sm.n_layers)):
+            self._record(layer, h, start)
             h = sm.full_layer(h, layer, self.caches[layer], rope)
+        self._record(p.boundary, h, start)          # the boundary's input: this side made it
         if p.mode == "edge_only":
             return {"token": torch.tensor([sm.next_token(h)])}
         b = p.boundary
@@ -311,11 +303,14 @@ class EdgeSession:
 class CloudSession:
     """The cloud's share of one request: its units of layer b, layers > b, the head, their KV caches."""
 
-    def __init__(self, sm: SplitModel, plan: Plan):
+    def __init__(self, sm: SplitModel, plan: Plan, record: bool = False):
         self.sm, self.plan = sm, plan
         self.caches = [KV() for _ in range(sm.n_layers)]
         self.pos = 0
+        self.hidden = [Hidden() for _ in range(sm.n_layers)] if record else None
         self._state: tuple | None = None
+
+    _record = EdgeSession._record
 
     @torch.inference_mode()
     def step(self, up: dict[str, torch.Tensor], send_down: Send | None = None,
@@ -330,17 +325,19 @@ class CloudSession:
         if p.mode == "cloud_only":
             h = sm.embed(up["ids"])
             rope = sm.rope(h, self.pos)
-            self.pos += h.shape[1]
+            start, self.pos = self.pos, self.pos + h.shape[1]
             for layer in range(sm.n_layers):
                 check()
+                self._record(layer, h, start)
                 h = sm.full_layer(h, layer, self.caches[layer], rope)
             return sm.next_token(h)
         h = up["h"]
         rope = sm.rope(h, self.pos)
-        self.pos += h.shape[1]
+        start, self.pos = self.pos, self.pos + h.shape[1]
         b = p.boundary
         lyr = sm.layers[b]
         if p.cloud_attn:
+            self._record(b, h, start)              # "h" is layer b's input when the cloud runs attention there
             h1 = h + sm.attention(lyr.input_layernorm(h), b, p.cloud_attn, self.caches[b], rope)
             if "pa" in up:
                 h1 = h1 + up["pa"]
@@ -358,6 +355,7 @@ class CloudSession:
             h2 = h
         for layer in range(b + 1, sm.n_layers):
             check()
+            self._record(layer, h2, start)
             h2 = sm.full_layer(h2, layer, self.caches[layer], rope)
         return sm.next_token(h2)
 
