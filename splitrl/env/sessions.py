@@ -44,7 +44,8 @@ def migration(params: EnvParams, b, fmt, edge_units, model: ModelRow, cond: Cond
             "up": jnp.where(to_cloud, nbytes, 0.0), "down": jnp.where(to_cloud, 0.0, nbytes),
             "edge_s": jnp.where(recompute & ~to_cloud, layer_s, 0.0),
             "edge_j": jnp.where(recompute & ~to_cloud, cond.ctx * moved * model.edge_all_j[0] / L, 0.0),
-            "cloud_s": jnp.where(recompute & to_cloud, layer_s, 0.0)}
+            "cloud_s": jnp.where(recompute & to_cloud, layer_s, 0.0),
+            "kv_s": jnp.where(live, t_kv, 0.0), "recompute_s": jnp.where(live, t_re, 0.0)}   # each way's price
 
 
 def next_session(params: EnvParams, state: EnvState, b, edge_units, request, u, has_sessions: bool):

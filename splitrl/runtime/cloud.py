@@ -59,6 +59,8 @@ class CloudServer:
         self._pending: dict[int, Connection] = {}     # in the handshake, oldest first
         self._conns: dict[int, Connection] = {}       # authenticated
         self._sessions: dict[int, int] = {}           # connection id -> its open request id
+        # conversation id -> (its CloudSession, expiry): chats kept between turns, least recently used first
+        self._conversations: collections.OrderedDict[int, tuple] = collections.OrderedDict()
         self._ids = itertools.count(1)
         self._listener = listener or socket.create_server((host, port))
         self._listener.settimeout(0.2)
@@ -162,6 +164,34 @@ class CloudServer:
         with self._changed:
             self._sessions.pop(conn.cid, None)
             self._changed.notify_all()
+
+    def take_conversation(self, conv: int, ctx: int, plan):
+        """The kept session of conversation `conv`, out of the table while a turn uses it, or None when
+        the cloud does not hold it at `ctx` positions under `plan`'s placement (expired, evicted, lost
+        with a connection, never made): the edge then rebuilds the chat from its tokens."""
+        from splitrl.runtime.conversation import edge_attn_units
+        with self.lock:
+            kept = self._conversations.pop(conv, None)
+        if kept is None or kept[1] < time.monotonic():
+            return None
+        session = kept[0]
+        for layer, cache in enumerate(session.caches):
+            mine = tuple(u for u in range(self.sm.attn_units) if u not in edge_attn_units(plan, layer))
+            if cache.units != mine or (mine and cache.length != ctx):
+                return None
+        return session
+
+    def keep_conversation(self, conv: int, session) -> None:
+        with self.lock:
+            self._conversations[conv] = (session, time.monotonic() + self.limits.session_ttl_s)
+            self._conversations.move_to_end(conv)
+            while len(self._conversations) > self.limits.max_conversations:
+                self._conversations.popitem(last=False)
+                self.stats["conversations/evicted"] += 1
+
+    def forget_conversation(self, conv: int) -> None:
+        with self.lock:
+            self._conversations.pop(conv, None)
 
     def answered(self, rid: int) -> None:
         with self.lock:

@@ -14,6 +14,7 @@ from splitrl.runtime.limits import Limits
 
 # flag -> Limits field
 LIMIT_FLAGS = {"max_conns": "max_conns", "max_unauth": "max_unauth", "max_sessions": "max_sessions",
+               "max_conversations": "max_conversations",
                "handshake_timeout": "handshake_s", "read_timeout": "read_s", "step_timeout": "step_s",
                "session_ttl": "session_ttl_s", "drain_timeout": "drain_s", "max_new": "max_new", "max_rows": "max_rows"}
 
@@ -38,6 +39,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--max-conns", type=int, default=d.max_conns, help="authenticated connections")
     g.add_argument("--max-unauth", type=int, default=d.max_unauth, help="connections in the handshake")
     g.add_argument("--max-sessions", type=int, default=d.max_sessions, help="requests in flight")
+    g.add_argument("--max-conversations", type=int, default=d.max_conversations,
+                   help="chats whose KV caches are kept between turns (least recently used dropped first)")
     g.add_argument("--max-new", type=int, default=d.max_new, help="tokens one request may ask for")
     g.add_argument("--max-rows", type=int, default=d.max_rows, help="tokens in one step (a prefill)")
     g.add_argument("--handshake-timeout", type=float, default=d.handshake_s)

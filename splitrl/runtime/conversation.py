@@ -144,6 +144,7 @@ def hidden_rows(side: Side, layer: int, ctx: int) -> list[tuple[int, torch.Tenso
     return runs
 
 
+@torch.inference_mode()
 def recompute(side: Side, ms: Sequence[Move], ctx: int, received: Sequence[tuple[int, torch.Tensor]]) -> None:
     """Rebuild the moving units' caches on the destination: the lowest moved layer's input over the
     context (its own record, then the runs the sender sent), then the moved layers as one prefill (whole
@@ -160,17 +161,16 @@ def recompute(side: Side, ms: Sequence[Move], ctx: int, received: Sequence[tuple
     for m in ms:
         by_layer[m.layer] = tuple(sorted(by_layer.get(m.layer, ()) + m.units))
     top = max(by_layer)
-    with torch.inference_mode():
-        for layer in range(ms[0].layer, top + 1):
-            side.hidden[layer].record(0, h)
-            tmp = KV()
-            if layer < top:
-                h = sm.full_layer(h, layer, tmp, rope)
-            else:
-                sm.attention(sm.layers[layer].input_layernorm(h), layer, by_layer[layer], tmp, rope)
-            units = by_layer.get(layer, ())
-            if units:
-                side.caches[layer].put(units, *tmp.take(units))
+    for layer in range(ms[0].layer, top + 1):
+        side.hidden[layer].record(0, h)
+        tmp = KV()
+        if layer < top:
+            h = sm.full_layer(h, layer, tmp, rope)
+        else:
+            sm.attention(sm.layers[layer].input_layernorm(h), layer, by_layer[layer], tmp, rope)
+        units = by_layer.get(layer, ())
+        if units:
+            side.caches[layer].put(units, *tmp.take(units))
 
 
 def migrate(edge: EdgeSession, cloud: CloudSession, old: Plan, new: Plan, ctx: int, choice: Choice,

@@ -206,9 +206,15 @@ class RemoteLink:
         self.send(P.Frame(P.Kind.CLOSE, rid))
         self.expect(rid, 0, P.Kind.OK)
 
+    def turn(self, rid: int, conv: int, ctx: int, plan: Plan, max_new: int) -> None:
+        """OPEN for a turn of conversation `conv` whose caches hold `ctx` positions (0: a fresh chat)."""
+        self.connect()
+        self.send(P.array_frame(P.Kind.TURN, [conv, ctx, *plan.to_ints(), max_new], rid, 0, P.DType.I64))
+        self.expect(rid, 0, P.Kind.OK)
+
     def cloud_only(self, rid: int, plan: Plan, ids: list[int], seq0: int, n: int, eos: int | None,
-                   on_token: Callable[[int], None]) -> None:
-        self.open(rid, plan, n)
+                   on_token: Callable[[int], None], opener: Callable | None = None) -> None:
+        (opener or self.open)(rid, plan, n)
         self.send(P.array_frame(P.Kind.IDS, ids, rid, seq0))
         for s in range(n):
             tok, _ = self.read_token(self.expect(rid, seq0 + s, P.Kind.TOKEN))
@@ -243,7 +249,9 @@ class EdgeClient:
     def run(self, requests: Sequence[Request], plan: Plan | None = None) -> list[Result]:
         return [self.generate(r, plan) for r in requests]
 
-    def generate(self, req: Request, plan: Plan | None = None) -> Result:
+    def generate(self, req: Request, plan: Plan | None = None, chat=None) -> Result:
+        """Answer one request (with retries, other endpoints, then the edge's fallback). `chat`
+        (splitrl.runtime.chat.EdgeChat) makes it a fresh turn of a conversation whose caches both sides keep."""
         if req.rid in self.results:
             raise ValueError(f"request {req.rid} was already answered: request ids must be unique")
         plan = plan or self.policy(req, self.est)
@@ -254,9 +262,9 @@ class EdgeClient:
         wire_req = dataclasses.replace(req, rid=self._wire_ids.getrandbits(64))   # unique on the cloud
         try:
             if plan.mode == "cloud_only":
-                self._cloud_only(wire_req, plan, res)
+                self._cloud_only(wire_req, plan, res, chat)
             else:
-                self._split(wire_req, plan, res)
+                self._split(wire_req, plan, res, chat)
         except Unreachable as e:
             res.status, res.error = "failed", str(e)
         res.total_s = time.perf_counter() - t0
@@ -311,9 +319,9 @@ class EdgeClient:
                           f"({dict(self.errors)})")
 
     # ---- split requests ----
-    def _split(self, req: Request, plan: Plan, res: Result) -> None:
+    def _split(self, req: Request, plan: Plan, res: Result, chat=None) -> None:
         sm, d = self.sm, self.sm.d_model
-        edge = EdgeSession(sm, plan)
+        edge = EdgeSession(sm, plan, record=chat is not None)
         history: list[dict[str, bytes]] = []      # the partition checkpoint: every step's uplink bytes
         state = {"endpoint": 0, "failures": 0, "fresh": True, "local": None}
         ids = list(req.prompt)
@@ -327,7 +335,10 @@ class EdgeClient:
 
                 def attempt(link, seq=seq, pending=pending, n_tok=n_tok):
                     if state["fresh"]:
-                        link.open(req.rid, plan, req.max_new)
+                        if chat is None:
+                            link.open(req.rid, plan, req.max_new)
+                        else:
+                            link.turn(req.rid, chat.wire_id, 0, plan, req.max_new)
                         link.replay(req.rid, plan, history, d)
                         state["fresh"] = False
                     return link.step(req.rid, seq, plan, pending, n_tok, d, edge)
@@ -341,12 +352,16 @@ class EdgeClient:
             if self.eos is not None and tok == self.eos:
                 break
             ids = [tok]
+        kept = False
         if state["local"] is None and not state["fresh"] and plan.mode == "split":
             try:
                 self.links[state["endpoint"]].close_request(req.rid)
+                kept = True
             except (P.FrameError, OSError) as e:   # the answer is complete; the cloud forgets it later
                 self.links[state["endpoint"]].close()
                 self.errors[f"close/{getattr(e, 'reason', type(e).__name__)}"] += 1
+        if chat is not None:
+            chat.started(edge, state["endpoint"] if kept or plan.mode == "edge_only" else None)
 
     def _local_step(self, state, plan: Plan, history, pending, n_tok: int, edge: EdgeSession):
         """The cloud's share run on the edge, rebuilt from the checkpoint on first use; the crossings
@@ -371,13 +386,17 @@ class EdgeClient:
         return tok, extra
 
     # ---- cloud-only requests ----
-    def _cloud_only(self, req: Request, plan: Plan, res: Result) -> None:
+    def _cloud_only(self, req: Request, plan: Plan, res: Result, chat=None) -> None:
         state = {"endpoint": 0, "failures": 0, "fresh": True, "local": None}
+        opener = None if chat is None else (lambda rid, plan, n: link_now.turn(rid, chat.wire_id, 0, plan, n))
 
         def attempt(link):
+            nonlocal link_now
+            link_now = link
             link.cloud_only(req.rid, plan, list(req.prompt) + res.tokens, len(res.tokens),
-                            req.max_new - len(res.tokens), self.eos, res.add)
+                            req.max_new - len(res.tokens), self.eos, res.add, opener)
             link.close_request(req.rid)
+            return True
 
         def local():
             cloud = CloudSession(self.sm, plan)
@@ -386,7 +405,13 @@ class EdgeClient:
                                                          and res.tokens[-1] == self.eos):
                 res.add(cloud.step({"ids": torch.as_tensor(ids)}))
                 ids = [res.tokens[-1]]
-        self._with_retries(res, state, attempt, local)
+            return False
+        link_now = None
+        kept = self._with_retries(res, state, attempt, local)
+        if chat is not None:
+            edge = EdgeSession(self.sm, plan, record=True)
+            edge.pos = len(req.prompt) + len(res.tokens) - 1     # the cloud fed every token but the last
+            chat.started(edge, state["endpoint"] if kept else None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ class Limits:
     max_conns: int = 32             # authenticated connections; one more is told "busy" and closed
     max_unauth: int = 16            # connections still in the handshake; a new one evicts the oldest
     max_sessions: int = 8           # requests holding KV caches at once (each can be large)
+    max_conversations: int = 64     # chats whose caches are kept between turns (the least recent goes first)
     handshake_s: float = 5.0        # the whole handshake, from accept to OK
     read_s: float = 30.0            # the next frame of a request (or of an idle connection)
     step_s: float = 30.0            # one step: the wait for the model plus its compute

@@ -142,6 +142,17 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--threads", type=int, default=1)
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--out", default="outputs/measure")
+    g = sub.add_parser("migrate", help="a conversation's cache moving between turns: measured vs the simulator")
+    g.add_argument("--model", default=None, help="HF dir or .gguf (default: the embedded SmolLM2)")
+    g.add_argument("--scenario", default="default")
+    g.add_argument("--move", action="append", default=None, help="OLD->NEW plans, each b,fmt,units (repeat)")
+    g.add_argument("--ctx", type=int, nargs="+", default=[256, 1024], help="positions cached before the move")
+    g.add_argument("--mbps", type=float, default=10.0)
+    g.add_argument("--rtt-ms", type=float, default=40.0)
+    g.add_argument("--repeats", type=int, default=1)
+    g.add_argument("--threads", type=int, default=1)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", default="outputs/migrate")
     c = sub.add_parser("calibrate", help="fit the simulator's link/compute terms to grid rows; held-out report")
     c.add_argument("--rows", required=True, help="grid.jsonl from measure --grid")
     c.add_argument("--scenario", default="default")
@@ -152,6 +163,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
     command = "splitrl-harness " + " ".join(argv if argv is not None else sys.argv[1:])
+    if a.cmd == "migrate":
+        from splitrl.runtime.migration_measure import run
+        return run(a, command)
     if a.cmd == "calibrate":
         from splitrl.runtime.grid import read_rows
         from splitrl.runtime.gridreport import calibrate_and_report

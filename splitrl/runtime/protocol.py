@@ -60,6 +60,13 @@ class Kind(enum.IntEnum):
     DOWN_H1 = 16   # cloud -> edge: hidden state after layer b's attention (activation dtypes)
     TOKEN = 17     # cloud -> edge: f64 [token, cloud compute seconds, cloud load, seconds waited for the model]
     CLOSE = 18     # edge -> cloud: the request is answered; the cloud forgets it and refuses it from now on
+    # conversations (splitrl/runtime/conversation.py): the cloud keeps a chat's caches between turns
+    TURN = 19      # edge -> cloud: i64 [conversation, positions held, boundary, fmt, units..., max_new]; OPEN for a turn
+    MIGRATE = 20   # edge -> cloud: i64 [conversation, positions, how (0 K/V, 1 recompute), old plan, new plan]
+    KV_MOVE = 21   # either way: fp16 [2, heads, positions, head_dim], K then V of one moving layer's units
+    HID_MOVE = 22  # either way: a moved layer's input over positions seq.. (the new plan's format)
+    MOVED = 23     # either way: the hidden-state runs of a recompute are complete (seq = runs sent)
+    FORGET = 24    # edge -> cloud: the conversation is over; the cloud drops its caches
 
 
 UP_KINDS = {"h": Kind.UP_H, "pa": Kind.UP_PA, "pf": Kind.UP_PF}

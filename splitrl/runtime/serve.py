@@ -7,6 +7,18 @@
     CLOSE(rid)                                        -> OK     (the id is remembered as answered)
     PING                                              -> PONG [ready, free request slots, estimated wait µs]
 
+Conversations (splitrl/runtime/conversation.py): the caches of a chat are kept between its turns.
+
+    MIGRATE(conv, [positions, how, old plan, new plan]) -> the caches that change side cross (KV_MOVE per
+                                                           moving layer, or HID_MOVE runs + MOVED) -> OK
+    TURN(rid, [conv, positions, plan ints, max_new])  -> OK     (OPEN of one turn: positions = 0 starts the
+                                                               chat afresh; else the kept caches resume)
+    ... the turn's steps as a request's ...; CLOSE keeps the chat's caches instead of freeing them
+    FORGET(conv)                                      -> OK
+
+A chat the cloud does not hold as the edge expects (expired, evicted, lost with a connection) is
+answered ERROR "lost"; the edge then rebuilds it from its tokens (nothing is answered twice or lost).
+
 A request's session (its KV caches) belongs to the connection: it is freed on CLOSE, on the next
 OPEN, when the request outlives the session TTL, and when the connection ends for any reason. Every
 stage has a deadline: the handshake, each frame read, and each step (the wait for the model plus the
@@ -22,6 +34,8 @@ import logging
 import select
 import socket
 import time
+
+import torch
 
 from splitrl.runtime import auth
 from splitrl.runtime import protocol as P
@@ -66,6 +80,7 @@ class Connection:
         self.sm, self.limits = server.sm, server.limits
         self.max_pos = V.max_positions(server.sm, server.limits)
         self.session: CloudSession | None = None
+        self.conv: int | None = None       # the conversation this request is a turn of
         self.rid = self.max_new = 0
         self.generated = False
         self.expires = 0.0
@@ -118,7 +133,7 @@ class Connection:
 
     def _free(self) -> None:
         if self.session is not None:
-            self.session = None
+            self.session = self.conv = None        # a turn cut short loses its chat: the edge rebuilds it
             self.server.free_session(self)
 
     # ---- requests ----
@@ -134,8 +149,17 @@ class Connection:
         elif f.kind == P.Kind.CLOSE:
             self._request(f)
             self.server.answered(f.request_id)
+            if self.conv is not None:
+                self.server.keep_conversation(self.conv, self.session)
             self._write(P.Frame(P.Kind.OK, f.request_id, f.seq))
             self._free()              # after the OK: a drain waits for it
+        elif f.kind == P.Kind.TURN:
+            self._open(f)
+        elif f.kind == P.Kind.MIGRATE:
+            self._migrate(f)
+        elif f.kind == P.Kind.FORGET:
+            self.server.forget_conversation(f.request_id)
+            self._write(P.Frame(P.Kind.OK, f.request_id))
         elif f.kind == P.Kind.IDS:
             self._generate(f)
         elif f.kind in P.UP_NAMES:
@@ -152,10 +176,23 @@ class Connection:
             raise P.FrameError("ttl", f"request {self.rid} outlived the session TTL of {self.limits.session_ttl_s} s")
 
     def _open(self, f: P.Frame) -> None:
-        plan, max_new = V.open_request(f, self.sm, self.limits)
+        """OPEN a request, or TURN: open a turn of a conversation (its kept caches at `ctx` positions)."""
+        conv = ctx = None
+        if f.kind == P.Kind.TURN:
+            conv, ctx, plan, max_new = V.turn_request(f, self.sm, self.limits)
+        else:
+            plan, max_new = V.open_request(f, self.sm, self.limits)
         self._free()
+        session = CloudSession(self.sm, plan, record=True) if ctx == 0 else None
+        if ctx:
+            session = self.server.take_conversation(conv, ctx, plan)
+            if session is None:
+                raise P.FrameError("lost", f"conversation {conv} is not held here at {ctx} positions as this plan "
+                                           "places it (expired, evicted or lost): rebuild it from its tokens")
+            session.plan, session.pos = plan, ctx
         self.server.claim_session(self, f.request_id)      # refuses answered ids, a full or draining server
-        self.session, self.rid, self.max_new, self.generated = CloudSession(self.sm, plan), f.request_id, max_new, False
+        self.session = session or CloudSession(self.sm, plan)
+        self.rid, self.max_new, self.generated, self.conv = f.request_id, max_new, False, conv
         self.expires = time.monotonic() + self.limits.session_ttl_s
         self.server.count("opened")
         self._write(P.Frame(P.Kind.OK, self.rid))
@@ -166,7 +203,7 @@ class Connection:
         if self.session.plan.mode != "cloud_only" or self.generated:
             raise P.FrameError("unexpected", f"IDS for request {self.rid}, which is not a fresh cloud-only request")
         self.generated = True
-        ids = V.token_ids(f, self.sm, self.limits, room=self.max_pos - self.max_new)
+        ids = V.token_ids(f, self.sm, self.limits, room=self.max_pos - self.session.pos - self.max_new)
         session = self.session
         for s in range(self.max_new):
             self._request(f)
@@ -280,3 +317,46 @@ class Connection:
         self.server.count("tokens")
         load = self.server.load()
         self._write(P.array_frame(P.Kind.TOKEN, [tok, seconds, load, wait], self.rid, seq, P.DType.F64))
+
+    # ---- conversations: moving a chat's caches between turns ----
+    def _migrate(self, f: P.Frame) -> None:
+        """Move the caches of conversation f.request_id from the old plan's placement to the new one's,
+        as the edge chose (K/V, or hidden states and a recompute on the side that receives them)."""
+        from splitrl.runtime import conversation as C
+        conv = f.request_id
+        ctx, how, old, new = V.migrate_request(f, self.sm, self.limits)
+        if self.session is not None:
+            raise P.FrameError("unexpected", f"MIGRATE inside request {self.rid}: close it first")
+        session = self.server.take_conversation(conv, ctx, old)
+        if session is None:
+            if old.mode != "edge_only":
+                raise P.FrameError("lost", f"conversation {conv} is not held here at {ctx} positions as its last plan "
+                                           "placed it: rebuild it from its tokens")
+            session = CloudSession(self.sm, old, record=True)      # every cache was on the edge so far
+        ms = C.moves(old, new)
+        if how == "kv":
+            for m in ms:
+                if m.to_edge:
+                    k, v = session.caches[m.layer].take(m.units)
+                    self._write(P.activation_frame(P.Kind.KV_MOVE, torch.stack([k[0], v[0]]), C.KV_FORMAT, conv, m.layer))
+                else:
+                    kv = V.kv_move(self._read(), self.sm, conv, m, ctx)
+                    session.caches[m.layer].put(m.units, kv[0:1], kv[1:2])
+        elif ms[0].to_edge:
+            runs = C.hidden_rows(session, ms[0].layer, ctx)
+            for start, x in runs:
+                self._write(P.activation_frame(P.Kind.HID_MOVE, x, new.fmt, conv, start))
+            self._write(P.Frame(P.Kind.MOVED, conv, len(runs)))
+            for m in ms:
+                session.caches[m.layer].take(m.units)
+        else:
+            runs = []
+            while (g := self._read()).kind == P.Kind.HID_MOVE:
+                runs.append(V.hidden_run(g, self.sm, conv, new.fmt, ctx))
+            if g.kind != P.Kind.MOVED or g.request_id != conv or g.seq != len(runs):
+                raise P.FrameError("unexpected", f"{g.kind.name} where MOVED of conversation {conv} belongs")
+            self._compute(lambda check: C.recompute(session, ms, ctx, runs))
+        session.plan = new
+        self.server.keep_conversation(conv, session)
+        self.server.count("migrations")
+        self._write(P.Frame(P.Kind.OK, conv))

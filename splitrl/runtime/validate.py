@@ -85,3 +85,81 @@ def activation(f: P.Frame, sm: SplitModel, fmt: str, rows: int | None, room: int
     if not bool(torch.isfinite(x).all()):
         raise P.FrameError("nonfinite", f"{int((~torch.isfinite(x)).sum())} NaN/Inf values in a {P.UP_NAMES.get(f.kind, f.kind.name)} crossing")
     return x
+
+
+# ----------------------------------------------------------------------------- conversations
+def _i64(f: P.Frame, what: str) -> list[int]:
+    if f.dtype != P.DType.I64 or len(f.shape) != 1:
+        raise P.FrameError("dtype", f"{what} is i64[n]; got {f.dtype.name} of shape {f.shape}")
+    return f.array().tolist()
+
+
+def _plan(values: list[int], sm: SplitModel) -> Plan:
+    try:
+        return Plan.from_ints(values, sm.n_layers, sm.attn_units, sm.n_units)
+    except ValueError as e:
+        raise P.FrameError("plan", str(e)) from e
+
+
+def _positions(ctx: int, sm: SplitModel, limits: Limits) -> int:
+    if not 0 <= ctx <= max_positions(sm, limits):
+        raise P.FrameError("limit", f"{ctx} positions held: must be in 0..{max_positions(sm, limits)} (the context)")
+    return ctx
+
+
+def turn_request(f: P.Frame, sm: SplitModel, limits: Limits) -> tuple[int, int, Plan, int]:
+    """(conversation, positions held, plan, max_new) from a TURN frame."""
+    values = _i64(f, "TURN")
+    if len(values) != 5 + sm.n_units:
+        raise P.FrameError("plan", f"TURN carries {5 + sm.n_units} integers (conversation, positions, boundary, "
+                                   f"format, {sm.n_units} units, max_new); got {len(values)}")
+    conv, ctx = values[0], _positions(values[1], sm, limits)
+    plan, max_new = _plan(values[2:-1], sm), values[-1]
+    if plan.mode == "edge_only":
+        raise P.FrameError("plan", f"boundary {plan.boundary} = L is edge-only: nothing runs on the cloud")
+    if not 1 <= max_new <= limits.max_new:
+        raise P.FrameError("limit", f"max_new = {max_new}: must be in 1..{limits.max_new} (the cloud's --max-new)")
+    if ctx + max_new > max_positions(sm, limits):
+        raise P.FrameError("limit", f"{ctx} positions held + {max_new} new exceed the model's context")
+    return conv, ctx, plan, max_new
+
+
+def migrate_request(f: P.Frame, sm: SplitModel, limits: Limits) -> tuple[int, str, Plan, Plan]:
+    """(positions, "kv" | "recompute", old plan, new plan) from a MIGRATE frame."""
+    values = _i64(f, "MIGRATE")
+    n = 2 + sm.n_units
+    if len(values) != 2 + 2 * n:
+        raise P.FrameError("plan", f"MIGRATE carries {2 + 2 * n} integers (positions, how, two plans); got {len(values)}")
+    ctx = _positions(values[0], sm, limits)
+    if values[1] not in (0, 1):
+        raise P.FrameError("plan", f"MIGRATE how = {values[1]}: 0 (K/V) or 1 (recompute)")
+    old, new = _plan(values[2:2 + n], sm), _plan(values[2 + n:], sm)
+    from splitrl.runtime.conversation import moves
+    ms = moves(old, new)
+    if not ms or ctx == 0:
+        raise P.FrameError("plan", "MIGRATE with nothing to move (the same placement, or no positions)")
+    if values[1] == 1 and len({m.to_edge for m in ms}) > 1:
+        raise P.FrameError("plan", "a recompute moves caches one way; these plans move some each way (use K/V)")
+    return ctx, ("kv", "recompute")[values[1]], old, new
+
+
+def kv_move(f: P.Frame, sm: SplitModel, conv: int, move, ctx: int) -> torch.Tensor:
+    """The [2, heads, ctx, head_dim] K/V of a KV_MOVE frame for `move` (fp16, finite)."""
+    heads = len(move.units) * (sm.n_kv // sm.attn_units)
+    want = (2, heads, ctx, sm.head_dim)
+    if f.kind != P.Kind.KV_MOVE or f.request_id != conv or f.seq != move.layer:
+        raise P.FrameError("unexpected", f"{f.kind.name} seq {f.seq} where KV_MOVE of layer {move.layer} belongs")
+    if f.dtype != P.DType.FP16 or tuple(f.shape) != want:
+        raise P.FrameError("shape", f"KV_MOVE of layer {move.layer}: fp16 {want}; got {f.dtype.name} {f.shape}")
+    x = f.activation()
+    if not bool(torch.isfinite(x).all()):
+        raise P.FrameError("nonfinite", f"NaN/Inf in the K/V of layer {move.layer}")
+    return x
+
+
+def hidden_run(f: P.Frame, sm: SplitModel, conv: int, fmt: str, ctx: int) -> tuple[int, torch.Tensor]:
+    """(start, [1, n, d]) of a HID_MOVE frame: a moved layer's input over positions start..start+n <= ctx."""
+    if f.request_id != conv:
+        raise P.FrameError("unexpected", f"HID_MOVE of conversation {f.request_id} inside conversation {conv}")
+    x = activation(f, sm, fmt, None, ctx - f.seq if f.seq < ctx else 0, ctx)
+    return f.seq, x

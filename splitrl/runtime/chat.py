@@ -1,0 +1,180 @@
+"""A conversation on the edge runtime: the caches of earlier turns stay where each layer ran, on the edge
+and on the cloud (which keeps them between turns), and move when a turn's plan places them elsewhere,
+as splitrl/runtime/conversation.py says (the simulator's rule).
+
+A turn, with the chat's caches held on the cloud at `ctx` positions:
+
+    MIGRATE the caches that change side (K/V, or the lowest moved layer's input and a recompute: `choose`)
+    TURN + the turn's steps (split or cloud-only), CLOSE (the cloud keeps the chat); edge-only: no cloud
+
+Nothing is lost when the link or the cloud fails: a turn that cannot go on as a continuation (the
+cloud lost the chat, the link broke mid-turn) is answered as a fresh chat whose prompt is every token
+so far, through `EdgeClient.generate` with its retries, other endpoints and edge fallback; tokens
+already delivered are not repeated. That costs a prefill of the whole history, and is counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+
+import torch
+
+from splitrl.runtime import conversation as C
+from splitrl.runtime import protocol as P
+from splitrl.runtime import wire
+from splitrl.runtime.edge import EdgeClient, RemoteLink, Request, Result
+from splitrl.runtime.split_model import EdgeSession, Plan
+
+
+@dataclasses.dataclass
+class Migration:
+    how: str
+    seconds: float      # measured: from MIGRATE to the cloud's OK
+    predicted_s: float  # the rule's expectation with the edge's link estimates
+    nbytes: int         # what crossed (frames included)
+    layers: float       # layers moved (attention units / units per layer)
+
+
+class EdgeChat:
+    """One conversation of an `EdgeClient`: its tokens, its edge caches, and which endpoint keeps the rest."""
+
+    def __init__(self, client: EdgeClient, prices: C.Prices, force: str = "auto"):
+        self.client, self.prices, self.force = client, prices, force
+        self.wire_id = client._wire_ids.getrandbits(63)
+        self.edge: EdgeSession | None = None
+        self.plan: Plan | None = None
+        self.endpoint: int | None = None     # the endpoint holding the chat's cloud caches (None: none holds them)
+        self.fed: list[int] = []             # tokens both sides' caches cover, in order
+        self.pending: list[int] = []         # the last answer's final token, not fed yet
+        self.migrations: list[Migration] = []
+        self.rebuilds = 0
+        self._rid = 0
+
+    @property
+    def ctx(self) -> int:
+        return len(self.fed)
+
+    def started(self, edge: EdgeSession, endpoint: int | None) -> None:
+        """EdgeClient.generate answered a fresh turn: `edge` holds the edge's caches, `endpoint` the cloud's."""
+        self.edge, self.endpoint = edge, endpoint
+
+    # ---- one turn ----
+    def turn(self, new_ids: Sequence[int], plan: Plan, max_new: int) -> Result:
+        """Answer the next user message (`new_ids`) under `plan`, with the conversation's caches."""
+        self._rid += 1
+        ids = self.pending + list(new_ids)
+        res = Result(self._rid, "ok", [], plan)
+        t0 = time.perf_counter()
+        # a continuation needs the edge's caches and the cloud's (held by an endpoint, or none yet: all on the edge)
+        if self.edge is not None and (self.endpoint is not None or self.plan.mode == "edge_only"):
+            try:
+                self._continue(ids, plan, max_new, res)
+            except (P.FrameError, OSError) as e:
+                self.client.errors[f"chat/{getattr(e, 'reason', type(e).__name__)}"] += 1
+                self.endpoint = None
+        if res.status == "ok" and (len(res.tokens) < max_new and not self._ended(res)):
+            self._rebuild(ids, plan, max_new, res)
+        res.total_s = time.perf_counter() - t0
+        res.latency_s = res.answered_at - t0 if res.tokens else res.total_s
+        self.plan = plan
+        self.fed += ids + res.tokens[:-1]
+        self.pending = res.tokens[-1:]
+        return res
+
+    def forget(self) -> None:
+        """Tell the cloud the conversation is over (best effort: it expires anyway)."""
+        if self.endpoint is not None:
+            link = self.client.links[self.endpoint]
+            try:
+                link.send(P.Frame(P.Kind.FORGET, self.wire_id))
+                link.expect(self.wire_id, 0, P.Kind.OK)
+            except (P.FrameError, OSError):
+                link.close()
+        self.endpoint = None
+
+    def _ended(self, res: Result) -> bool:
+        return self.client.eos is not None and bool(res.tokens) and res.tokens[-1] == self.client.eos
+
+    def _continue(self, ids: list[int], plan: Plan, max_new: int, res: Result) -> None:
+        """The turn as a continuation of the caches both sides hold (raises on any failure)."""
+        edge, sm = self.edge, self.client.sm
+        link = self.client.links[self.endpoint if self.endpoint is not None else 0]
+        ms = C.moves(self.plan, plan)
+        if ms:
+            self._migrate(link, ms, plan)
+        edge.plan = plan
+        edge.pos = self.ctx
+        if plan.mode == "edge_only":
+            for _ in range(max_new):
+                res.add(int(edge.up(ids)["token"][0]))
+                if self._ended(res):
+                    break
+                ids = [res.tokens[-1]]
+            return
+        rid = self.client._wire_ids.getrandbits(64)
+        link.turn(rid, self.wire_id, self.ctx, plan, max_new)
+        if plan.mode == "cloud_only":
+            link.cloud_only(rid, plan, ids, 0, max_new, self.client.eos, res.add,
+                            opener=lambda *a: None)
+            edge.pos += len(ids) + len(res.tokens) - 1
+        else:
+            for seq in range(max_new):
+                up = {k: wire.encode(v, plan.fmt) for k, v in edge.up(ids).items()}
+                tok, _ = link.step(rid, seq, plan, up, len(ids), sm.d_model, edge)
+                res.add(tok)
+                if self._ended(res):
+                    break
+                ids = [tok]
+        link.close_request(rid)
+        self.endpoint = self.client.links.index(link)
+
+    def _migrate(self, link: RemoteLink, ms: list[C.Move], plan: Plan) -> None:
+        sm, est, ctx = self.client.sm, self.client.est, self.ctx
+        choice = C.choose(ms, ctx, plan.fmt, sm.d_model, sm.attn_units, self.prices, est.bw, est.rtt, self.force)
+        link.connect()
+        t0, before = time.perf_counter(), link.bytes_up + link.bytes_down
+        how = 0 if choice.how == "kv" else 1
+        link.send(P.array_frame(P.Kind.MIGRATE, [ctx, how, *self.plan.to_ints(), *plan.to_ints()], self.wire_id, 0,
+                                P.DType.I64))
+        edge, conv = self.edge, self.wire_id
+        if choice.how == "kv":
+            for m in ms:
+                if m.to_edge:
+                    f = link.read()
+                    if f.kind != P.Kind.KV_MOVE or f.seq != m.layer:
+                        raise P.FrameError("unexpected", f"{f.kind.name} where KV_MOVE of layer {m.layer} belongs")
+                    kv = f.activation()
+                    edge.caches[m.layer].put(m.units, kv[0:1], kv[1:2])
+                else:
+                    k, v = edge.caches[m.layer].take(m.units)
+                    link.send(P.activation_frame(P.Kind.KV_MOVE, torch.stack([k[0], v[0]]), C.KV_FORMAT, conv, m.layer))
+        elif ms[0].to_edge:
+            runs = []
+            while (f := link.read()).kind == P.Kind.HID_MOVE:
+                runs.append((f.seq, f.activation()))
+            if f.kind != P.Kind.MOVED or f.seq != len(runs):
+                raise P.FrameError("unexpected", f"{f.kind.name} where MOVED belongs")
+            C.recompute(edge, ms, ctx, runs)
+        else:
+            runs = C.hidden_rows(edge, ms[0].layer, ctx)
+            for start, x in runs:
+                link.send(P.activation_frame(P.Kind.HID_MOVE, x, plan.fmt, conv, start))
+            link.send(P.Frame(P.Kind.MOVED, conv, len(runs)))
+            for m in ms:
+                edge.caches[m.layer].take(m.units)
+        link.expect(conv, 0, P.Kind.OK)
+        self.migrations.append(Migration(choice.how, time.perf_counter() - t0, choice.seconds,
+                                         link.bytes_up + link.bytes_down - before, C.moved_layers(ms, sm.attn_units)))
+
+    def _rebuild(self, ids: list[int], plan: Plan, max_new: int, res: Result) -> None:
+        """Answer the rest of the turn as a fresh chat over every token so far (retries, endpoints, fallback)."""
+        self.rebuilds += 1
+        self.wire_id = self.client._wire_ids.getrandbits(63)
+        prompt = tuple(self.fed + ids + res.tokens)
+        self.client._rid_seq = getattr(self.client, "_rid_seq", 0) + 1
+        rest = self.client.generate(Request(-self.client._rid_seq, prompt, max_new - len(res.tokens)), plan, chat=self)
+        for tok in rest.tokens:
+            res.add(tok)
+        res.status, res.error, res.retries, res.fell_back = rest.status, rest.error, rest.retries, rest.fell_back
