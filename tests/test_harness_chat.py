@@ -94,3 +94,20 @@ def test_an_unknown_chat_is_refused_as_lost(sm):
     finally:
         cloud.stop()
     assert cloud.stats["rejected/lost"] == 1
+
+
+def test_splitrl_edge_runs_its_prompts_as_one_chat(sm, tmp_path, capsys):
+    """Three prompts: the first starts the chat, the next two continue on the caches the cloud kept."""
+    from splitrl.runtime import edge_cli
+    from tests.harness_tiny import save_tiny_model
+    cloud = CloudServer(sm, insecure_no_auth=True, limits=LIMITS).start()
+    try:
+        argv = ["--model", save_tiny_model(tmp_path / "tiny"), "--cloud", f"{cloud.host}:{cloud.port}",
+                "--plan", "1,fp16,101001", "--prompt", "w1 w2 w3", "--prompt", "w4 w5", "--prompt", "w6",
+                "--max-new", "3", "--timeout", "5", "--fallback", "none"]
+        assert edge_cli.main(argv) == 0
+    finally:
+        cloud.stop()
+    out = capsys.readouterr().out
+    assert "3 turns, 2 continued on the kept caches" in out, out
+    assert cloud.stats["opened"] == 3 and not cloud._conversations        # 3 turns; FORGET at the end

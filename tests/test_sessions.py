@@ -97,12 +97,24 @@ def test_a_bad_sessions_section_names_the_field():
     assert not env.sessions and float(params.session.continue_p) == 0.0
 
 
-def test_the_runtime_refuses_a_policy_trained_on_conversations(tmp_path):
+def test_an_exported_conversation_policy_reads_the_chats_cache(tmp_path):
+    """The ONNX metadata carries ctx_len and kv_split with the scenario's normalisation; the runtime builds
+    the env's features from raw quantities, takes them from the chat, and refuses without them."""
     from splitrl.runtime.policy import OnnxPolicy, PolicyMismatch
+    from tests.test_features import random_states
     from tests.test_harness_export import export_random
-    _, report, *_ = export_random(tmp_path, SESSION)
+    _, report, env, ep, *_ = export_random(tmp_path, SESSION)
+    pol = OnnxPolicy(report["onnx"], model_name="gpt2-xl")
+    assert [f.name for f in pol.meta.features] == [f.name for f in env.features]
+    for state in random_states(env, ep, 4, seed=3):
+        want = np.asarray(env.get_obs(state, ep).features)
+        np.testing.assert_allclose(pol.features(jax.device_get(env.raw_features(state, ep))), want, atol=1e-6)
+    names = [f.name for f in env.features]
+    feats = pol.observe(1.25e6, 0.04, 64, 32, ctx_len=512.0, kv_split=12.5)
+    assert feats[names.index("ctx_len")] == pytest.approx(512.0 / float(ep.session.max_ctx))
+    assert feats[names.index("kv_split")] == pytest.approx(12.5 / (ep.costs.layer_rows.shape[0] - 1))
     with pytest.raises(PolicyMismatch, match="conversations"):
-        OnnxPolicy(report["onnx"], model_name="gpt2-xl")
+        pol.observe(1.25e6, 0.04, 64, 32)
 
 
 def test_the_edge_memory_masks_follow_a_conversations_cache():

@@ -37,11 +37,37 @@ class Migration:
     layers: float       # layers moved (attention units / units per layer)
 
 
-class EdgeChat:
-    """One conversation of an `EdgeClient`: its tokens, its edge caches, and which endpoint keeps the rest."""
+class LayerSpeed:
+    """Seconds per token of one layer in a prefill, on the edge and on the cloud, as this runtime measures
+    them (EWMA over prefill steps of >= 8 tokens: the edge times its own layers, the cloud reports its
+    compute in TOKEN frames); `prior` until the first measurement. What a recompute's price needs."""
 
-    def __init__(self, client: EdgeClient, prices: C.Prices, force: str = "auto"):
-        self.client, self.prices, self.force = client, prices, force
+    def __init__(self, prior: C.Prices, alpha: float = 0.3):
+        self.prior, self.alpha = prior, alpha
+        self.edge_s, self.cloud_s = prior.edge_layer_s, prior.cloud_layer_s
+        self.edge_n = self.cloud_n = 0
+
+    def observe(self, side: str, seconds: float, tokens: int, layers: float) -> None:
+        if tokens < 8 or layers <= 0 or seconds <= 0:
+            return
+        x, n = seconds / (tokens * layers), getattr(self, f"{side}_n")
+        setattr(self, f"{side}_s", x if n == 0 else (1 - self.alpha) * getattr(self, f"{side}_s") + self.alpha * x)
+        setattr(self, f"{side}_n", n + 1)
+
+    @property
+    def prices(self) -> C.Prices:
+        return C.Prices(self.prior.kv_bytes, self.edge_s, self.cloud_s)
+
+
+class EdgeChat:
+    """One conversation of an `EdgeClient`: its tokens, its edge caches, and which endpoint keeps the rest.
+    `prices`: fixed prices for the choice of how caches move; default, this runtime's measured layer speeds
+    (`LayerSpeed`, starting from 1 ms per token-layer on the edge and 0.1 ms on the cloud)."""
+
+    def __init__(self, client: EdgeClient, prices: C.Prices | None = None, force: str = "auto"):
+        self.client, self.force = client, force
+        self.speed = None if prices is not None else LayerSpeed(C.Prices.of(client.sm, 1e-3, 1e-4))
+        self._prices = prices
         self.wire_id = client._wire_ids.getrandbits(63)
         self.edge: EdgeSession | None = None
         self.plan: Plan | None = None
@@ -49,12 +75,22 @@ class EdgeChat:
         self.fed: list[int] = []             # tokens both sides' caches cover, in order
         self.pending: list[int] = []         # the last answer's final token, not fed yet
         self.migrations: list[Migration] = []
-        self.rebuilds = 0
+        self.rebuilds = 0                    # turns answered as a fresh chat (the first, and after a failure)
+        self.turns = 0
         self._rid = 0
 
     @property
     def ctx(self) -> int:
         return len(self.fed)
+
+    @property
+    def prices(self) -> C.Prices:
+        return self._prices if self.speed is None else self.speed.prices
+
+    @property
+    def kv_split(self) -> float:
+        """Layers whose cache is on the edge (the env's `kv_split`; 0 before the first turn)."""
+        return 0.0 if self.plan is None else C.split_point(self.plan)
 
     def started(self, edge: EdgeSession, endpoint: int | None) -> None:
         """EdgeClient.generate answered a fresh turn: `edge` holds the edge's caches, `endpoint` the cloud's."""
@@ -67,6 +103,8 @@ class EdgeChat:
         ids = self.pending + list(new_ids)
         res = Result(self._rid, "ok", [], plan)
         t0 = time.perf_counter()
+        counters = ("bytes_up", "bytes_down", "cloud_s", "cloud_wait_s")
+        before = {c: sum(getattr(lk, c) for lk in self.client.links) for c in counters}
         # a continuation needs the edge's caches and the cloud's (held by an endpoint, or none yet: all on the edge)
         if self.edge is not None and (self.endpoint is not None or self.plan.mode == "edge_only"):
             try:
@@ -78,6 +116,9 @@ class EdgeChat:
             self._rebuild(ids, plan, max_new, res)
         res.total_s = time.perf_counter() - t0
         res.latency_s = res.answered_at - t0 if res.tokens else res.total_s
+        for c in counters:                        # this turn's, the move of the caches included
+            setattr(res, c, sum(getattr(lk, c) for lk in self.client.links) - before[c])
+        self.turns += 1
         self.plan = plan
         self.fed += ids + res.tokens[:-1]
         self.pending = res.tokens[-1:]
@@ -107,8 +148,11 @@ class EdgeChat:
         edge.plan = plan
         edge.pos = self.ctx
         if plan.mode == "edge_only":
-            for _ in range(max_new):
+            for step in range(max_new):
+                t0 = time.perf_counter()
                 res.add(int(edge.up(ids)["token"][0]))
+                if self.speed is not None and step == 0:
+                    self.speed.observe("edge", time.perf_counter() - t0, len(ids), sm.n_layers)
                 if self._ended(res):
                     break
                 ids = [res.tokens[-1]]
@@ -121,8 +165,15 @@ class EdgeChat:
             edge.pos += len(ids) + len(res.tokens) - 1
         else:
             for seq in range(max_new):
-                up = {k: wire.encode(v, plan.fmt) for k, v in edge.up(ids).items()}
+                t0 = time.perf_counter()
+                raw = edge.up(ids)
+                edge_s, cloud_before = time.perf_counter() - t0, link.cloud_s
+                up = {k: wire.encode(v, plan.fmt) for k, v in raw.items()}
                 tok, _ = link.step(rid, seq, plan, up, len(ids), sm.d_model, edge)
+                if self.speed is not None and seq == 0:          # the prefill times both sides' layers
+                    split = C.split_point(plan)
+                    self.speed.observe("edge", edge_s, len(ids), split)
+                    self.speed.observe("cloud", link.cloud_s - cloud_before, len(ids), sm.n_layers - split)
                 res.add(tok)
                 if self._ended(res):
                     break

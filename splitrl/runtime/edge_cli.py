@@ -1,6 +1,8 @@
 """`splitrl-edge` command line: every argument (addresses, token file, policy file, plan syntax) is
-checked before the model loads; then the prompts run as one conversation. Exit 0 when every request
-was answered (by the cloud or the edge fallback), 1 when one failed, 2 for a bad argument."""
+checked before the model loads; then the prompts run as one conversation whose KV caches both sides
+keep between turns (splitrl.runtime.chat.EdgeChat: a turn prefills only its new tokens, and the caches
+move when the policy changes the split). Exit 0 when every turn was answered (by the cloud or the edge
+fallback), 1 when one failed, 2 for a bad argument."""
 
 from __future__ import annotations
 
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from splitrl.lm.model import ModelLoadError, load_causal_lm
-    from splitrl.runtime.edge import EdgeClient, Request, RetryPolicy
+    from splitrl.runtime.edge import EdgeClient, RetryPolicy
     from splitrl.runtime.policy import PolicyMismatch
     from splitrl.runtime.split_model import SplitModel
     torch.set_num_threads(a.threads)
@@ -91,22 +93,38 @@ def main(argv: list[str] | None = None) -> int:
         print(f"splitrl-edge: {e}", file=sys.stderr)
         return 2
     sm = SplitModel(lm.model)
+    from splitrl.runtime.chat import EdgeChat
     try:
-        choose = policy.bind(lm.name, sm).for_requests if policy else None
+        policy = policy.bind(lm.name, sm) if policy else None
     except PolicyMismatch as e:
         print(f"splitrl-edge: --policy {e}", file=sys.stderr)
         return 2
     fixed = parse_plan(a.plan, sm) if a.plan else None
-    client = EdgeClient(sm, endpoints, token, choose, RetryPolicy(attempts=a.attempts), a.timeout, a.fallback,
+    client = EdgeClient(sm, endpoints, token, None, RetryPolicy(attempts=a.attempts), a.timeout, a.fallback,
                         eos=lm.tokenizer.eos_token_id)
+    chat = EdgeChat(client)
     history: list[dict] = []
     failed = 0
     for i, text in enumerate(a.prompt or ["What is the capital of France?"]):
         history.append({"role": "user", "content": text})
         ids = lm.tokenizer.apply_chat_template(history, add_generation_prompt=True)
-        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-        res = client.generate(Request(i, tuple(int(t) for t in ids), a.max_new), fixed)
+        ids = [int(t) for t in (ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)]
+        held = chat.fed + chat.pending
+        if ids[:len(held)] != held:      # the template renders an earlier answer as other tokens: start afresh
+            chat.forget()
+            chat, held = EdgeChat(client), []
+        new = ids[len(held):]
+        try:
+            plan = fixed or policy.for_turn(chat, len(new), a.max_new)
+        except PolicyMismatch as e:
+            print(f"splitrl-edge: --policy {e}", file=sys.stderr)
+            return 2
+        moves = len(chat.migrations)
+        res = chat.turn(new, plan, a.max_new)
         failed += res.status != "ok"
+        for m in chat.migrations[moves:]:
+            print(f"[{i}] moved {m.layers:g} layers' KV cache ({m.how}, {m.nbytes} B) in {m.seconds:.3f} s "
+                  f"(expected {m.predicted_s:.3f} s)")
         answer = lm.tokenizer.decode(res.tokens, skip_special_tokens=True)
         history.append({"role": "assistant", "content": answer})
         p = res.plan
@@ -116,8 +134,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{'; ' + res.error if res.error else ''}; "
               f"est. bw {client.est.bw / 1e6:.1f} MB/s rtt {client.est.rtt * 1e3:.1f} ms")
         print(f"user: {text}\nassistant: {answer}", flush=True)
+    chat.forget()
     client.close()
-    print(f"counts: {client.summary()}")
+    print(f"counts: {client.summary()} (requests that started the chat); chat: {chat.turns} turns, "
+          f"{chat.turns - chat.rebuilds} continued on the kept caches, {len(chat.migrations)} cache moves, "
+          f"{chat.ctx} positions cached")
     return 1 if failed else 0
 
 

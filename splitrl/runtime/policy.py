@@ -52,10 +52,6 @@ class OnnxPolicy:
             self.meta = metadata_io.parse(metadata_io.read(self.session), str(self.path))
         except metadata_io.MetadataError as e:
             raise PolicyError(str(e)) from None
-        if "ctx_len" in F.sources(self.meta.features):
-            raise PolicyMismatch(f"{self.path}: the policy was trained on conversations (a scenario with sessions); "
-                                 f"splitrl-edge does not keep KV caches across turns yet: export a policy trained "
-                                 f"without sessions")
         if "soc" in F.sources(self.meta.features):
             raise PolicyMismatch(f"{self.path}: the policy was trained on a battery (a scenario with a battery "
                                  f"section); splitrl-edge does not track a battery queue yet: export a policy trained "
@@ -85,11 +81,14 @@ class OnnxPolicy:
 
     def observe(self, bw_bytes_s: float, rtt_s: float, prompt_len: int, output_len: int, backlog: float = 0.0,
                 cloud_load: float = 0.0, loss_p: float = 0.0, connected: bool = True,
-                cloud_wait: float = 0.0, temp_c: float | None = None) -> np.ndarray:
+                cloud_wait: float = 0.0, temp_c: float | None = None, ctx_len: float | None = None,
+                kv_split: float | None = None) -> np.ndarray:
         """The features from the edge's own measurements, its last decision, the slot count and what the
         cloud publishes (`cloud_wait`, seconds); what it cannot measure (SNR, the virtual queues, the
         expected load) at the scenario's values. A policy trained where the edge heats also reads the
-        edge's temperature: `temp_c`, else the hottest Linux thermal zone; with neither it refuses."""
+        edge's temperature: `temp_c`, else the hottest Linux thermal zone; with neither it refuses. A policy
+        trained on conversations reads the chat's cached positions and where they live (`ctx_len`,
+        `kv_split`: splitrl.runtime.chat.EdgeChat), and refuses without them."""
         last_b, last_f, last_frac = self.last
         raw = self.meta.raw_defaults | {
             "bw_est": max(bw_bytes_s, 1.0), "rtt": rtt_s, "loss_p": loss_p, "cloud_load": cloud_load,
@@ -104,6 +103,11 @@ class OnnxPolicy:
                                      f"heats), and this machine has no sensor under {THERMAL_ZONES}; pass temp_c, or "
                                      f"export a policy trained on a scenario without heat")
             raw["temp_c"] = temp_c
+        if "ctx_len" in F.sources(self.meta.features):
+            if ctx_len is None or kv_split is None:
+                raise PolicyMismatch(f"{self.path}: the policy was trained on conversations and reads the chat's "
+                                     "cached context and where it lives; run it per turn of an EdgeChat (for_turn)")
+            raw["ctx_len"], raw["kv_split"] = ctx_len, kv_split
         return self.features(raw)
 
     def act(self, features: np.ndarray) -> tuple[int, int, list[int]]:
@@ -112,6 +116,15 @@ class OnnxPolicy:
         b, f, units = int(out[3][0]), int(out[4][0]), [int(u) for u in out[5][0]]
         self.last, self.t = (b, f, float(np.mean(units))), self.t + 1
         return b, f, units
+
+    def for_turn(self, chat, new_tokens: int, max_new: int):
+        """The Plan of a chat's next turn (splitrl.runtime.chat.EdgeChat): the request plus what the chat
+        holds and where (the env's ctx_len and kv_split)."""
+        from splitrl.profiles.formats import TX_FORMATS
+        est = chat.client.est
+        b, f, units = self.act(self.observe(est.bw, est.rtt, new_tokens, max_new, cloud_wait=est.cloud_wait,
+                                            ctx_len=chat.ctx, kv_split=chat.kv_split))
+        return self.sm.plan(b, TX_FORMATS[f], units)
 
     def for_requests(self, request, est):
         """EdgeClient's policy hook: a Plan for this request from the edge's link estimates and the wait
