@@ -1,5 +1,5 @@
 """`splitrl-bench train`: *training* env steps per second (rollout + GAE + PPO epochs, the whole
-update; compile excluded, AOT) in one process:
+update; compile timed apart, AOT) in one process:
   - HPPO on a split scenario (default: `default`), at several env counts and seed counts (vmap);
   - our flat PPO on gymnax CartPole-v1 at the same env counts;
   - rejax PPO (the fastest published JAX PPO we know; PureJaxRL-style, same hyperparameters) on
@@ -37,15 +37,18 @@ def agent_config(name: str, **over) -> PPOConfig:
     return PPOConfig.from_dict(yaml.safe_load(path.read_text()) | over, f"agent ({path})")
 
 
-def time_compiled(fn, *args, repeats: int = 3) -> float:
-    """Best wall time of an AOT-compiled call (compile excluded)."""
+def time_compiled(fn, *args, repeats: int = 3) -> tuple[float, float]:
+    """(best wall time of `repeats` calls, compile seconds) of jax.jit(fn) compiled ahead of time, so the
+    compile is timed apart from the runs."""
+    start = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - start
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         jax.block_until_ready(compiled(*args))
         best = min(best, time.perf_counter() - start)
-    return best
+    return best, compile_s
 
 
 def resolve_device(name: str | None):
@@ -61,25 +64,30 @@ def resolve_device(name: str | None):
         sys.exit(2)
 
 
-def ours_steps_per_s(cfg: PPOConfig, env, env_params, num_seeds: int, updates: int, devices: int = 1,
-                     platform: str | None = None) -> float:
-    """Whole-training steps/s of jit(vmap(train)) over `num_seeds` seeds for `updates` updates; with
-    `devices` > 1 the seeds are split over that many devices (splitrl.training.sharding, `members`)."""
+def train_program(cfg: PPOConfig, env, env_params, num_seeds: int, updates: int):
+    """(cfg for `updates` updates, train, keys[num_seeds], HParams[num_seeds]): what one bench run trains."""
     cfg = PPOConfig(**{**cfg.__dict__, "total_timesteps": cfg.batch_size * updates})
-    policy = make_policy(cfg, env, env_params)
-    train = ppo.make_train(cfg, env, env_params, policy)
+    train = ppo.make_train(cfg, env, env_params, make_policy(cfg, env, env_params))
     keys = jax.random.split(jax.random.PRNGKey(0), num_seeds)
     hp = ppo.HParams(lr=jnp.full(num_seeds, cfg.lr), ent_coef=jnp.full(num_seeds, cfg.ent_coef),
                      reward_v=jnp.ones(num_seeds))
+    return cfg, train, keys, hp
+
+
+def ours_steps_per_s(cfg: PPOConfig, env, env_params, num_seeds: int, updates: int, devices: int = 1,
+                     platform: str | None = None) -> tuple[float, float]:
+    """(whole-training steps/s, compile seconds) of jit(vmap(train)) over `num_seeds` seeds for `updates`
+    updates; with `devices` > 1 the seeds are split over that many devices (splitrl.training.sharding, `members`)."""
+    cfg, train, keys, hp = train_program(cfg, env, env_params, num_seeds, updates)
     if num_seeds == 1:   # one policy: no vmap axis (what a single-seed user runs)
-        seconds = time_compiled(train, keys[0], jax.tree.map(lambda x: x[0], hp))
+        seconds, compile_s = time_compiled(train, keys[0], jax.tree.map(lambda x: x[0], hp))
     elif devices > 1:
         placement = place(devices, "members", num_seeds, cfg.num_envs, platform)
         keys, hp = placement.put(keys, placement.batch_sharding), placement.put(hp, placement.batch_sharding)
-        seconds = time_compiled(placement.map_members(train), keys, hp)
+        seconds, compile_s = time_compiled(placement.map_members(train), keys, hp)
     else:
-        seconds = time_compiled(jax.vmap(train), keys, hp)
-    return num_seeds * cfg.batch_size * updates / seconds
+        seconds, compile_s = time_compiled(jax.vmap(train), keys, hp)
+    return num_seeds * cfg.batch_size * updates / seconds, compile_s
 
 
 class FiveTupleStep:
@@ -102,7 +110,8 @@ class FiveTupleStep:
         return self.env.reset(key, params)
 
 
-def rejax_steps_per_s(cfg: PPOConfig, env, env_params, updates: int) -> float | None:
+def rejax_steps_per_s(cfg: PPOConfig, env, env_params, updates: int) -> tuple[float, float] | None:
+    """(training steps/s, compile seconds) of rejax PPO with cfg's hyperparameters; None without rejax."""
     try:
         from rejax import PPO
     except ImportError:
@@ -114,8 +123,8 @@ def rejax_steps_per_s(cfg: PPOConfig, env, env_params, updates: int) -> float | 
                       eval_freq=cfg.batch_size * updates, skip_initial_evaluation=True,
                       agent_kwargs={"hidden_layer_sizes": cfg.hidden, "activation": "tanh"})
     algo = algo.replace(eval_callback=lambda algo, ts, rng: jnp.zeros(()))   # time training only
-    seconds = time_compiled(algo.train, jax.random.PRNGKey(0))
-    return cfg.batch_size * updates / seconds
+    seconds, compile_s = time_compiled(algo.train, jax.random.PRNGKey(0))
+    return cfg.batch_size * updates / seconds, compile_s
 
 
 def sb3_steps_per_s(make_gym_env, num_envs: int, n_steps: int, timesteps: int) -> float | None:
@@ -194,23 +203,23 @@ def _run_train(args, device) -> dict[str, Any]:
     for num_envs in env_counts:
         for num_seeds in hppo_seed_counts if split and "hppo" not in skip else ():
             cfg = PPOConfig(**{**hppo_cfg.__dict__, "num_envs": num_envs})
+            rate, compile_s = ours_steps_per_s(cfg, *split, num_seeds, args.updates, devices_for(num_seeds),
+                                               device.platform)
             rows.append({"what": f"HPPO ({args.scenario})", "num_envs": num_envs, "num_seeds": num_seeds,
-                         "devices": devices_for(num_seeds),
-                         "steps_per_s": ours_steps_per_s(cfg, *split, num_seeds, args.updates, devices_for(num_seeds),
-                                                         device.platform)})
+                         "devices": devices_for(num_seeds), "steps_per_s": rate, "compile_s": compile_s})
         for num_seeds in seed_counts:
             if "cartpole" not in skip:
                 cfg = PPOConfig(**{**cp_cfg.__dict__, "num_envs": num_envs})
+                rate, compile_s = ours_steps_per_s(cfg, cp_env, cp_params, num_seeds, args.updates,
+                                                   devices_for(num_seeds), device.platform)
                 rows.append({"what": "flat PPO (CartPole-v1)", "num_envs": num_envs, "num_seeds": num_seeds,
-                             "devices": devices_for(num_seeds),
-                             "steps_per_s": ours_steps_per_s(cfg, cp_env, cp_params, num_seeds, args.updates,
-                                                             devices_for(num_seeds), device.platform)})
+                             "devices": devices_for(num_seeds), "steps_per_s": rate, "compile_s": compile_s})
         if "rejax" not in skip:
             cfg = PPOConfig(**{**cp_cfg.__dict__, "num_envs": num_envs})
-            rate = rejax_steps_per_s(cfg, cp_env, cp_params, args.updates)
-            if rate is not None:
+            timed = rejax_steps_per_s(cfg, cp_env, cp_params, args.updates)
+            if timed is not None:
                 rows.append({"what": "rejax PPO (CartPole-v1)", "num_envs": num_envs, "num_seeds": 1,
-                             "steps_per_s": rate})
+                             "steps_per_s": timed[0], "compile_s": timed[1]})
     if "sb3" not in skip:
         sb3_rows(args, split, hppo_cfg, rows)
     out["ratios"] = ratios(rows, args.scenario)
@@ -254,11 +263,11 @@ def print_table(out: dict[str, Any], path: str) -> None:
     from rich.table import Table
     table = Table(title=f"training steps/s ({out['host']['cpus']} CPUs, {out['host']['device']}, "
                         f"{out['updates_timed']} updates timed, compile excluded)")
-    for col in ("what", "envs", "seeds", "devices", "steps/s"):
+    for col in ("what", "envs", "seeds", "devices", "steps/s", "compile s"):
         table.add_column(col, justify="left" if col == "what" else "right")
     for r in out["rows"]:
         table.add_row(r["what"], str(r["num_envs"]), str(r["num_seeds"]), str(r.get("devices", 1)),
-                      f"{r['steps_per_s']:,.0f}")
+                      f"{r['steps_per_s']:,.0f}", f"{r['compile_s']:.1f}" if "compile_s" in r else "")
     console = Console()
     console.print(table)
     for k, v in out["ratios"].items():
