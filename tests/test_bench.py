@@ -28,3 +28,30 @@ def test_bench_env_fleet_writes_device_steps_beside_cartpole(tmp_path, capsys):
                   "peak_rss_mb"):
         assert row[field] > 0, field
     assert "fleet llama-2-7b_1xa100_low vs gymnax CartPole-v1" in capsys.readouterr().out
+
+
+def test_bench_all_writes_one_json_with_the_machine_and_the_ratios(tmp_path, capsys):
+    """The env part alone at 4 envs x 5 steps (the train and compile parts compile HPPO: tens of seconds).
+    No timing claims: the fields are there, positive, and the run is marked done."""
+    out = tmp_path / "all.json"
+    main(["all", "--profile", "cpu", "--parts", "env", "--envs", "4", "--steps", "5", "--repeats", "1",
+          "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data["profile"] == "cpu" and data["done"] == ["env"] and data["running"] is None and not data["errors"]
+    assert data["machine"]["platform"] == "cpu" and data["machine"]["jax"] and data["machine"]["command"].startswith(
+        "splitrl-bench all --profile cpu --parts env")
+    (row,) = data["env"]
+    assert (row["envs"], row["steps"]) == (4, 5)
+    for field in ("split_steps_per_s", "cartpole_steps_per_s", "ratio", "compile_s", "peak_rss_mb"):
+        assert row[field] > 0, field
+    assert data["ratios"] == {"split_over_cartpole_envs4": row["ratio"]}
+    assert "split env vs gymnax CartPole-v1" in capsys.readouterr().out
+
+
+def test_bench_all_ratios_pair_each_learner_with_rejax_at_equal_envs():
+    from splitrl.bench.all import ratios
+    rows = [{"what": "HPPO (default)", "num_envs": 4, "steps_per_s": 1.0},
+            {"what": "flat PPO (CartPole-v1)", "num_envs": 4, "steps_per_s": 3.0},
+            {"what": "rejax PPO (CartPole-v1)", "num_envs": 4, "steps_per_s": 4.0},
+            {"what": "HPPO (default)", "num_envs": 8, "steps_per_s": 1.0}]   # no rejax at 8: no ratio
+    assert ratios({"train": rows}) == {"hppo_over_rejax_envs4": 0.25, "flat_ppo_over_rejax_envs4": 0.75}

@@ -1,4 +1,5 @@
-"""`splitrl-bench`: throughput benchmarks, `train` (splitrl.bench.train) and `env` (splitrl.bench.env).
+"""`splitrl-bench`: throughput benchmarks, `train` (splitrl.bench.train), `env` (splitrl.bench.env) and
+`all --profile cpu|gpu` (splitrl.bench.all: env, training and compile in one process, one JSON).
 Subcommands register in SUBCOMMANDS (add one with `add_<name>(subparsers)` and a `run_<name>(args)`)."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from splitrl.bench.all import add_all, run_all
 from splitrl.bench.train import add_train, resolve_device, run_train
 
 
@@ -56,7 +58,7 @@ def run_env(args) -> dict[str, Any]:
     return {"rows": rows}
 
 
-SUBCOMMANDS = {"train": (add_train, run_train), "env": (add_env, run_env)}
+SUBCOMMANDS = {"train": (add_train, run_train), "env": (add_env, run_env), "all": (add_all, run_all)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     for add, _ in SUBCOMMANDS.values():
         add(sub)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)   # recorded in `all`'s JSON
     SUBCOMMANDS[args.command][1](args)
 
 
