@@ -168,7 +168,8 @@ def run_all(args) -> dict[str, Any]:
     result: dict[str, Any] = {"profile": args.profile, "scenario": args.scenario, "repeats": prof.repeats,
                               "machine": machine(dev, getattr(args, "argv", [])), "done": [], "running": None, "errors": {}}
 
-    def save() -> None:   # atomic, so a killed run leaves the last complete JSON
+    def save() -> None:   # atomic, so a killed run leaves the last complete JSON, ratios included
+        result["ratios"] = ratios(result)
         tmp = out_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=1))
         tmp.replace(out_path)
@@ -193,7 +194,6 @@ def run_all(args) -> dict[str, Any]:
                 traceback.print_exc()
                 result["errors"][part] = f"{type(e).__name__}: {e}"
     result["running"] = None
-    result["ratios"] = ratios(result)
     result["wall_s"] = time.perf_counter() - start
     result["memory"] = memory(dev)
     save()
