@@ -75,7 +75,7 @@ def machine(dev, argv: list[str]) -> dict[str, Any]:
             "device_count": len(jax.devices(dev.platform)), "jax": jax.__version__,
             "jaxlib": _version("jaxlib"), "python": platform.python_version(),
             "host": platform.node(), "os": platform.platform(), "cpus": os.cpu_count(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "command": shlex.join(["splitrl-bench", *argv]), "process_argv": sys.argv}
 
 
@@ -122,18 +122,20 @@ def train_part(args, prof: Profile, dev, record) -> None:
     cp = gymnax.make("CartPole-v1")
     hppo, cartpole = agent_config("hppo"), agent_config("ppo_cartpole")
     updates = args.updates or prof.updates
+
+    def row(what: str, n: int, timed: tuple[float, float]) -> dict:
+        return {"what": what, "num_envs": n, "updates": updates, "steps_per_s": timed[0], "compile_s": timed[1],
+                **memory(dev)}
+
     for n in args.train_envs or prof.train_envs:
-        with_envs = lambda c: PPOConfig(**{**c.__dict__, "num_envs": n})  # noqa: E731
-        timed = {f"HPPO ({args.scenario})": lambda: ours_steps_per_s(with_envs(hppo), *split, 1, updates)}
+        hppo_n, cartpole_n = (PPOConfig(**{**c.__dict__, "num_envs": n}) for c in (hppo, cartpole))
+        record(row(f"HPPO ({args.scenario})", n, ours_steps_per_s(hppo_n, *split, 1, updates)))
         if prof.flat:
-            timed["flat PPO (CartPole-v1)"] = lambda: ours_steps_per_s(with_envs(cartpole), *cp, 1, updates)
-        timed["rejax PPO (CartPole-v1)"] = lambda: rejax_steps_per_s(with_envs(cartpole), *cp, updates)
-        for what, run in timed.items():
-            result = run()
-            if result is None:
-                raise RuntimeError("rejax is not installed (pip install rejax==0.1.3, the bench extra)")
-            record({"what": what, "num_envs": n, "updates": updates, "steps_per_s": result[0],
-                    "compile_s": result[1], **memory(dev)})
+            record(row("flat PPO (CartPole-v1)", n, ours_steps_per_s(cartpole_n, *cp, 1, updates)))
+        timed = rejax_steps_per_s(cartpole_n, *cp, updates)
+        if timed is None:
+            raise RuntimeError("rejax is not installed (pip install rejax==0.1.3, the bench extra)")
+        record(row("rejax PPO (CartPole-v1)", n, timed))
 
 
 def compile_part(args, prof: Profile, dev, record) -> None:
