@@ -14,7 +14,7 @@ COMMANDS = {
     "splitrl-profiles": ("splitrl.profiles.cli", "profiles: show, validate, build analytic tables, measure a real model (measure cost|ppl), plot"),
     "splitrl-train": ("splitrl.training.train", "train HPPO / flat PPO (or PPO on CartPole) under jit + vmap; Hydra sweeps, W&B, orbax"),
     "splitrl-eval": ("splitrl.evaluation.run", "every baseline and trained run on the same episodes -> tables with 95 % intervals, plots"),
-    "splitrl-bench": ("splitrl.bench.cli", "throughput: env steps/s beside gymnax CartPole, training steps/s beside rejax and SB3"),
+    "splitrl-bench": ("splitrl.bench.cli", "throughput: env steps/s beside gymnax CartPole, training steps/s beside rejax and SB3; all of it with compile times in one process (all --profile cpu|gpu)"),
     "splitrl-export": ("splitrl.export.onnx", "a trained HPPO run dir -> an ONNX policy with its metadata, checked against JAX"),
     "splitrl-cloud": ("splitrl.runtime.cloud", "the cloud half of real split inference (TCP server)"),
     "splitrl-edge": ("splitrl.runtime.edge", "the edge half: generate with the split model, the ONNX policy choosing the split"),
