@@ -19,8 +19,6 @@ import dataclasses
 import time
 from collections.abc import Sequence
 
-import torch
-
 from splitrl.runtime import conversation as C
 from splitrl.runtime import protocol as P
 from splitrl.runtime import wire
@@ -44,19 +42,19 @@ class LayerSpeed:
 
     def __init__(self, prior: C.Prices, alpha: float = 0.3):
         self.prior, self.alpha = prior, alpha
-        self.edge_s, self.cloud_s = prior.edge_layer_s, prior.cloud_layer_s
-        self.edge_n = self.cloud_n = 0
+        self.seconds = {"edge": prior.edge_layer_s, "cloud": prior.cloud_layer_s}
+        self.samples = {"edge": 0, "cloud": 0}
 
     def observe(self, side: str, seconds: float, tokens: int, layers: float) -> None:
         if tokens < 8 or layers <= 0 or seconds <= 0:
             return
-        x, n = seconds / (tokens * layers), getattr(self, f"{side}_n")
-        setattr(self, f"{side}_s", x if n == 0 else (1 - self.alpha) * getattr(self, f"{side}_s") + self.alpha * x)
-        setattr(self, f"{side}_n", n + 1)
+        x, old = seconds / (tokens * layers), self.seconds[side]
+        self.seconds[side] = x if self.samples[side] == 0 else (1 - self.alpha) * old + self.alpha * x
+        self.samples[side] += 1
 
     @property
     def prices(self) -> C.Prices:
-        return C.Prices(self.prior.kv_bytes, self.edge_s, self.cloud_s)
+        return C.Prices(self.prior.kv_bytes, self.seconds["edge"], self.seconds["cloud"])
 
 
 class EdgeChat:
@@ -158,12 +156,13 @@ class EdgeChat:
                 ids = [res.tokens[-1]]
             return
         rid = self.client._wire_ids.getrandbits(64)
-        link.turn(rid, self.wire_id, self.ctx, plan, max_new)
+
+        def turn_open(link, rid, plan, n):
+            link.turn(rid, self.wire_id, self.ctx, plan, n)
         if plan.mode == "cloud_only":
-            link.cloud_only(rid, plan, ids, 0, max_new, self.client.eos, res.add,
-                            opener=lambda *a: None)
-            edge.pos += len(ids) + len(res.tokens) - 1
+            link.cloud_only(rid, plan, ids, 0, max_new, self.client.eos, res.add, turn_open)
         else:
+            turn_open(link, rid, plan, max_new)
             for seq in range(max_new):
                 t0 = time.perf_counter()
                 raw = edge.up(ids)
@@ -189,32 +188,8 @@ class EdgeChat:
         how = 0 if choice.how == "kv" else 1
         link.send(P.array_frame(P.Kind.MIGRATE, [ctx, how, *self.plan.to_ints(), *plan.to_ints()], self.wire_id, 0,
                                 P.DType.I64))
-        edge, conv = self.edge, self.wire_id
-        if choice.how == "kv":
-            for m in ms:
-                if m.to_edge:
-                    f = link.read()
-                    if f.kind != P.Kind.KV_MOVE or f.seq != m.layer:
-                        raise P.FrameError("unexpected", f"{f.kind.name} where KV_MOVE of layer {m.layer} belongs")
-                    kv = f.activation()
-                    edge.caches[m.layer].put(m.units, kv[0:1], kv[1:2])
-                else:
-                    k, v = edge.caches[m.layer].take(m.units)
-                    link.send(P.activation_frame(P.Kind.KV_MOVE, torch.stack([k[0], v[0]]), C.KV_FORMAT, conv, m.layer))
-        elif ms[0].to_edge:
-            runs = []
-            while (f := link.read()).kind == P.Kind.HID_MOVE:
-                runs.append((f.seq, f.activation()))
-            if f.kind != P.Kind.MOVED or f.seq != len(runs):
-                raise P.FrameError("unexpected", f"{f.kind.name} where MOVED belongs")
-            C.recompute(edge, ms, ctx, runs)
-        else:
-            runs = C.hidden_rows(edge, ms[0].layer, ctx)
-            for start, x in runs:
-                link.send(P.activation_frame(P.Kind.HID_MOVE, x, plan.fmt, conv, start))
-            link.send(P.Frame(P.Kind.MOVED, conv, len(runs)))
-            for m in ms:
-                edge.caches[m.layer].take(m.units)
+        conv = self.wire_id
+        C.move_over_link(self.edge, True, ms, choice.how, ctx, plan.fmt, conv, link.send, link.read)
         link.expect(conv, 0, P.Kind.OK)
         self.migrations.append(Migration(choice.how, time.perf_counter() - t0, choice.seconds,
                                          link.bytes_up + link.bytes_down - before, C.moved_layers(ms, sm.attn_units)))
@@ -224,8 +199,8 @@ class EdgeChat:
         self.rebuilds += 1
         self.wire_id = self.client._wire_ids.getrandbits(63)
         prompt = tuple(self.fed + ids + res.tokens)
-        self.client._rid_seq = getattr(self.client, "_rid_seq", 0) + 1
-        rest = self.client.generate(Request(-self.client._rid_seq, prompt, max_new - len(res.tokens)), plan, chat=self)
+        rid = next(self.client.own_rids)
+        rest = self.client.generate(Request(rid, prompt, max_new - len(res.tokens)), plan, chat=self)
         for tok in rest.tokens:
             res.add(tok)
         res.status, res.error, res.retries, res.fell_back = rest.status, rest.error, rest.retries, rest.fell_back

@@ -27,6 +27,7 @@ import time
 
 from splitrl.runtime import auth
 from splitrl.runtime import protocol as P
+from splitrl.runtime.conversation import edge_attn_units
 from splitrl.runtime.limits import Limits, fit_to_descriptors
 from splitrl.runtime.serve import Connection
 from splitrl.runtime.split_model import SplitModel
@@ -169,7 +170,6 @@ class CloudServer:
         """The kept session of conversation `conv`, out of the table while a turn uses it, or None when
         the cloud does not hold it at `ctx` positions under `plan`'s placement (expired, evicted, lost
         with a connection, never made): the edge then rebuilds the chat from its tokens."""
-        from splitrl.runtime.conversation import edge_attn_units
         with self.lock:
             kept = self._conversations.pop(conv, None)
         if kept is None or kept[1] < time.monotonic():

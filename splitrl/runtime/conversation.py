@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from splitrl.runtime import protocol as P
+from splitrl.runtime import validate as V
 from splitrl.runtime import wire
 from splitrl.runtime.kv import KV
 from splitrl.runtime.split_model import CloudSession, EdgeSession, Plan, SplitModel, step_in_process
@@ -191,6 +193,39 @@ def migrate(edge: EdgeSession, cloud: CloudSession, old: Plan, new: Plan, ctx: i
     for m in ms:
         src.caches[m.layer].take(m.units)
     recompute(dst, ms, ctx, rows)
+
+
+def move_over_link(side: Side, on_edge: bool, ms: Sequence[Move], how: str, ctx: int, fmt: str, conv: int,
+                   write: Callable[[P.Frame], None], read: Callable[[], P.Frame],
+                   compute: Callable[[Callable[[], None]], None] = lambda fn: fn()) -> None:
+    """This end's half of a MIGRATE after its header, the same on the edge and the cloud: the caches this
+    side holds and loses go out (KV_MOVE per move, or the lowest moved layer's input as HID_MOVE runs and
+    MOVED), those it gains come in, checked (validate.kv_move, hidden_run), and are put or recomputed
+    (`compute` runs the recompute: the cloud holds its model lock for it)."""
+    sm = side.sm
+    if how == "kv":
+        for m in ms:
+            if m.to_edge != on_edge:                 # this side holds the cache: it goes out
+                k, v = side.caches[m.layer].take(m.units)
+                write(P.activation_frame(P.Kind.KV_MOVE, torch.stack([k[0], v[0]]), KV_FORMAT, conv, m.layer))
+            else:
+                kv = V.kv_move(read(), sm, conv, m, ctx)
+                side.caches[m.layer].put(m.units, kv[0:1], kv[1:2])
+        return
+    if ms[0].to_edge != on_edge:                     # this side sends the recompute's source
+        runs = hidden_rows(side, ms[0].layer, ctx)
+        for start, x in runs:
+            write(P.activation_frame(P.Kind.HID_MOVE, x, fmt, conv, start))
+        write(P.Frame(P.Kind.MOVED, conv, len(runs)))
+        for m in ms:
+            side.caches[m.layer].take(m.units)
+        return
+    received = []
+    while (f := read()).kind == P.Kind.HID_MOVE:
+        received.append(V.hidden_run(f, sm, conv, fmt, ctx))
+    if f.kind != P.Kind.MOVED or f.request_id != conv or f.seq != len(received):
+        raise P.FrameError("unexpected", f"{f.kind.name} where MOVED of conversation {conv} belongs")
+    compute(lambda: recompute(side, ms, ctx, received))
 
 
 def wire_send(fmt: str) -> Callable[[str, torch.Tensor], torch.Tensor]:

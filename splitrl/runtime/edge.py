@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import logging
 import random
 import socket
@@ -214,7 +215,8 @@ class RemoteLink:
 
     def cloud_only(self, rid: int, plan: Plan, ids: list[int], seq0: int, n: int, eos: int | None,
                    on_token: Callable[[int], None], opener: Callable | None = None) -> None:
-        (opener or self.open)(rid, plan, n)
+        """A cloud-only request: open it (`opener(link, rid, plan, n)`, default OPEN), send the ids, stream."""
+        (opener or RemoteLink.open)(self, rid, plan, n)
         self.send(P.array_frame(P.Kind.IDS, ids, rid, seq0))
         for s in range(n):
             tok, _ = self.read_token(self.expect(rid, seq0 + s, P.Kind.TOKEN))
@@ -237,6 +239,7 @@ class EdgeClient:
         self.policy = policy
         self.rng = random.Random(seed)
         self._wire_ids = random.SystemRandom()
+        self.own_rids = itertools.count(-1, -1)   # ids of requests the client makes itself (a chat's restarts)
         self.results: dict[int, Result] = {}
         self.counts: collections.Counter = collections.Counter()
         self.errors: collections.Counter = collections.Counter()
@@ -388,11 +391,9 @@ class EdgeClient:
     # ---- cloud-only requests ----
     def _cloud_only(self, req: Request, plan: Plan, res: Result, chat=None) -> None:
         state = {"endpoint": 0, "failures": 0, "fresh": True, "local": None}
-        opener = None if chat is None else (lambda rid, plan, n: link_now.turn(rid, chat.wire_id, 0, plan, n))
+        opener = None if chat is None else (lambda link, rid, plan, n: link.turn(rid, chat.wire_id, 0, plan, n))
 
         def attempt(link):
-            nonlocal link_now
-            link_now = link
             link.cloud_only(req.rid, plan, list(req.prompt) + res.tokens, len(res.tokens),
                             req.max_new - len(res.tokens), self.eos, res.add, opener)
             link.close_request(req.rid)
@@ -406,7 +407,6 @@ class EdgeClient:
                 res.add(cloud.step({"ids": torch.as_tensor(ids)}))
                 ids = [res.tokens[-1]]
             return False
-        link_now = None
         kept = self._with_retries(res, state, attempt, local)
         if chat is not None:
             edge = EdgeSession(self.sm, plan, record=True)

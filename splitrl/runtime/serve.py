@@ -35,9 +35,8 @@ import select
 import socket
 import time
 
-import torch
-
 from splitrl.runtime import auth
+from splitrl.runtime import conversation as C
 from splitrl.runtime import protocol as P
 from splitrl.runtime import validate as V
 from splitrl.runtime.split_model import CloudSession
@@ -177,22 +176,22 @@ class Connection:
 
     def _open(self, f: P.Frame) -> None:
         """OPEN a request, or TURN: open a turn of a conversation (its kept caches at `ctx` positions)."""
-        conv = ctx = None
+        conv = None
         if f.kind == P.Kind.TURN:
             conv, ctx, plan, max_new = V.turn_request(f, self.sm, self.limits)
         else:
             plan, max_new = V.open_request(f, self.sm, self.limits)
         self._free()
-        session = CloudSession(self.sm, plan, record=True) if ctx == 0 else None
-        if ctx:
+        if conv is None or ctx == 0:
+            session = CloudSession(self.sm, plan, record=conv is not None)
+        else:
             session = self.server.take_conversation(conv, ctx, plan)
             if session is None:
                 raise P.FrameError("lost", f"conversation {conv} is not held here at {ctx} positions as this plan "
                                            "places it (expired, evicted or lost): rebuild it from its tokens")
             session.plan, session.pos = plan, ctx
         self.server.claim_session(self, f.request_id)      # refuses answered ids, a full or draining server
-        self.session = session or CloudSession(self.sm, plan)
-        self.rid, self.max_new, self.generated, self.conv = f.request_id, max_new, False, conv
+        self.session, self.rid, self.max_new, self.generated, self.conv = session, f.request_id, max_new, False, conv
         self.expires = time.monotonic() + self.limits.session_ttl_s
         self.server.count("opened")
         self._write(P.Frame(P.Kind.OK, self.rid))
@@ -322,7 +321,6 @@ class Connection:
     def _migrate(self, f: P.Frame) -> None:
         """Move the caches of conversation f.request_id from the old plan's placement to the new one's,
         as the edge chose (K/V, or hidden states and a recompute on the side that receives them)."""
-        from splitrl.runtime import conversation as C
         conv = f.request_id
         ctx, how, old, new = V.migrate_request(f, self.sm, self.limits)
         if self.session is not None:
@@ -333,29 +331,8 @@ class Connection:
                 raise P.FrameError("lost", f"conversation {conv} is not held here at {ctx} positions as its last plan "
                                            "placed it: rebuild it from its tokens")
             session = CloudSession(self.sm, old, record=True)      # every cache was on the edge so far
-        ms = C.moves(old, new)
-        if how == "kv":
-            for m in ms:
-                if m.to_edge:
-                    k, v = session.caches[m.layer].take(m.units)
-                    self._write(P.activation_frame(P.Kind.KV_MOVE, torch.stack([k[0], v[0]]), C.KV_FORMAT, conv, m.layer))
-                else:
-                    kv = V.kv_move(self._read(), self.sm, conv, m, ctx)
-                    session.caches[m.layer].put(m.units, kv[0:1], kv[1:2])
-        elif ms[0].to_edge:
-            runs = C.hidden_rows(session, ms[0].layer, ctx)
-            for start, x in runs:
-                self._write(P.activation_frame(P.Kind.HID_MOVE, x, new.fmt, conv, start))
-            self._write(P.Frame(P.Kind.MOVED, conv, len(runs)))
-            for m in ms:
-                session.caches[m.layer].take(m.units)
-        else:
-            runs = []
-            while (g := self._read()).kind == P.Kind.HID_MOVE:
-                runs.append(V.hidden_run(g, self.sm, conv, new.fmt, ctx))
-            if g.kind != P.Kind.MOVED or g.request_id != conv or g.seq != len(runs):
-                raise P.FrameError("unexpected", f"{g.kind.name} where MOVED of conversation {conv} belongs")
-            self._compute(lambda check: C.recompute(session, ms, ctx, runs))
+        C.move_over_link(session, False, C.moves(old, new), how, ctx, new.fmt, conv, self._write, self._read,
+                         lambda fn: self._compute(lambda check: fn()))
         session.plan = new
         self.server.keep_conversation(conv, session)
         self.server.count("migrations")

@@ -134,7 +134,7 @@ def migrate_request(f: P.Frame, sm: SplitModel, limits: Limits) -> tuple[int, st
     if values[1] not in (0, 1):
         raise P.FrameError("plan", f"MIGRATE how = {values[1]}: 0 (K/V) or 1 (recompute)")
     old, new = _plan(values[2:2 + n], sm), _plan(values[2 + n:], sm)
-    from splitrl.runtime.conversation import moves
+    from splitrl.runtime.conversation import moves  # here: conversation.py checks its frames with this module
     ms = moves(old, new)
     if not ms or ctx == 0:
         raise P.FrameError("plan", "MIGRATE with nothing to move (the same placement, or no positions)")
