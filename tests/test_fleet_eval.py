@@ -136,3 +136,28 @@ def test_splitrl_train_fleet_writes_a_run_the_fleet_evaluation_reads(tiny, tmp_p
     assert out[2]["policy"] == "trained:tiny" and out[2]["objective"] == trained["objective"]   # LABEL=DIR
     assert np.isfinite(trained["objective"]) and "objective_vs_cloud_only" in trained
     assert raw[trained["policy"]][0]["boundary"].shape == (4, 1, 2)   # [slots, fleets, devices]
+
+
+def test_fleet_dpp_charges_the_cloud_drift_its_offloaded_work_adds(tiny):
+    """With an infinite reference queue the cloud's drift vanishes and fleet DPP is myopic DPP; with a long
+    published queue it never offloads more cloud work than myopic DPP (it minimises the same objective plus
+    a charge that grows with that work)."""
+    from splitrl.env.dpp import candidate_actions, candidate_costs, fleet_myopic_action, myopic_action
+    from splitrl.env.split_env import estimated_conditions, slot_queues
+    env, params = make_fleet(tiny)
+    _, state = env.reset(jax.random.PRNGKey(3), params)
+    def work(a, p, s):
+        one = jax.tree.map(lambda x: x[None], a)
+        m = candidate_costs(p, one, s.prompt_len, s.output_len, estimated_conditions(s, p))
+        q = slot_queues(p, s, m, p.workload.arrival_rate * p.slot_s)
+        return float((q["served"] * (m["cloud_prefill_s"] + m["cloud_decode_s"]))[0])
+
+    for i in range(env.n_devices):
+        p_i, s_i = jax.tree.map(lambda x, i=i: x[i], params.device), jax.tree.map(lambda x, i=i: x[i], state.device)
+        cands = candidate_actions(env.device, p_i, layer_only=True)
+        same = jax.tree.map(lambda a, b: bool(jnp.all(a == b)), fleet_myopic_action(p_i, s_i, cands, 1.0, 1e12, 1.0),
+                            myopic_action(p_i, s_i, cands))
+        assert all(jax.tree.leaves(same))
+        busy = s_i.replace(cloud_wait_est=jnp.float32(60.0), backlog=jnp.float32(3.0))
+        fleet_choice, own_choice = fleet_myopic_action(p_i, busy, cands, 1.0, 10.0, 1.0), myopic_action(p_i, busy, cands)
+        assert work(fleet_choice, p_i, busy) <= work(own_choice, p_i, busy) + 1e-6

@@ -11,7 +11,7 @@ import numpy as np
 
 from splitrl.baselines.base import PolicyBase
 from splitrl.env import sessions
-from splitrl.env.dpp import candidate_actions, candidate_costs, myopic_action, pick
+from splitrl.env.dpp import candidate_actions, candidate_costs, fleet_myopic_action, myopic_action, pick
 from splitrl.env.split_env import SplitEnv, estimated_conditions
 from splitrl.env.types import Action
 
@@ -45,6 +45,21 @@ class MyopicDPP(PolicyBase):
 
     def __call__(self, pparams, key, obs, state, env_params, step_key):
         return myopic_action(env_params, state, pparams)
+
+
+@dataclasses.dataclass(frozen=True)
+class FleetDPP(MyopicDPP):
+    """Myopic DPP on the fleet's Lyapunov function (a fleet's devices only): also charges the drift its
+    offloaded work adds to the shared cloud's queue at the published wait (`fleet_myopic_action`), where
+    plain myopic DPP sees the cloud only through the wait its own request meets. The fleet's numbers
+    (replicas C, wait_ref_s, batch gain) come from the fleet (splitrl.evaluation.fleet builds it)."""
+    replicas: float = 1.0
+    wait_ref_s: float = 10.0
+    batch_gain: float = 1.0
+    name: str = "fleet_dpp"
+
+    def __call__(self, pparams, key, obs, state, env_params, step_key):
+        return fleet_myopic_action(env_params, state, pparams, self.replicas, self.wait_ref_s, self.batch_gain)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -120,3 +120,21 @@ def myopic_action(env_params: EnvParams, state: EnvState, candidates: Action) ->
     arrivals = env_params.workload.arrival_rate * env_params.slot_s
     return pick(candidates, jnp.argmin(dpp_objective(env_params, state, m, arrivals)))
 
+
+
+def fleet_myopic_action(env_params: EnvParams, state: EnvState, candidates: Action, replicas, wait_ref_s,
+                        batch_gain) -> Action:
+    """`myopic_action` on the fleet's Lyapunov function (docs/fleet.md): the device's one-slot objective
+    plus the whole drift its offloaded work adds to the shared cloud's L_cloud = ½ (W / W_ref)² at the
+    published queue W (cloud_wait_est · C, one slot old): (W·a + a²/2) / W_ref², a = served · (cloud
+    prefill s + cloud decode s / batch gain), as the fleet counts it. A device's own reward carries 1/N of
+    that drift; this controller charges all of it (the team's one-slot optimum, each device assuming the
+    others' work is what left W)."""
+    env_params = sessions.params_at(env_params, state)
+    m = candidate_costs(env_params, candidates, state.prompt_len, state.output_len,
+                        estimated_conditions(state, env_params))
+    arrivals = env_params.workload.arrival_rate * env_params.slot_s
+    q = slot_queues(env_params, state, m, arrivals)
+    work = q["served"] * (m["cloud_prefill_s"] + m["cloud_decode_s"] / batch_gain)
+    queue, ref = state.cloud_wait_est * replicas, replicas * wait_ref_s
+    return pick(candidates, jnp.argmin(q["objective"] + (queue * work + 0.5 * work ** 2) / ref ** 2))

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from splitrl.baselines import ScenarioSpec, make_baseline
+from splitrl.baselines.dpp import FleetDPP
 from splitrl.baselines.threshold import WaitThreshold
 from splitrl.baselines.trained import Trained
 from splitrl.env import rollout as R
@@ -43,9 +44,9 @@ from splitrl.env.fleet_scenario import FleetInfo, make_fleet_with_info
 from splitrl.evaluation.run import episode_keys
 from splitrl.evaluation.stats import add_paired, request_times, t_interval
 
-POLICIES = ("cloud_only", "edge_only", "static_split", "greedy_latency", "myopic_dpp", "splitllm_dp",
+POLICIES = ("cloud_only", "edge_only", "static_split", "greedy_latency", "myopic_dpp", "fleet_dpp", "splitllm_dp",
             "wait_threshold")
-SEARCHING = ("greedy_latency", "myopic_dpp")      # policies whose pparams are a candidate set
+SEARCHING = ("greedy_latency", "myopic_dpp", "fleet_dpp")      # policies whose pparams are a candidate set
 THRESHOLD_GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 PAIRED = ("cloud_only", "myopic_dpp")              # each row's objective minus these, seed by seed
 TRAIN_SEED0 = 1000                                # training episodes: seeds TRAIN_SEED0, +1, ... (never evaluated)
@@ -60,8 +61,14 @@ METRICS = {"objective": "fleet DPP objective / slot", "p50": "p50 (s)", "p95": "
 
 
 # ----------------------------------------------------------------------------- policies
-def make_policy(name: str, threshold_s: float = 5.0):
-    return WaitThreshold(threshold_s) if name == "wait_threshold" else make_baseline(name)
+def make_policy(name: str, threshold_s: float = 5.0, params=None):
+    """A fleet baseline by name; `fleet_dpp` takes the fleet's cloud numbers from `params` (FleetParams)."""
+    if name == "wait_threshold":
+        return WaitThreshold(threshold_s)
+    if name == "fleet_dpp":
+        c = params.cloud
+        return FleetDPP(replicas=float(c.replicas), wait_ref_s=float(c.wait_ref_s), batch_gain=float(c.batch_gain))
+    return make_baseline(name)
 
 
 def device_type_specs(info: FleetInfo) -> list[ScenarioSpec]:
@@ -216,7 +223,7 @@ def evaluate_fleet(fleet: str, policies, seeds: int, episodes: int, steps: int, 
             if name == "wait_threshold":
                 threshold, scores = tune_threshold(env, params, fleet, grid, train_seeds, episodes, steps, info)
                 extra = {"threshold_s": threshold, "tuning": scores}
-            policy = make_policy(name, threshold)
+            policy = make_policy(name, threshold, params)
         pparams = init_per_device(policy, env, params, candidates, info)
         outs = [run_seed(env, policy, params, pparams, fleet, s, episodes, steps) for s in range(seeds)]
         raw[name] = outs
