@@ -141,7 +141,7 @@ def test_splitrl_train_fleet_writes_a_run_the_fleet_evaluation_reads(tiny, tmp_p
 def test_fleet_dpp_charges_the_cloud_drift_its_offloaded_work_adds(tiny):
     """With an infinite reference queue the cloud's drift vanishes and fleet DPP is myopic DPP; with a long
     published queue it never offloads more cloud work than myopic DPP (it minimises the same objective plus
-    a charge that grows with that work)."""
+    a charge that grows with that work), and a higher congestion price never more than fleet DPP."""
     from splitrl.env.dpp import candidate_actions, candidate_costs, fleet_myopic_action, myopic_action
     from splitrl.env.split_env import estimated_conditions, slot_queues
     env, params = make_fleet(tiny)
@@ -161,3 +161,5 @@ def test_fleet_dpp_charges_the_cloud_drift_its_offloaded_work_adds(tiny):
         busy = s_i.replace(cloud_wait_est=jnp.float32(60.0), backlog=jnp.float32(3.0))
         fleet_choice, own_choice = fleet_myopic_action(p_i, busy, cands, 1.0, 10.0, 1.0), myopic_action(p_i, busy, cands)
         assert work(fleet_choice, p_i, busy) <= work(own_choice, p_i, busy) + 1e-6
+        priced = fleet_myopic_action(p_i, busy, cands, 1.0, 10.0, 1.0, congestion=1000.0)   # congestion_dpp
+        assert work(priced, p_i, busy) <= work(fleet_choice, p_i, busy) + 1e-6

@@ -51,15 +51,25 @@ class MyopicDPP(PolicyBase):
 class FleetDPP(MyopicDPP):
     """Myopic DPP on the fleet's Lyapunov function (a fleet's devices only): also charges the drift its
     offloaded work adds to the shared cloud's queue at the published wait (`fleet_myopic_action`), where
-    plain myopic DPP sees the cloud only through the wait its own request meets. The fleet's numbers
-    (replicas C, wait_ref_s, batch gain) come from the fleet (splitrl.evaluation.fleet builds it)."""
+    plain myopic DPP sees the cloud only through the wait its own request meets; `congestion` multiplies
+    that charge (1: the drift; `congestion_dpp` tunes it on training episodes). The fleet's numbers
+    (replicas C, wait_ref_s, batch gain) come from the fleet (splitrl.evaluation.fleet builds it).
+    Params: {"candidates": the candidate set, "congestion": the multiplier} (data: tuning compiles once)."""
     replicas: float = 1.0
     wait_ref_s: float = 10.0
     batch_gain: float = 1.0
+    congestion: float = 1.0
     name: str = "fleet_dpp"
 
+    def init(self, env, env_params, spec=None, key=None):
+        return self.with_candidates(candidate_actions(env, env_params, exhaustive=False))
+
+    def with_candidates(self, candidates: Action) -> dict:
+        return {"candidates": candidates, "congestion": jnp.float32(self.congestion)}
+
     def __call__(self, pparams, key, obs, state, env_params, step_key):
-        return fleet_myopic_action(env_params, state, pparams, self.replicas, self.wait_ref_s, self.batch_gain)
+        return fleet_myopic_action(env_params, state, pparams["candidates"], self.replicas, self.wait_ref_s,
+                                   self.batch_gain, pparams["congestion"])
 
 
 @dataclasses.dataclass(frozen=True)

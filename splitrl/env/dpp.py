@@ -123,13 +123,14 @@ def myopic_action(env_params: EnvParams, state: EnvState, candidates: Action) ->
 
 
 def fleet_myopic_action(env_params: EnvParams, state: EnvState, candidates: Action, replicas, wait_ref_s,
-                        batch_gain) -> Action:
+                        batch_gain, congestion=1.0) -> Action:
     """`myopic_action` on the fleet's Lyapunov function (docs/fleet.md): the device's one-slot objective
     plus the whole drift its offloaded work adds to the shared cloud's L_cloud = ½ (W / W_ref)² at the
     published queue W (cloud_wait_est · C, one slot old): (W·a + a²/2) / W_ref², a = served · (cloud
     prefill s + cloud decode s / batch gain), as the fleet counts it. A device's own reward carries 1/N of
     that drift; this controller charges all of it (the team's one-slot optimum, each device assuming the
-    others' work is what left W)."""
+    others' work is what left W), times `congestion` (1: the drift itself; more: a price for the wait the
+    work adds to every request queued behind it until the queue drains, which no one-slot drift counts)."""
     env_params = sessions.params_at(env_params, state)
     m = candidate_costs(env_params, candidates, state.prompt_len, state.output_len,
                         estimated_conditions(state, env_params))
@@ -137,4 +138,5 @@ def fleet_myopic_action(env_params: EnvParams, state: EnvState, candidates: Acti
     q = slot_queues(env_params, state, m, arrivals)
     work = q["served"] * (m["cloud_prefill_s"] + m["cloud_decode_s"] / batch_gain)
     queue, ref = state.cloud_wait_est * replicas, replicas * wait_ref_s
-    return pick(candidates, jnp.argmin(q["objective"] + (queue * work + 0.5 * work ** 2) / ref ** 2))
+    charge = congestion * (queue * work + 0.5 * work ** 2) / ref ** 2
+    return pick(candidates, jnp.argmin(q["objective"] + charge))

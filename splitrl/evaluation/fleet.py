@@ -44,10 +44,11 @@ from splitrl.env.fleet_scenario import FleetInfo, make_fleet_with_info
 from splitrl.evaluation.run import episode_keys
 from splitrl.evaluation.stats import add_paired, request_times, t_interval
 
-POLICIES = ("cloud_only", "edge_only", "static_split", "greedy_latency", "myopic_dpp", "fleet_dpp", "splitllm_dp",
-            "wait_threshold")
-SEARCHING = ("greedy_latency", "myopic_dpp", "fleet_dpp")      # policies whose pparams are a candidate set
+POLICIES = ("cloud_only", "edge_only", "static_split", "greedy_latency", "myopic_dpp", "fleet_dpp", "congestion_dpp",
+            "splitllm_dp", "wait_threshold")
+SEARCHING = ("greedy_latency", "myopic_dpp", "fleet_dpp", "congestion_dpp")   # pparams hold a candidate set
 THRESHOLD_GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+CONGESTION_GRID = (1.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)   # congestion_dpp's multipliers tried
 PAIRED = ("cloud_only", "myopic_dpp")              # each row's objective minus these, seed by seed
 TRAIN_SEED0 = 1000                                # training episodes: seeds TRAIN_SEED0, +1, ... (never evaluated)
 DEVICE_FIELDS = ("response_time", "arrivals", "drops", "request_failed", "served", "energy", "delta_ppl",
@@ -61,13 +62,15 @@ METRICS = {"objective": "fleet DPP objective / slot", "p50": "p50 (s)", "p95": "
 
 
 # ----------------------------------------------------------------------------- policies
-def make_policy(name: str, threshold_s: float = 5.0, params=None):
-    """A fleet baseline by name; `fleet_dpp` takes the fleet's cloud numbers from `params` (FleetParams)."""
+def make_policy(name: str, threshold_s: float = 5.0, params=None, congestion: float = 1.0):
+    """A fleet baseline by name; `fleet_dpp` and `congestion_dpp` take the fleet's cloud numbers from
+    `params` (FleetParams), the latter its tuned `congestion`."""
     if name == "wait_threshold":
         return WaitThreshold(threshold_s)
-    if name == "fleet_dpp":
+    if name in ("fleet_dpp", "congestion_dpp"):
         c = params.cloud
-        return FleetDPP(replicas=float(c.replicas), wait_ref_s=float(c.wait_ref_s), batch_gain=float(c.batch_gain))
+        return FleetDPP(replicas=float(c.replicas), wait_ref_s=float(c.wait_ref_s), batch_gain=float(c.batch_gain),
+                        congestion=congestion if name == "congestion_dpp" else 1.0, name=name)
     return make_baseline(name)
 
 
@@ -99,6 +102,8 @@ def init_per_device(policy, env, params, candidates: str = "layer", info: FleetI
         p_i = jax.tree.map(lambda x, i=i: x[i], params.device)
         if policy.name in SEARCHING:
             per_type[k] = candidate_actions(env.device, p_i, layer_only=candidates == "layer", exhaustive=False)
+            if isinstance(policy, FleetDPP):
+                per_type[k] = policy.with_candidates(per_type[k])
         else:
             spec = None if specs is None else specs[k]
             per_type[k] = policy.bind(env.device, p_i).init(env.device, p_i, spec, jax.random.PRNGKey(0))
@@ -194,6 +199,22 @@ def tune_threshold(env, params, fleet: str, grid, seeds: int, episodes: int, ste
     return max(t for t, v in scores.items() if v == best), scores
 
 
+def tune_congestion(env, params, fleet: str, grid, seeds: int, episodes: int, steps: int, candidates: str,
+                    info: FleetInfo | None = None) -> tuple[float, dict]:
+    """congestion_dpp's multiplier of least mean fleet DPP objective on training episodes (seeds
+    TRAIN_SEED0..., never evaluated; ties go to the smallest, the closest to the drift itself); one compile
+    for the whole grid (the multiplier is data)."""
+    policy = make_policy("congestion_dpp", params=params)
+    base = init_per_device(policy, env, params, candidates, info)
+    scores = {}
+    for k in grid:
+        pp = base | {"congestion": jnp.full(env.n_devices, k, jnp.float32)}
+        outs = [run_seed(env, policy, params, pp, fleet, TRAIN_SEED0 + s, episodes, steps) for s in range(seeds)]
+        scores[float(k)] = float(np.mean([np.mean(o["fleet_objective"]) for o in outs]))
+    best = min(scores.values())
+    return min(k for k, v in scores.items() if v == best), scores
+
+
 def trained_policy(run: str) -> tuple[str, Trained, dict]:
     """(row name, policy, row extras) of a trained run, given as DIR or LABEL=DIR: the label or its run
     name, and the fleet or scenario it trained on."""
@@ -219,11 +240,15 @@ def evaluate_fleet(fleet: str, policies, seeds: int, episodes: int, steps: int, 
         t0 = time.perf_counter()
         name = name if name not in raw else f"{name}#{len(raw)}"   # two runs of one run name
         if policy is None:
-            threshold = 5.0
+            threshold, congestion = 5.0, 1.0
             if name == "wait_threshold":
                 threshold, scores = tune_threshold(env, params, fleet, grid, train_seeds, episodes, steps, info)
                 extra = {"threshold_s": threshold, "tuning": scores}
-            policy = make_policy(name, threshold, params)
+            if name == "congestion_dpp":
+                congestion, scores = tune_congestion(env, params, fleet, CONGESTION_GRID, train_seeds, episodes, steps,
+                                                     candidates, info)
+                extra = {"congestion": congestion, "tuning": scores}
+            policy = make_policy(name, threshold, params, congestion)
         pparams = init_per_device(policy, env, params, candidates, info)
         outs = [run_seed(env, policy, params, pparams, fleet, s, episodes, steps) for s in range(seeds)]
         raw[name] = outs
@@ -260,6 +285,7 @@ def markdown(rows: list[dict]) -> str:
                   "|---" * (len(METRICS) + len(PAIRED) + 1) + "|"]
         for r in sub:
             name = r["policy"] + (f" (τ = {r['threshold_s']:g} s)" if "threshold_s" in r else "")
+            name += f" (κ = {r['congestion']:g})" if "congestion" in r else ""
             paired = "".join(fmt(r.get(f"objective_vs_{ref}"), r.get(f"objective_vs_{ref}_ci")) + " | " for ref in PAIRED)
             lines.append(f"| {name} | {paired}" + " | ".join(fmt(r[m], r[f"{m}_ci"]) for m in METRICS) + " |")
         lines.append("")
