@@ -1,0 +1,36 @@
+"""The env's numbers pinned: fixed-seed rollouts under a fixed sequence of actions (tests/env_golden.py) must
+reproduce the sums of the reward, every info field and the observed features recorded from the code
+before the step was restructured for throughput (issue 16).
+
+Tolerance: rtol 1e-5 of each field's absolute sum. Reordered float32 arithmetic (a prefix sum taken on
+the host, a product instead of a quotient) moves a value by a few ulps (~1e-7 relative), and a sum over
+9,600 slots of such values stays far inside 1e-5; a discrete outcome flipped by an ulp (a timeout, a
+retransmission round) would show as a jump well beyond it. On the CPU the rollouts reproduce bit for
+bit (tests/env_golden.py --check prints the digests' agreement)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tests import env_golden as G
+
+GOLDEN = json.loads(G.GOLDEN.read_text())
+RTOL = 1e-5
+
+
+def _compare(name: str, got: dict) -> None:
+    want = GOLDEN[name]["fields"]
+    assert sorted(got["fields"]) == sorted(want), "the info fields changed"
+    bad = {k: (got["fields"][k]["sum"], w["sum"]) for k, w in want.items()
+           if not np.isclose(got["fields"][k]["sum"], w["sum"], rtol=0, atol=RTOL * max(w["abs_sum"], 1e-12))}
+    assert not bad, f"{name}: sums moved beyond rtol {RTOL}: {bad}"
+
+
+@pytest.mark.parametrize("name", G.SCENARIOS)
+def test_scenario_rollout_reproduces_the_recorded_numbers(name):
+    _compare(name, G.scenario_rollout(name))
+
+
+def test_fleet_rollout_reproduces_the_recorded_numbers():
+    _compare(f"fleet:{G.FLEET}", G.fleet_rollout())
