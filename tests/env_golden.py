@@ -87,7 +87,9 @@ if __name__ == "__main__":
     if "--check" in sys.argv:
         old = json.loads(GOLDEN.read_text())
         for k, v in out.items():
-            print(k, "bit-identical" if v["digest"] == old[k]["digest"] else "DIFFERS")
+            worst = max(((abs(f["sum"] - old[k]["fields"][n]["sum"]) / max(old[k]["fields"][n]["abs_sum"], 1e-30), n)
+                         for n, f in v["fields"].items()))
+            print(k, "bit-identical" if v["digest"] == old[k]["digest"] else f"differs: worst {worst[1]} by {worst[0]:.2e}")
     else:
         GOLDEN.write_text(json.dumps(out, indent=1, sort_keys=True))
         print(f"wrote {GOLDEN}")

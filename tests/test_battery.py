@@ -11,7 +11,7 @@ from splitrl.env import heat
 from splitrl.env.cost import action_cost
 from splitrl.env.scenario import load_scenario_dict, make
 from splitrl.env.scenario_sections import ScenarioError
-from splitrl.env.split_env import estimated_conditions
+from splitrl.env.slot import estimated_conditions
 from splitrl.env.types import Action
 
 BATTERY = "battery_s23_outages"

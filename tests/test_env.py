@@ -327,7 +327,7 @@ def test_drift_telescopes_so_swinging_the_energy_earns_nothing(default):
     """Σ drift = L(Θ_T) - L(Θ_0) >= 0 for any actions, so the summed objective is never below V·Σ penalty.
     Alternating edge-only and cloud-only is what PPO found to farm Neely's linear bound Z·(E - budget):
     that bound's sum goes negative on the same trajectory."""
-    from splitrl.env.split_env import lyapunov
+    from splitrl.env.slot import lyapunov
 
     env, params = default
     obs, state0 = env.reset(jax.random.PRNGKey(0), params)

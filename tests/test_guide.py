@@ -11,7 +11,7 @@ from splitrl.agents import make_policy, ppo
 from splitrl.env import make
 from splitrl.env.cost import project_action
 from splitrl.env.dpp import candidate_actions, candidate_costs, dpp_objective
-from splitrl.env.split_env import estimated_conditions
+from splitrl.env.slot import estimated_conditions
 
 from .test_agents import hparams, small_cfg
 

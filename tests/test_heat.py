@@ -12,7 +12,7 @@ from splitrl.env import heat
 from splitrl.env.cost import action_cost
 from splitrl.env.scenario import make, make_with_info
 from splitrl.env.scenario_sections import ScenarioError
-from splitrl.env.split_env import estimated_conditions, slot_penalty
+from splitrl.env.slot import estimated_conditions, slot_penalty
 from splitrl.env.types import Action, HeatParams
 from splitrl.profiles.errors import ProfileError
 from splitrl.profiles.schema import Device

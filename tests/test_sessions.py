@@ -10,7 +10,7 @@ from splitrl.env import features as F
 from splitrl.env.cost import action_cost, transfer_time
 from splitrl.env.scenario import make
 from splitrl.env.scenario_sections import ScenarioError
-from splitrl.env.split_env import estimated_conditions
+from splitrl.env.slot import estimated_conditions
 from splitrl.env.types import Action
 
 SESSION = "session_s23_3g_bus"

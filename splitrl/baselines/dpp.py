@@ -12,7 +12,8 @@ import numpy as np
 from splitrl.baselines.base import PolicyBase
 from splitrl.env import sessions
 from splitrl.env.dpp import candidate_actions, candidate_costs, fleet_myopic_action, myopic_action, pick
-from splitrl.env.split_env import SplitEnv, estimated_conditions
+from splitrl.env.slot import estimated_conditions
+from splitrl.env.split_env import SplitEnv
 from splitrl.env.types import Action
 
 

@@ -1,6 +1,6 @@
 """The edge's battery (docs/environment.md, "Battery"): whether the edge may compute, and the charge an
 episode starts from with its even spend-down. The drain and the battery queue Z_B move with the other
-queues in `splitrl.env.split_env.slot_queues`. Pure JAX."""
+queues in `splitrl.env.slot.slot_queues`. Pure JAX."""
 
 from __future__ import annotations
 

@@ -34,6 +34,7 @@ from splitrl.env import sessions
 from splitrl.env.battery import edge_available
 from splitrl.env.cloud import decode_factor
 from splitrl.env.crossing import R_MAX, _rounds, rounds_std, transfer_time
+from splitrl.env.fuse import materialise
 from splitrl.env.interp import at, lerp_index
 from splitrl.env.tables import LayerRow, ModelRow, compute_time_masks, decode_layer_row, decode_model_row
 from splitrl.env.types import Conditions, EnvParams
@@ -117,7 +118,7 @@ def _lookup(params: EnvParams, b, pre_ctx, dec_ctx):
     rows = near[0] * (1 - wts[:, None]) + near[1] * wts[:, None]
     tot = (jnp.take_along_axis(c.model_rows, idx[:, None, None], -1)[..., 0] * (1 - wts[:, None])
            + jnp.take_along_axis(c.model_rows, idx[:, None, None] + 1, -1)[..., 0] * wts[:, None])  # [2, M]
-    return rows, tot
+    return materialise((rows, tot))   # read by many fusions: interpolated once
 
 
 def _throttled(rows, tot, edge_speed):

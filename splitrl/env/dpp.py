@@ -23,7 +23,8 @@ import numpy as np
 
 from splitrl.env import sessions
 from splitrl.env.cost import action_cost
-from splitrl.env.split_env import SplitEnv, estimated_conditions, slot_penalty, slot_queues
+from splitrl.env.slot import estimated_conditions, slot_penalty, slot_queues
+from splitrl.env.split_env import SplitEnv
 from splitrl.env.tables import decode_layer_row
 from splitrl.env.types import Action, Conditions, EnvParams, EnvState
 
@@ -102,7 +103,7 @@ def penalty(env_params: EnvParams, m: dict) -> jax.Array:
 
 def dpp_objective(env_params: EnvParams, state: EnvState, m: dict, arrivals) -> jax.Array:
     """The env's per-slot objective (`info["objective"]`) from a request's metrics `m` and the slot's
-    arrivals: the same function the env's step calls (splitrl.env.split_env.slot_queues)."""
+    arrivals: the same function the env's step calls (splitrl.env.slot.slot_queues)."""
     return slot_queues(env_params, state, m, arrivals)["objective"]
 
 

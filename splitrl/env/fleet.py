@@ -29,15 +29,8 @@ from gymnax.environments import environment, spaces
 from jax.scipy.special import ndtr, ndtri
 
 from splitrl.env import heat
-from splitrl.env.split_env import (
-    SplitEnv,
-    _uniforms,
-    advance_state,
-    link_conditions,
-    poisson_icdf,
-    price_slot,
-    slot_info,
-)
+from splitrl.env.slot import _uniforms, advance_state, link_conditions, poisson_icdf, price_slot, slot_info
+from splitrl.env.split_env import SplitEnv
 from splitrl.env.types import Action, CloudState, FleetParams, FleetState, Observation
 
 WORKLOAD_KINDS = ("trace", "classes")
