@@ -10,7 +10,8 @@ import pytest
 
 from splitrl.env import channel as ch
 from splitrl.env import cloud, make
-from splitrl.env.cost import request_cost, rounds_std, transfer_time
+from splitrl.env.cost import request_cost, transfer_time
+from splitrl.env.crossing import rounds_std
 from splitrl.env.types import Action, Conditions
 from splitrl.evaluation.stats import request_times, seed_stats
 

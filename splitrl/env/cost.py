@@ -33,8 +33,8 @@ import jax.numpy as jnp
 from splitrl.env import sessions
 from splitrl.env.battery import edge_available
 from splitrl.env.cloud import decode_factor
-from splitrl.env.crossing import R_MAX, _rounds, rounds_std, transfer_time
-from splitrl.env.fuse import materialise
+from splitrl.env.crossing import R_MAX, _rounds, crossings, transfer_time
+from splitrl.env.fuse import last_axis_max, last_axis_sum, materialise
 from splitrl.env.interp import at, lerp_index
 from splitrl.env.tables import LayerRow, ModelRow, compute_time_masks, decode_layer_row, decode_model_row
 from splitrl.env.types import Conditions, EnvParams
@@ -62,16 +62,16 @@ def _pass(p: Phase, on_e, is_attn, last):
     head_e, head_e_j, head_c = p.head.edge_head, p.head.edge_head_j, p.head.cloud_head
     on_c = 1.0 - on_e
     attn, ffn = is_attn.astype(jnp.float32), 1.0 - is_attn.astype(jnp.float32)
-    # sums of products, not dots: XLA fuses them with their neighbours (dots are separate kernels)
-    a_e, a_c = jnp.max(on_e * attn) > 0, jnp.max(on_c * attn) > 0
-    f_e, f_c = jnp.max(on_e * ffn) > 0, jnp.max(on_c * ffn) > 0
+    # sums of products as chains of adds, not dots or reductions: XLA fuses them with their neighbours
+    a_e, a_c = last_axis_max(on_e * attn) > 0, last_axis_max(on_c * attn) > 0
+    f_e, f_c = last_axis_max(on_e * ffn) > 0, last_axis_max(on_c * ffn) > 0
     # a sublayer split over both sides runs its units as separate pieces: they cost `mix` x their share
     m_attn = jnp.where(a_e & a_c, p.mix, 1.0)
     m_ffn = jnp.where(f_e & f_c, p.mix, 1.0)
-    te_attn = n_tok * (m_attn[0] * jnp.sum(on_e * attn * te) + a_e * ne[0])
-    tc_attn = n_tok * (m_attn[1] * jnp.sum(on_c * attn * tc) + a_c * nc[0])
-    te_ffn = n_tok * (m_ffn[0] * jnp.sum(on_e * ffn * te) + f_e * ne[1])
-    tc_ffn = n_tok * (m_ffn[1] * jnp.sum(on_c * ffn * tc) + f_c * nc[1])
+    te_attn = n_tok * (m_attn[0] * last_axis_sum(on_e * attn * te) + a_e * ne[0])
+    tc_attn = n_tok * (m_attn[1] * last_axis_sum(on_c * attn * tc) + a_c * nc[0])
+    te_ffn = n_tok * (m_ffn[0] * last_axis_sum(on_e * ffn * te) + f_e * ne[1])
+    tc_ffn = n_tok * (m_ffn[1] * last_axis_sum(on_c * ffn * tc) + f_c * nc[1])
     t_attn = jnp.where(~a_c, te_attn, jnp.where(~a_e, X + tc_attn, jnp.maximum(te_attn, X + tc_attn) + X))
     ffn_edge_holds = jnp.where(~f_c, te_ffn, jnp.where(~f_e, X + tc_ffn, jnp.maximum(te_ffn, X + tc_ffn) + X))
     ffn_cloud_holds = jnp.where(~f_e, tc_ffn, jnp.where(~f_c, X + te_ffn, jnp.maximum(tc_ffn, X + te_ffn + X)))
@@ -83,8 +83,8 @@ def _pass(p: Phase, on_e, is_attn, last):
     base = n_tok * (p.model.edge_embed + row.prefix)
     time = base + t_attn + t_ffn + after
     edge_s = base + te_attn + te_ffn + jnp.where(head_on_edge, head_e, 0.0)
-    edge_j = (n_tok * (p.model.edge_embed_j + row.prefix_j + m_attn[0] * jnp.sum(on_e * attn * tej)
-                       + m_ffn[0] * jnp.sum(on_e * ffn * tej) + a_e * nej[0] + f_e * nej[1])
+    edge_j = (n_tok * (p.model.edge_embed_j + row.prefix_j + m_attn[0] * last_axis_sum(on_e * attn * tej)
+                       + m_ffn[0] * last_axis_sum(on_e * ffn * tej) + a_e * nej[0] + f_e * nej[1])
               + jnp.where(head_on_edge, head_e_j, 0.0))
     n_up = (a_c * 1.0 + (a_e & a_c) + jnp.where(a_c, f_e & f_c, f_c * 1.0 + (f_e & f_c)) + (ends_on_edge & ~last))
     n_down = (a_c & f_e) * 1.0
@@ -167,10 +167,12 @@ def request_cost(params: EnvParams, boundary, fmt, edge_units, prompt, output, c
     # crossings: prefill hidden state, one decode token's hidden state, a token id, the prompt's ids
     hidden = c.tx_bytes[fmt]
     sizes = jnp.stack([prompt * hidden, hidden, TOKEN_ID_BYTES, prompt * TOKEN_ID_BYTES])
-    u = None if draws is None else jnp.stack([draws[0], 1.0, 1.0, draws[1]])   # per-token: expectation + CLT below
-    X = transfer_time(sizes, cond.bw, cond.rtt, cond.loss_p, ch.packet_bytes, ch.max_retx, u)
-    if u is not None:
-        X = X.at[1:3].set(transfer_time(sizes[1:3], cond.bw, cond.rtt, cond.loss_p, ch.packet_bytes, ch.max_retx))
+    if draws is None:
+        X = transfer_time(sizes, cond.bw, cond.rtt, cond.loss_p, ch.packet_bytes, ch.max_retx)
+    else:   # the prefill's and the prompt's rounds drawn; per token: the expectation, and the CLT below
+        X, expected, std = crossings(sizes, cond.bw, cond.rtt, cond.loss_p, ch.packet_bytes, ch.max_retx,
+                                     jnp.stack([draws[0], 1.0, 1.0, draws[1]]))
+        X = X.at[1:3].set(expected[1:3])
     phases = Phase(row=decode_layer_row(rows, edge_units.shape[0]), model=model, head=head,
                    n_tok=jnp.stack([prompt, 1.0]), crossing=X[:2],
                    cloud=jnp.stack([1.0, decode_factor(params.cloud, cond.cloud_load)]), mix=c.mix.T)
@@ -194,8 +196,7 @@ def request_cost(params: EnvParams, boundary, fmt, edge_units, prompt, output, c
     plan = jax.tree.map(lambda e, cl, s: jnp.where(edge_only, e, jnp.where(cloud_only, cl, s)), edge, cloud, split)
     crossings_per_tok = jnp.where(cloud_only | edge_only, 0.0, n_up[1] + n_down[1] + 1.0)
     steps = jnp.maximum(output - 1.0, 0.0)   # decode steps: the prefill pass already yields the first token
-    jitter = 0.0 if draws is None else (jnp.sqrt(steps * crossings_per_tok) * draws[2]
-                                        * rounds_std(hidden, cond.bw, cond.rtt, cond.loss_p, ch.packet_bytes, ch.max_retx))
+    jitter = 0.0 if draws is None else jnp.sqrt(steps * crossings_per_tok) * draws[2] * std[1]   # sizes[1]: hidden
     m = {"latency": jnp.maximum(plan.pre + steps * plan.tok + jitter, plan.pre),
          "edge_s": plan.edge_pre + steps * plan.edge_tok, "compute_j": plan.edge_pre_j + steps * plan.edge_tok_j,
          "up": jnp.where(edge_only, 0.0, jnp.where(cloud_only, sizes[3], n_up[0] * sizes[0] + steps * n_up[1] * hidden)),

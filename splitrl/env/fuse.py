@@ -3,7 +3,11 @@ read it. Pure JAX, exact (no value changes)."""
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import jax
+import jax.numpy as jnp
 
 
 def materialise(x):
@@ -12,3 +16,15 @@ def materialise(x):
     a division is an expensive op it never copies, so x / 1 (a 1 it cannot fold: exact) makes it store x once.
     jax.lax.optimization_barrier does not help here: the CPU pipeline removes it before fusion."""
     return jax.tree.map(lambda a: a / (a == a).astype(a.dtype), x)
+
+
+def last_axis_sum(x):
+    """x summed over its (short, static) last axis as a chain of adds: XLA's CPU backend runs a reduction
+    over a few elements as a separate library kernel that costs more than the step's arithmetic around it,
+    while adds fuse with their neighbours."""
+    return functools.reduce(operator.add, [x[..., i] for i in range(x.shape[-1])])
+
+
+def last_axis_max(x):
+    """x's maximum over its (short, static) last axis, as `last_axis_sum`."""
+    return functools.reduce(jnp.maximum, [x[..., i] for i in range(x.shape[-1])])
