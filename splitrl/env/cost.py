@@ -171,7 +171,7 @@ def request_cost(params: EnvParams, boundary, fmt, edge_units, prompt, output, c
         X = transfer_time(sizes, cond.bw, cond.rtt, cond.loss_p, ch.packet_bytes, ch.max_retx)
     else:   # the prefill's and the prompt's rounds drawn; per token: the expectation, and the CLT below
         X, expected, std = crossings(sizes, cond.bw, cond.rtt, cond.loss_p, ch.packet_bytes, ch.max_retx,
-                                     jnp.stack([draws[0], 1.0, 1.0, draws[1]]))
+                                     jnp.stack([draws[0], 1.0, 1.0, draws[1]]), std_of=1)
         X = X.at[1:3].set(expected[1:3])
     phases = Phase(row=decode_layer_row(rows, edge_units.shape[0]), model=model, head=head,
                    n_tok=jnp.stack([prompt, 1.0]), crossing=X[:2],
@@ -196,7 +196,7 @@ def request_cost(params: EnvParams, boundary, fmt, edge_units, prompt, output, c
     plan = jax.tree.map(lambda e, cl, s: jnp.where(edge_only, e, jnp.where(cloud_only, cl, s)), edge, cloud, split)
     crossings_per_tok = jnp.where(cloud_only | edge_only, 0.0, n_up[1] + n_down[1] + 1.0)
     steps = jnp.maximum(output - 1.0, 0.0)   # decode steps: the prefill pass already yields the first token
-    jitter = 0.0 if draws is None else jnp.sqrt(steps * crossings_per_tok) * draws[2] * std[1]   # sizes[1]: hidden
+    jitter = 0.0 if draws is None else jnp.sqrt(steps * crossings_per_tok) * draws[2] * std   # of sizes[1]: hidden
     m = {"latency": jnp.maximum(plan.pre + steps * plan.tok + jitter, plan.pre),
          "edge_s": plan.edge_pre + steps * plan.edge_tok, "compute_j": plan.edge_pre_j + steps * plan.edge_tok_j,
          "up": jnp.where(edge_only, 0.0, jnp.where(cloud_only, sizes[3], n_up[0] * sizes[0] + steps * n_up[1] * hidden)),

@@ -49,9 +49,10 @@ def rounds_std(nbytes, bw, rtt, loss_p, packet_bytes, max_retx):
     return _std(*_rounds(nbytes, bw, rtt, loss_p, packet_bytes, max_retx))
 
 
-def crossings(nbytes, bw, rtt, loss_p, packet_bytes, max_retx, u):
-    """(time drawn with the uniforms `u`, expected time, standard deviation of the retransmission time) of
-    each of `nbytes`, from one evaluation of the rounds (their powers are most of a crossing's cost)."""
+def crossings(nbytes, bw, rtt, loss_p, packet_bytes, max_retx, u, std_of: int):
+    """(time drawn with the uniforms `u`, expected time) of each of `nbytes` [n], and the standard deviation
+    of the retransmission time of `nbytes[std_of]`, from one evaluation of the rounds (their powers are
+    most of a crossing's cost)."""
     needed, cost = _rounds(nbytes, bw, rtt, loss_p, packet_bytes, max_retx)
     drawn = _time(nbytes, bw, rtt, (jnp.asarray(u)[..., None] < needed).astype(jnp.float32), cost)
-    return drawn, _time(nbytes, bw, rtt, needed, cost), _std(needed, cost)
+    return drawn, _time(nbytes, bw, rtt, needed, cost), _std(needed[std_of], cost[std_of])
