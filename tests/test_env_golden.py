@@ -34,3 +34,15 @@ def test_scenario_rollout_reproduces_the_recorded_numbers(name):
 
 def test_fleet_rollout_reproduces_the_recorded_numbers():
     _compare(f"fleet:{G.FLEET}", G.fleet_rollout())
+
+
+def test_the_steps_uniforms_are_jax_random_uniform_bit_for_bit():
+    """splitrl.env.draws writes out the threefry rounds jax runs as a loop on the CPU: same numbers."""
+    import jax
+
+    from splitrl.env.draws import uniforms
+    keys = jax.random.split(jax.random.PRNGKey(3), 512)
+    for n in (1, 17, 27, 38):
+        want = jax.vmap(lambda k: jax.random.uniform(k, (n,), minval=1e-7, maxval=1.0 - 1e-7))(keys)  # noqa: B023
+        got = jax.jit(jax.vmap(lambda k: uniforms(k, n, 1e-7, 1.0 - 1e-7)))(keys)  # noqa: B023
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

@@ -13,13 +13,14 @@ from splitrl.env import battery, cloud, heat
 from splitrl.env import channel as ch
 from splitrl.env.battery import edge_available
 from splitrl.env.cost import project_action, request_cost
+from splitrl.env.draws import uniforms
 from splitrl.env.fuse import materialise
 from splitrl.env.types import Action, Conditions, EnvParams, EnvState
 
 
 def _uniforms(key: jax.Array, n: int) -> jax.Array:
     """n uniforms in (0, 1), open at both ends so the inverse normal CDF stays finite."""
-    return materialise(jax.random.uniform(key, (n,), minval=1e-7, maxval=1.0 - 1e-7))
+    return materialise(uniforms(key, n, 1e-7, 1.0 - 1e-7))
 
 
 def lyapunov(params: EnvParams, backlog, z_energy, z_acc) -> jax.Array:
