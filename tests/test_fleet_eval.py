@@ -143,7 +143,7 @@ def test_fleet_dpp_charges_the_cloud_drift_its_offloaded_work_adds(tiny):
     published queue it never offloads more cloud work than myopic DPP (it minimises the same objective plus
     a charge that grows with that work), and a higher congestion price never more than fleet DPP."""
     from splitrl.env.dpp import candidate_actions, candidate_costs, fleet_myopic_action, myopic_action
-    from splitrl.env.split_env import estimated_conditions, slot_queues
+    from splitrl.env.slot import estimated_conditions, slot_queues
     env, params = make_fleet(tiny)
     _, state = env.reset(jax.random.PRNGKey(3), params)
     def work(a, p, s):

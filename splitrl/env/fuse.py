@@ -1,5 +1,6 @@
-"""How the step's values reach XLA's CPU fusion: compute a value once and store it where many fusions
-read it. Pure JAX, exact (no value changes)."""
+"""How the step's values reach XLA's CPU fusion: compute a value once where many fusions read it
+(`materialise`, exact), and sum or take the maximum over a short axis without a reduction kernel
+(the adds run in a fixed order that may round differently from XLA's reduction: a few ulps)."""
 
 from __future__ import annotations
 
