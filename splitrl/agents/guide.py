@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from splitrl.agents import shuffle
 from splitrl.agents.distributions import HierarchicalAction
 from splitrl.env.cost import project_action
 from splitrl.env.dpp import candidate_actions, myopic_action
@@ -49,7 +50,7 @@ def make_labeller(cfg, env, env_params):
 
     def label(params_env, obs, states, key) -> GuideBatch:
         n = jax.tree.leaves(states)[0].shape[0]
-        idx = jax.random.choice(key, n, (min(cfg.guide_states, n),), replace=False)
+        idx = shuffle.choice_without_replacement(key, n, min(cfg.guide_states, n))
         pick = lambda x: x[idx]  # noqa: E731
         obs, states = jax.tree.map(pick, obs), jax.tree.map(pick, states)
         return GuideBatch(obs=obs, action=jax.vmap(lambda s: dpp_label(params_env, s, candidates))(states))
@@ -75,7 +76,7 @@ def _fleet_labeller(cfg, env, env_params):
         # device states [M, N] -> [M·N], in the order of obs ([T, E, N] merged): device = index mod N
         dev_states = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), states.device)
         n = jax.tree.leaves(dev_states)[0].shape[0]
-        idx = jax.random.choice(key, n, (min(cfg.guide_states, n),), replace=False)
+        idx = shuffle.choice_without_replacement(key, n, min(cfg.guide_states, n))
         pick = lambda x: x[idx]  # noqa: E731
         obs, dev_states = jax.tree.map(pick, obs), jax.tree.map(pick, dev_states)
         dev_params = jax.tree.map(lambda x: x[idx % n_dev], params_env.device)
