@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import chex
 import distrax
-from distrax._src.utils.math import mul_exp, multiply_no_nan
 import jax
 import jax.numpy as jnp
+from distrax._src.utils.math import mul_exp, multiply_no_nan
 from flax import struct
 
 MASKED_LOGIT = -1e9
