@@ -90,64 +90,18 @@ def worker_distribution(unit_logits: jax.Array) -> distrax.Categorical:
     return distrax.Categorical(logits=unit_logits)
 
 
-# ----------------------------------------------------------------------------- two-way categoricals
-# The gate and the units are categoricals over two choices. distrax reduces over their last axis (size 2),
-# which XLA:CPU runs as slow tiny reductions (a fifth of an HPPO minibatch step; docs/training.md, "Where
-# HPPO's update time goes"). The functions below apply the same float operations as distrax's Categorical
-# and jax.nn on the two columns instead: a sum of two terms is exact in either order, so the values and
-# gradients are the same.
-
-def _pair_log_softmax(x0, x1):
-    """jax.nn.log_softmax over [x0, x1]."""
-    x_max = jax.lax.stop_gradient(jnp.maximum(x0, x1))
-    shifted0, shifted1 = x0 - x_max, x1 - x_max
-    logsumexp = jnp.log(jnp.exp(shifted0) + jnp.exp(shifted1))
-    return shifted0 - logsumexp, shifted1 - logsumexp
-
-
-@jax.custom_jvp
-def _pair_softmax(x0, x1):
-    """jax.nn.softmax over [x0, x1], with its custom derivative."""
-    x_max = jnp.maximum(x0, x1)
-    unnormalized0, unnormalized1 = jnp.exp(x0 - x_max), jnp.exp(x1 - x_max)
-    total = unnormalized0 + unnormalized1
-    return unnormalized0 / total, unnormalized1 / total
-
-
-@_pair_softmax.defjvp
-def _pair_softmax_jvp(primals, tangents):
-    y0, y1 = _pair_softmax(*primals)
-    dx0, dx1 = tangents
-    dot = y0 * dx0 + y1 * dx1
-    return (y0, y1), (y0 * (dx0 - dot), y1 * (dx1 - dot))
-
-
-def _pair_log_prob(logits: jax.Array, value: jax.Array) -> jax.Array:
-    """distrax.Categorical(logits=logits[..., 2]).log_prob(value)."""
-    n0, n1 = _pair_log_softmax(logits[..., 0], logits[..., 1])
-    chosen = (multiply_no_nan(n0, (value == 0).astype(n0.dtype)) + multiply_no_nan(n1, (value == 1).astype(n1.dtype)))
-    return jnp.where((value < 0) | (value > 1), -jnp.inf, chosen)
-
-
-def _pair_entropy(n0, n1) -> jax.Array:
-    """distrax.Categorical's entropy from its normalised two-way logits."""
-    log_p0, log_p1 = _pair_log_softmax(n0, n1)
-    return -(mul_exp(log_p0, log_p0) + mul_exp(log_p1, log_p1))
-
-
 def log_prob(logits: HierarchicalLogits, action: HierarchicalAction) -> jax.Array:
     """Joint log-probability: manager's two terms, the split gate, and the units when split."""
     return (distrax.Categorical(logits=logits.boundary).log_prob(action.boundary)
             + distrax.Categorical(logits=logits.fmt).log_prob(action.fmt)
-            + _pair_log_prob(logits.split, action.split)
-            + action.split * jnp.sum(_pair_log_prob(logits.units, action.units)))
+            + distrax.Categorical(logits=logits.split).log_prob(action.split)
+            + action.split * jnp.sum(worker_distribution(logits.units).log_prob(action.units)))
 
 
 def entropy(logits: HierarchicalLogits) -> jax.Array:
     """Manager entropy plus the worker's (gate, and units weighted by P(split)) at the (b, f) these
     logits were computed for."""
-    gate0, gate1 = _pair_log_softmax(logits.split[0], logits.split[1])
-    units0, units1 = _pair_log_softmax(logits.units[:, 0], logits.units[:, 1])
+    gate = distrax.Categorical(logits=logits.split)
     return (distrax.Categorical(logits=logits.boundary).entropy()
             + distrax.Categorical(logits=logits.fmt).entropy()
-            + _pair_entropy(gate0, gate1) + _pair_softmax(gate0, gate1)[1] * jnp.sum(_pair_entropy(units0, units1)))
+            + gate.entropy() + gate.probs[1] * jnp.sum(worker_distribution(logits.units).entropy()))
