@@ -12,10 +12,14 @@ import jax.numpy as jnp
 
 
 def materialise(x):
-    """x (a pytree of float arrays), computed once. XLA's CPU fusion copies chains of cheap ops (the PRNG's
-    hash, ndtri's polynomials, a lookup's interpolation) into every fusion that reads them, once per reader;
-    a division is an expensive op it never copies, so x / 1 (a 1 it cannot fold: exact) makes it store x once.
-    jax.lax.optimization_barrier does not help here: the CPU pipeline removes it before fusion."""
+    """x (a pytree of float arrays), computed once, on the CPU. XLA's CPU fusion copies chains of cheap ops
+    (the PRNG's hash, ndtri's polynomials, a lookup's interpolation) into every fusion that reads them, once
+    per reader; a division is an expensive op it never copies, so x / 1 (a 1 it cannot fold: exact) makes it
+    store x once. jax.lax.optimization_barrier does not help here: the CPU pipeline removes it before fusion.
+    Elsewhere x is returned as it is: on a GPU at large batch the recomputation is cheaper than the memory
+    traffic of storing x (measured on an H200: the stored version ran 25 % slower at 1,048,576 envs)."""
+    if jax.default_backend() != "cpu":
+        return x
     return jax.tree.map(lambda a: a / (a == a).astype(a.dtype), x)
 
 
