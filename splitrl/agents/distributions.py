@@ -35,7 +35,6 @@ import chex
 import distrax
 import jax
 import jax.numpy as jnp
-from distrax._src.utils.math import mul_exp, multiply_no_nan
 from flax import struct
 
 MASKED_LOGIT = -1e9
