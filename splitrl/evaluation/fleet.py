@@ -182,35 +182,36 @@ def summarise(per_seed: list[dict]) -> dict:
 
 
 # ----------------------------------------------------------------------------- evaluation
+def grid_scores(env, params, fleet: str, policy, base, field: str, grid, seeds: int, episodes: int,
+                steps: int) -> dict[float, float]:
+    """The mean fleet DPP objective on training episodes (seeds TRAIN_SEED0..., never evaluated) with
+    pparams[field] set to each value of `grid` on every device; one compile for the grid (the value is data)."""
+    scores = {}
+    for value in grid:
+        pp = base | {field: jnp.full(env.n_devices, value, jnp.float32)}
+        outs = [run_seed(env, policy, params, pp, fleet, TRAIN_SEED0 + s, episodes, steps) for s in range(seeds)]
+        scores[float(value)] = float(np.mean([np.mean(o["fleet_objective"]) for o in outs]))
+    return scores
+
+
 def tune_threshold(env, params, fleet: str, grid, seeds: int, episodes: int, steps: int,
                    info: FleetInfo | None = None) -> tuple[float, dict]:
-    """The grid's threshold of least mean fleet DPP objective on training episodes (seeds TRAIN_SEED0...,
-    never evaluated; ties go to the largest); one compile for the whole grid (the threshold is data)."""
+    """The grid's threshold of least mean fleet DPP objective on training episodes; thresholds that tie
+    were never crossed differently in training: the largest, the one that departs least from cloud-only."""
     policy = WaitThreshold()
-    base = init_per_device(policy, env, params, info=info)
-    scores = {}
-    for thr in grid:
-        pp = base | {"threshold_s": jnp.full(env.n_devices, thr, jnp.float32)}
-        outs = [run_seed(env, policy, params, pp, fleet, TRAIN_SEED0 + s, episodes, steps) for s in range(seeds)]
-        scores[float(thr)] = float(np.mean([np.mean(o["fleet_objective"]) for o in outs]))
-    # thresholds that tie were never crossed differently in training: take the largest, the one that
-    # departs least from cloud-only where training says nothing
+    scores = grid_scores(env, params, fleet, policy, init_per_device(policy, env, params, info=info), "threshold_s",
+                         grid, seeds, episodes, steps)
     best = min(scores.values())
     return max(t for t, v in scores.items() if v == best), scores
 
 
 def tune_congestion(env, params, fleet: str, grid, seeds: int, episodes: int, steps: int, candidates: str,
                     info: FleetInfo | None = None) -> tuple[float, dict]:
-    """congestion_dpp's multiplier of least mean fleet DPP objective on training episodes (seeds
-    TRAIN_SEED0..., never evaluated; ties go to the smallest, the closest to the drift itself); one compile
-    for the whole grid (the multiplier is data)."""
+    """congestion_dpp's multiplier of least mean fleet DPP objective on training episodes; ties go to the
+    smallest, the closest to the drift itself."""
     policy = make_policy("congestion_dpp", params=params)
-    base = init_per_device(policy, env, params, candidates, info)
-    scores = {}
-    for k in grid:
-        pp = base | {"congestion": jnp.full(env.n_devices, k, jnp.float32)}
-        outs = [run_seed(env, policy, params, pp, fleet, TRAIN_SEED0 + s, episodes, steps) for s in range(seeds)]
-        scores[float(k)] = float(np.mean([np.mean(o["fleet_objective"]) for o in outs]))
+    scores = grid_scores(env, params, fleet, policy, init_per_device(policy, env, params, candidates, info),
+                         "congestion", grid, seeds, episodes, steps)
     best = min(scores.values())
     return min(k for k, v in scores.items() if v == best), scores
 
