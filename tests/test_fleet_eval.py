@@ -146,20 +146,21 @@ def test_fleet_dpp_charges_the_cloud_drift_its_offloaded_work_adds(tiny):
     from splitrl.env.slot import estimated_conditions, slot_queues
     env, params = make_fleet(tiny)
     _, state = env.reset(jax.random.PRNGKey(3), params)
+    @jax.jit
     def work(a, p, s):
         one = jax.tree.map(lambda x: x[None], a)
         m = candidate_costs(p, one, s.prompt_len, s.output_len, estimated_conditions(s, p))
         q = slot_queues(p, s, m, p.workload.arrival_rate * p.slot_s)
-        return float((q["served"] * (m["cloud_prefill_s"] + m["cloud_decode_s"]))[0])
+        return (q["served"] * (m["cloud_prefill_s"] + m["cloud_decode_s"]))[0]
 
+    fleet, mine = jax.jit(fleet_myopic_action), jax.jit(myopic_action)   # compiled once for every device
     for i in range(env.n_devices):
         p_i, s_i = jax.tree.map(lambda x, i=i: x[i], params.device), jax.tree.map(lambda x, i=i: x[i], state.device)
         cands = candidate_actions(env.device, p_i, layer_only=True)
-        same = jax.tree.map(lambda a, b: bool(jnp.all(a == b)), fleet_myopic_action(p_i, s_i, cands, 1.0, 1e12, 1.0),
-                            myopic_action(p_i, s_i, cands))
+        same = jax.tree.map(lambda a, b: bool(jnp.all(a == b)), fleet(p_i, s_i, cands, 1.0, 1e12, 1.0), mine(p_i, s_i, cands))
         assert all(jax.tree.leaves(same))
         busy = s_i.replace(cloud_wait_est=jnp.float32(60.0), backlog=jnp.float32(3.0))
-        fleet_choice, own_choice = fleet_myopic_action(p_i, busy, cands, 1.0, 10.0, 1.0), myopic_action(p_i, busy, cands)
-        assert work(fleet_choice, p_i, busy) <= work(own_choice, p_i, busy) + 1e-6
-        priced = fleet_myopic_action(p_i, busy, cands, 1.0, 10.0, 1.0, congestion=1000.0)   # congestion_dpp
-        assert work(priced, p_i, busy) <= work(fleet_choice, p_i, busy) + 1e-6
+        fleet_choice, own_choice = fleet(p_i, busy, cands, 1.0, 10.0, 1.0), mine(p_i, busy, cands)
+        assert float(work(fleet_choice, p_i, busy)) <= float(work(own_choice, p_i, busy)) + 1e-6
+        priced = fleet(p_i, busy, cands, 1.0, 10.0, 1.0, 1000.0)   # congestion_dpp's price
+        assert float(work(priced, p_i, busy)) <= float(work(fleet_choice, p_i, busy)) + 1e-6
