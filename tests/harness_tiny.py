@@ -87,3 +87,23 @@ def save_tiny_model(directory) -> str:
     fast.save_pretrained(directory)
     tiny_split_model().model.save_pretrained(directory)
     return str(directory)
+
+
+class RestartingCloud:
+    """An insecure loopback CloudServer that `crash_and_restart()` kills (as if the process died) and serves
+    again on the same port (the process restarted); `new` is the restarted server."""
+
+    def __init__(self, sm, limits):
+        from splitrl.runtime.cloud import CloudServer
+        self.sm, self.limits, self.new = sm, limits, None
+        self.first = CloudServer(sm, insecure_no_auth=True, limits=limits).start()
+        self.address = (self.first.host, self.first.port)
+
+    def crash_and_restart(self) -> None:
+        from splitrl.runtime.cloud import CloudServer
+        self.first.kill()
+        self.new = CloudServer(self.sm, host=self.address[0], port=self.address[1], insecure_no_auth=True,
+                               limits=self.limits).start()
+
+    def stop(self) -> None:
+        (self.new or self.first).stop()

@@ -13,7 +13,7 @@ from splitrl.runtime.cloud import CloudServer
 from splitrl.runtime.edge import EdgeClient, RetryPolicy
 from splitrl.runtime.faults import DOWN, LinkProxy, Rule
 from splitrl.runtime.limits import Limits
-from tests.harness_tiny import CASES, tiny_split_model
+from tests.harness_tiny import CASES, RestartingCloud, tiny_split_model
 from tests.test_conversation import TURNS, unsplit
 
 LIMITS = Limits(read_s=2.0)
@@ -62,26 +62,20 @@ def test_a_chat_keeps_and_moves_its_caches_over_the_wire(sm, want, force):
 
 def test_a_cloud_restart_mid_chat_loses_no_turn(sm, want):
     """The cloud dies during turn 2; the edge rebuilds the chat on the restarted cloud from its tokens."""
-    cloud = CloudServer(sm, insecure_no_auth=True, limits=LIMITS).start()
-    host, port = cloud.host, cloud.port
-    holder = {}
-
-    def crash_and_restart():
-        cloud.kill()
-        holder["new"] = CloudServer(sm, host=host, port=port, insecure_no_auth=True, limits=LIMITS).start()
+    cloud = RestartingCloud(sm, LIMITS)
     # turn 1 (split) answers 4 tokens; the 6th TOKEN frame is turn 2's 2nd (cloud-only)
-    rule = Rule(DOWN, P.Kind.TOKEN, nth=6, action="call", hook=crash_and_restart)
+    rule = Rule(DOWN, P.Kind.TOKEN, nth=6, action="call", hook=cloud.crash_and_restart)
     try:
-        with LinkProxy((host, port), rules=[rule]) as proxy:
+        with LinkProxy(cloud.address, rules=[rule]) as proxy:
             client, chat = chat_over(sm, [proxy.address], "auto")
             results = [chat.turn(new, plan(sm, name), N) for new, name in zip(TURNS, PLANS, strict=True)]
             client.close()
     finally:
-        holder["new"].stop()
+        cloud.stop()
     assert [r.tokens for r in results] == want
     assert all(r.status == "ok" and r.fell_back == "" for r in results)
     assert chat.rebuilds == 2                       # the start, and the turn the crash cut short
-    assert holder["new"].stats["migrations"] == 3
+    assert cloud.new.stats["migrations"] == 3
 
 
 def test_an_unknown_chat_is_refused_as_lost(sm):

@@ -44,6 +44,22 @@ def export_random(run, scenario_name: str):
     return run, report, env, ep, agent, params
 
 
+def exported_policy_with_the_envs_features(tmp_path, scenario_name: str, model_name: str = "gpt2-xl"):
+    """(OnnxPolicy, env, env params) of a random policy exported on the scenario, after checking that the
+    runtime builds the env's own features from the env's raw quantities (names, order, normalisation)."""
+    import jax
+
+    from splitrl.runtime.policy import OnnxPolicy
+    from tests.test_features import random_states
+    _, report, env, ep, *_ = export_random(tmp_path, scenario_name)
+    pol = OnnxPolicy(report["onnx"], model_name=model_name)
+    assert [f.name for f in pol.meta.features] == [f.name for f in env.features]
+    for state in random_states(env, ep, 4, seed=3):
+        want = np.asarray(env.get_obs(state, ep).features)
+        np.testing.assert_allclose(pol.features(jax.device_get(env.raw_features(state, ep))), want, atol=1e-6)
+    return pol, env, ep
+
+
 def test_parity_on_random_and_env_observations(exported):
     _, report, *_ = exported
     p = report["parity"]

@@ -14,7 +14,7 @@ from splitrl.runtime.cloud import CloudServer
 from splitrl.runtime.edge import EdgeClient, Request, RetryPolicy
 from splitrl.runtime.faults import DOWN, UP, LinkProxy, Rule
 from splitrl.runtime.limits import Limits
-from tests.harness_tiny import PROMPT, reference_tokens, tiny_split_model
+from tests.harness_tiny import PROMPT, RestartingCloud, reference_tokens, tiny_split_model
 
 N_REQ, N_TOK = 3, 5
 FAST_RETRY = RetryPolicy(attempts=3, base_s=0.01, cap_s=0.05)
@@ -118,22 +118,16 @@ def test_cloud_killed_mid_request_falls_over_to_a_second_endpoint(sm, want):
 
 
 def test_cloud_restarted_on_the_same_port_resumes_from_the_checkpoint(sm, want):
-    cloud = CloudServer(sm, insecure_no_auth=True, limits=LIMITS).start()
-    host, port = cloud.host, cloud.port
-    holder = {}
-
-    def crash_and_restart():
-        cloud.kill()
-        holder["new"] = CloudServer(sm, host=host, port=port, insecure_no_auth=True, limits=LIMITS).start()
-    rule = Rule(DOWN, P.Kind.TOKEN, nth=3, action="call", hook=crash_and_restart)
+    cloud = RestartingCloud(sm, LIMITS)
+    rule = Rule(DOWN, P.Kind.TOKEN, nth=3, action="call", hook=cloud.crash_and_restart)
     try:
-        with LinkProxy((host, port), rules=[rule]) as proxy:
+        with LinkProxy(cloud.address, rules=[rule]) as proxy:
             client, results = run(sm, [proxy.address])
     finally:
-        holder["new"].stop()
+        cloud.stop()
     assert all(r.tokens == want for r in results)
     assert counts(client) == dict(completed=3, failed=0, retried=1, fallback_endpoint=0, fallback_edge=0, lost=0)
-    assert holder["new"].stats["replays"] == 1
+    assert cloud.new.stats["replays"] == 1
 
 
 def test_unreachable_cloud_without_fallback_is_a_clear_failure(sm):

@@ -175,15 +175,9 @@ def test_the_runtime_reads_the_edge_temperature_or_refuses(tmp_path):
 def test_an_exported_heat_policy_reads_the_edge_temperature(tmp_path, monkeypatch):
     """The ONNX metadata carries the temp feature with the scenario's normalisation; the runtime builds the
     env's features from raw quantities, takes the temperature it is given, and refuses without one."""
-    from splitrl.runtime.policy import OnnxPolicy, PolicyMismatch
-    from tests.test_features import random_states
-    from tests.test_harness_export import export_random
-    _, report, env, ep, *_ = export_random(tmp_path, HEAT)
-    pol = OnnxPolicy(report["onnx"], model_name="gpt2-xl")
-    assert [f.name for f in pol.meta.features] == [f.name for f in env.features]
-    for state in random_states(env, ep, 4, seed=3):
-        want = np.asarray(env.get_obs(state, ep).features)
-        np.testing.assert_allclose(pol.features(jax.device_get(env.raw_features(state, ep))), want, atol=1e-6)
+    from splitrl.runtime.policy import PolicyMismatch
+    from tests.test_harness_export import exported_policy_with_the_envs_features
+    pol, env, ep = exported_policy_with_the_envs_features(tmp_path, HEAT)
     i = [f.name for f in env.features].index("temp")
     feats = pol.observe(1.25e6, 0.04, 64, 32, temp_c=46.0)
     assert feats[i] == pytest.approx((46.0 - 42.0) / (50.0 - 42.0))

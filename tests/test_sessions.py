@@ -100,15 +100,9 @@ def test_a_bad_sessions_section_names_the_field():
 def test_an_exported_conversation_policy_reads_the_chats_cache(tmp_path):
     """The ONNX metadata carries ctx_len and kv_split with the scenario's normalisation; the runtime builds
     the env's features from raw quantities, takes them from the chat, and refuses without them."""
-    from splitrl.runtime.policy import OnnxPolicy, PolicyMismatch
-    from tests.test_features import random_states
-    from tests.test_harness_export import export_random
-    _, report, env, ep, *_ = export_random(tmp_path, SESSION)
-    pol = OnnxPolicy(report["onnx"], model_name="gpt2-xl")
-    assert [f.name for f in pol.meta.features] == [f.name for f in env.features]
-    for state in random_states(env, ep, 4, seed=3):
-        want = np.asarray(env.get_obs(state, ep).features)
-        np.testing.assert_allclose(pol.features(jax.device_get(env.raw_features(state, ep))), want, atol=1e-6)
+    from splitrl.runtime.policy import PolicyMismatch
+    from tests.test_harness_export import exported_policy_with_the_envs_features
+    pol, env, ep = exported_policy_with_the_envs_features(tmp_path, SESSION)
     names = [f.name for f in env.features]
     feats = pol.observe(1.25e6, 0.04, 64, 32, ctx_len=512.0, kv_split=12.5)
     assert feats[names.index("ctx_len")] == pytest.approx(512.0 / float(ep.session.max_ctx))
