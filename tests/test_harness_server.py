@@ -146,8 +146,10 @@ def test_every_invalid_request_gets_a_named_error_before_compute(server, sm, cas
 def test_handshake_slots_evict_the_oldest_and_connection_slots_say_busy(sm):
     server = CloudServer(sm, token=TOKEN, limits=Limits(max_unauth=2, max_conns=1, read_s=2.0)).start()
     try:
-        idle = [socket.create_connection((server.host, server.port), timeout=5) for _ in range(3)]
+        # The first must have its HELLO before the third can evict it (a race otherwise).
+        idle = [socket.create_connection((server.host, server.port), timeout=5)]
         assert P.read_frame(idle[0], 5).kind == P.Kind.HELLO
+        idle += [socket.create_connection((server.host, server.port), timeout=5) for _ in range(2)]
         with pytest.raises(P.ConnectionClosed):          # evicted by the third
             P.read_frame(idle[0], 5)
         assert server.stats["evicted/handshake"] == 1
