@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from splitrl.agents import guide as G
 from splitrl.agents import make_policy, ppo
 from splitrl.config import ConfigError
 from splitrl.env.fleet import fixed_action
@@ -101,3 +102,31 @@ def test_team_spirit_keeps_the_fleet_sum_and_moves_each_device_toward_the_mean()
 def test_team_spirit_out_of_range_is_refused():
     with pytest.raises(ConfigError, match="team_spirit = 1.5: must be in"):
         fleet_cfg(team_spirit=1.5).check("agent")
+
+
+def test_the_congestion_guide_keeps_work_local_where_the_published_queue_is_long(tiny):
+    env, params = tiny
+    obs, s = env.reset(jax.random.PRNGKey(3), params)
+    n = env.n_devices
+    states = jax.tree.map(lambda x: x[None], s)                    # one fleet: [M=1, N]
+    key = jax.random.PRNGKey(4)
+
+    def boundaries(kappa, wait_s):
+        # two requests waiting on each device (a fresh fleet has none to serve, so nothing to price)
+        st = states.replace(device=states.device.replace(cloud_wait_est=jnp.full((1, n), wait_s),
+                                                         backlog=jnp.full((1, n), 2.0)))
+        label = G.make_labeller(fleet_cfg(guide_states=n, guide_congestion=kappa), env, params)
+        return np.asarray(label(params, obs, st, key).action.boundary)
+
+    myopic = boundaries(0.0, 2.0)
+    congested = boundaries(1e4, 2.0)
+    assert congested.sum() > myopic.sum(), (myopic, congested)   # layers kept on the edge, behind a queue
+    with pytest.raises(ConfigError, match="guide_congestion = -1"):
+        fleet_cfg(guide_congestion=-1.0).check("agent")
+
+
+def test_the_congestion_guide_is_refused_on_one_device():
+    from splitrl.env.scenario import make
+    env, params = make("default")
+    with pytest.raises(ValueError, match="guide_congestion = 100.0: congestion DPP labels a fleet"):
+        G.make_labeller(small_cfg(guide="dpp", guide_congestion=100.0), env, params)

@@ -43,6 +43,7 @@ class PPOConfig:
     guide_anneal: float       # share of the updates over which the weight goes from guide_coef to guide_final
     guide_states: int         # states labelled per update
     team_spirit: float        # a fleet's devices learn from (1 − τ)·own reward + τ·the fleet's mean (0: own, 1: team)
+    guide_congestion: float   # fleets: 0 labels with myopic DPP; κ > 0 with congestion DPP at κ (splitrl/agents/guide.py)
 
     @classmethod
     def from_dict(cls, data: dict, where: str) -> PPOConfig:
@@ -86,13 +87,17 @@ class PPOConfig:
         if self.num_updates < 1:
             raise ConfigError(f"config {where}.total_timesteps = {self.total_timesteps} is less than one "
                               f"update (num_envs·num_steps = {self.batch_size})")
-        for key in ("gamma", "gae_lambda", "clip_eps", "ent_coef", "vf_coef", "max_grad_norm", "lr", "team_spirit"):
+        for key in ("gamma", "gae_lambda", "clip_eps", "ent_coef", "vf_coef", "max_grad_norm", "lr", "team_spirit",
+                    "guide_congestion"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int | float):
                 raise ConfigError(f"config {where}.{key} = {v!r}: must be a number (YAML: write 3.0e-4, not 3e-4)")
         for key in ("gamma", "gae_lambda", "team_spirit"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"config {where}.{key} = {getattr(self, key)}: must be in [0, 1]")
+        if self.guide_congestion < 0:
+            raise ConfigError(f"config {where}.guide_congestion = {self.guide_congestion}: must be >= 0 (0: the "
+                              "myopic DPP guide; κ > 0: congestion DPP at κ, a fleet's only)")
         for key in ("clip_eps", "lr", "max_grad_norm", "manager_lr_scale"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"config {where}.{key} = {getattr(self, key)}: must be > 0")

@@ -20,6 +20,7 @@ no cost model.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import jax
@@ -29,7 +30,7 @@ from flax import struct
 from splitrl.agents import shuffle
 from splitrl.agents.distributions import HierarchicalAction
 from splitrl.env.cost import project_action
-from splitrl.env.dpp import candidate_actions, myopic_action
+from splitrl.env.dpp import candidate_actions, fleet_myopic_action, myopic_action
 
 
 class GuideBatch(struct.PyTreeNode):
@@ -41,9 +42,13 @@ def make_labeller(cfg, env, env_params):
     """`label(env_params, obs[N], states[N], key) -> GuideBatch` over `cfg.guide_states` of the N states.
     On a fleet (`env.n_devices`) the states are fleet states [M] and obs per device [M·N]: each device's
     state is labelled with its own myopic DPP action, on its own params (`params.device[i]`), at the
-    published cloud state it observed."""
+    published cloud state it observed; with `cfg.guide_congestion` = κ > 0, with congestion DPP's action
+    (the same, plus κ times the drift its offloaded work adds to the shared queue: docs/fleet.md)."""
     if hasattr(env, "n_devices"):
         return _fleet_labeller(cfg, env, env_params)
+    if cfg.guide_congestion:
+        raise ValueError(f"agent.guide_congestion = {cfg.guide_congestion}: congestion DPP labels a fleet's devices "
+                         "(it prices the shared cloud queue); a single device has none: set it to 0")
     # whole-layer splits and formats: (L+1)·3 candidates, cheap enough to label inside every update; the
     # partial layers the DPP baseline also scans are left for PPO to find
     candidates = candidate_actions(env, env_params, layer_only=True)
@@ -58,9 +63,10 @@ def make_labeller(cfg, env, env_params):
     return label
 
 
-def dpp_label(params_env, state, candidates) -> HierarchicalAction:
-    """The myopic DPP action in `state`, projected onto a feasible placement, as a hierarchical action."""
-    a = myopic_action(params_env, state, candidates)
+def dpp_label(params_env, state, candidates, decide=myopic_action) -> HierarchicalAction:
+    """The DPP action (`decide`: myopic by default) in `state`, projected onto a feasible placement, as a
+    hierarchical action."""
+    a = decide(params_env, state, candidates)
     b, fmt, units = project_action(params_env, a.boundary, a.fmt, a.units)
     units = units.astype(jnp.int32)
     return HierarchicalAction(boundary=b, fmt=fmt, split=jnp.any(units > 0).astype(jnp.int32), units=units)
@@ -71,6 +77,11 @@ def _fleet_labeller(cfg, env, env_params):
     first = jax.tree.map(lambda x: x[0], env_params.device)
     candidates = candidate_actions(env.device, first, layer_only=True)
     n_dev = env.n_devices
+    decide = myopic_action
+    if cfg.guide_congestion:
+        c = env_params.cloud      # concrete: the fleet's replicas and references are static per fleet file
+        decide = partial(fleet_myopic_action, replicas=float(c.replicas), wait_ref_s=float(c.wait_ref_s),
+                         batch_gain=float(c.batch_gain), congestion=cfg.guide_congestion)
 
     def label(params_env, obs, states, key) -> GuideBatch:
         # device states [M, N] -> [M·N], in the order of obs ([T, E, N] merged): device = index mod N
@@ -80,7 +91,7 @@ def _fleet_labeller(cfg, env, env_params):
         pick = lambda x: x[idx]  # noqa: E731
         obs, dev_states = jax.tree.map(pick, obs), jax.tree.map(pick, dev_states)
         dev_params = jax.tree.map(lambda x: x[idx % n_dev], params_env.device)
-        actions = jax.vmap(lambda p, s: dpp_label(p, s, candidates))(dev_params, dev_states)
+        actions = jax.vmap(lambda p, s: dpp_label(p, s, candidates, decide))(dev_params, dev_states)
         return GuideBatch(obs=obs, action=actions)
 
     return label
