@@ -6,7 +6,8 @@ Tolerance: rtol 1e-5 of each field's absolute sum. Reordered float32 arithmetic 
 the host, a product instead of a quotient) moves a value by a few ulps (~1e-7 relative), and a sum over
 9,600 slots of such values stays far inside 1e-5; a discrete outcome flipped by an ulp (a timeout, a
 retransmission round) would show as a jump well beyond it. On the CPU the rollouts reproduce bit for
-bit (tests/env_golden.py --check prints the digests' agreement)."""
+bit (tests/env_golden.py --check prints the digests' agreement). The fleet's `features` sum was re-recorded
+when the fleet gained its `edge_ratio` feature (every other field kept its first recording)."""
 
 import json
 

@@ -260,3 +260,38 @@ def test_the_loopback_prediction_is_the_env_cloud_queue():
     sent, work = np.array([0.1, 0.7, 1.2, 2.5]), np.array([1.0, 0.5, 0.3, 0.2])
     np.testing.assert_allclose(loopback.predicted_waits(sent, work, 1.0), [0.0, 0.0, 0.5, 0.0], atol=1e-6)
     np.testing.assert_allclose(loopback.predicted_waits(sent, work, 1.0, replicas=2), [0.0, 0.0, 0.0, 0.0], atol=1e-6)
+
+
+def test_each_device_observes_how_slow_it_is_from_its_own_tables(small):
+    """One policy serves every device type, so each observes its whole-model edge/cloud decode-time ratio
+    (the fleet's one feature beyond the single-device contract); two device types, two values."""
+    from splitrl.env import features as F
+    from splitrl.env.tables import edge_cloud_ratio
+    env, params, info = small
+    assert env.device.features == F.contract(device=True) and env.device.features[-1].name == "edge_ratio"
+    obs, _ = env.reset(jax.random.PRNGKey(0), params)
+    ratio = np.array([float(edge_cloud_ratio(jax.tree.map(lambda x, i=i: x[i], params.device.costs)))
+                      for i in range(env.n_devices)])
+    assert (ratio > 1).all()                                       # every edge is slower than an A100
+    np.testing.assert_allclose(np.asarray(obs.features[:, -1]), np.log(ratio) * F.EDGE_RATIO_SCALE, rtol=1e-5)
+    kinds = np.asarray(info.device_type)
+    assert len(set(kinds.tolist())) == 2 and len(np.unique(ratio.round(4))) == 2
+    for k in set(kinds.tolist()):                                  # one value per device type
+        assert len(np.unique(ratio[kinds == k].round(4))) == 1
+
+
+def test_a_congestion_toll_charges_each_devices_reward_its_own_queue_drift_and_nothing_else(small):
+    """`cloud.toll` = κ: r_i gains −scale·κ·(W·a_i + a_i²/2)/(C·wait_ref_s)², the objective is unchanged."""
+    env, params, _ = small
+    tolled = params.replace(cloud=params.cloud.replace(toll=jnp.float32(300.0)))
+    _, s = env.reset(jax.random.PRNGKey(5), params)
+    s = s.replace(cloud=s.cloud.replace(work=jnp.float32(6.0)),
+                  device=s.device.replace(backlog=jnp.full(env.n_devices, 2.0)))
+    step = jax.jit(lambda p: env.step_env(jax.random.PRNGKey(6), s, fixed_action(env, 0), p))
+    (_, _, r0, _, i0), (_, _, r1, _, i1) = step(params), step(tolled)
+    for k in ("objective", "fleet_objective", "cloud_work", "cloud_queue_s"):
+        np.testing.assert_array_equal(np.asarray(i0[k]), np.asarray(i1[k]), err_msg=k)
+    a, ref = np.asarray(i0["cloud_work"]), float(params.cloud.replicas * params.cloud.wait_ref_s)
+    assert (a > 0).all()
+    want = -np.asarray(params.device.reward.scale) * 300.0 * (6.0 * a + 0.5 * a ** 2) / ref ** 2
+    np.testing.assert_allclose(np.asarray(r1) - np.asarray(r0), want, rtol=1e-4)

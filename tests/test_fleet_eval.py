@@ -136,6 +136,23 @@ def test_splitrl_train_fleet_writes_a_run_the_fleet_evaluation_reads(tiny, tmp_p
     assert out[2]["policy"] == "trained:tiny" and out[2]["objective"] == trained["objective"]   # LABEL=DIR
     assert np.isfinite(trained["objective"]) and "objective_vs_cloud_only" in trained
     assert raw[trained["policy"]][0]["boundary"].shape == (4, 1, 2)   # [slots, fleets, devices]
+    # the shared policy exported for one device: its contract numbers, what the edge runtime runs
+    from splitrl.env.features import EDGE_RATIO_SCALE
+    from splitrl.env.tables import edge_cloud_ratio
+    from splitrl.export.onnx import ExportError, export_run
+    from splitrl.runtime.policy import OnnxPolicy
+    env, params, info = make_fleet_with_info(tiny)
+    report = export_run(tmp_path, tmp_path / "device1.onnx", check=8, device=1)   # parity checked inside
+    kind = info.devices[int(info.device_type[1])]
+    assert report["model"] == kind.model and report["scenario"].endswith(f"/device1:{kind.id}")
+    policy = OnnxPolicy(tmp_path / "device1.onnx")
+    assert policy.meta.features[-1].name == "edge_ratio"
+    ratio = float(edge_cloud_ratio(jax.tree.map(lambda x: x[1], params.device.costs)))
+    assert policy.meta.raw_defaults["edge_cloud_ratio"] == pytest.approx(ratio, rel=1e-6)
+    feats = policy.observe(bw_bytes_s=2e6, rtt_s=0.05, prompt_len=512, output_len=64, cloud_wait=1.0)
+    assert feats[-1] == pytest.approx(np.log(ratio) * EDGE_RATIO_SCALE, rel=1e-5)
+    with pytest.raises(ExportError, match="--device 5: the fleet .* has devices 0..1"):
+        export_run(tmp_path, tmp_path / "no.onnx", check=0, device=5)
 
 
 def test_fleet_dpp_charges_the_cloud_drift_its_offloaded_work_adds(tiny):

@@ -34,6 +34,7 @@ LOG_BW_SCALE = 0.5        # ±2 e-folds of bandwidth around the channel's typica
 SNR_REF_DB = 20.0         # channel SNR (dB) that maps to 0 (analog-noise scenarios only, else 0)
 SNR_SPAN_DB = 10.0        # ... and ±10 dB to ±1
 ARRIVALS_SPAN = 10.0      # expected arrivals per slot that map to 1
+EDGE_RATIO_SCALE = 0.25   # log(edge/cloud time per token): 20x slower -> 0.75, 400x -> 1.5
 TRANSFORMS = ("linear", "log", "onehot")
 
 
@@ -74,15 +75,21 @@ HEAT_FEATURES: tuple[Feature, ...] = (Feature("temp", "temp_c"),)
 SESSION_FEATURES: tuple[Feature, ...] = (Feature("ctx_len", "ctx_len"), Feature("kv_split", "kv_split"))
 # Where the edge runs on a battery: its charge (0 at the floor, 1 at the top of the starting range) and Z_B.
 BATTERY_FEATURES: tuple[Feature, ...] = (Feature("soc", "soc"), Feature("z_battery", "z_battery"))
+# Where devices of several kinds share one policy (a fleet), each knows how slow it is: its whole-model
+# decode time per token over the cloud's, from its own cost tables (a device reads its own profile, so
+# the runtime exports it with the policy). Without it a Jetson and a phone look alike to the policy.
+DEVICE_FEATURES: tuple[Feature, ...] = (Feature("edge_ratio", "edge_cloud_ratio", "log"),)
 NAMES = tuple(f.name for f in FEATURES)
 SOURCES = tuple(dict.fromkeys(f.source for f in FEATURES))
 
 
-def contract(heat: bool = False, sessions: bool = False, battery: bool = False) -> tuple[Feature, ...]:
+def contract(heat: bool = False, sessions: bool = False, battery: bool = False,
+             device: bool = False) -> tuple[Feature, ...]:
     """The features of an env: FEATURES, then HEAT_FEATURES where the edge heats, SESSION_FEATURES where
-    requests are turns of conversations, BATTERY_FEATURES where the edge runs on a battery."""
+    requests are turns of conversations, BATTERY_FEATURES where the edge runs on a battery,
+    DEVICE_FEATURES where one policy serves devices of several kinds (a fleet)."""
     return (FEATURES + (HEAT_FEATURES if heat else ()) + (SESSION_FEATURES if sessions else ())
-            + (BATTERY_FEATURES if battery else ()))
+            + (BATTERY_FEATURES if battery else ()) + (DEVICE_FEATURES if device else ()))
 
 
 def sources(features: Sequence[Feature]) -> tuple[str, ...]:
@@ -115,6 +122,7 @@ def normalisers(params, n_layers: int, xp=np, features: Sequence[Feature] = FEAT
         "kv_split": (zero, one / n_layers),
         "soc": (params.battery.floor, 1.0 / xp.maximum(params.battery.start_hi - params.battery.floor, 1e-6)),
         "z_battery": (zero, 1.0 / r.z_max),
+        "edge_ratio": (zero, EDGE_RATIO_SCALE * one),
     }
     pairs = [by_name.get(f.name, (zero, one)) for f in features]
     return (xp.stack([xp.asarray(s, xp.float32) for s, _ in pairs]),
@@ -137,7 +145,8 @@ def evaluate(features: Sequence[Feature], shift, scale, raw: Mapping, xp=np, bou
 
 def value(name: str, x, params, n_layers: int, xp=np):
     """One feature, normalised and clipped, from its raw value (for learners that see a subset)."""
-    f = next(f for f in FEATURES + HEAT_FEATURES + SESSION_FEATURES + BATTERY_FEATURES if f.name == name)
+    f = next(f for f in FEATURES + HEAT_FEATURES + SESSION_FEATURES + BATTERY_FEATURES + DEVICE_FEATURES
+             if f.name == name)
     shift, scale = normalisers(params, n_layers, xp, (f,))
     return evaluate((f,), shift, scale, {f.source: x}, xp)[..., 0]
 

@@ -11,7 +11,9 @@ sources are in docs/fleet.md; in brief, per slot t of length `slot_s`:
       A_t  = Σ_i a_i + background_t
       W_{t+1} = max(W_t + A_t − C · slot_s, 0),     ρ_t = min((W_t + A_t) / (C · slot_s), 1)
   reward r_i = −scale · [V · penalty_i + ΔL_i + ΔL_cloud / N],  L_cloud = ½ (W / (C · wait_ref_s))²,
-  so Σ_i r_i = −scale · (the fleet's drift-plus-penalty).
+  so Σ_i r_i = −scale · (the fleet's drift-plus-penalty). With a congestion toll κ (`cloud.toll`, 0 by
+  default) r_i is also charged −scale · κ · (W_t · a_i + a_i² / 2) / (C · wait_ref_s)²: the price of the
+  drift its own work adds (reward shaping; `objective` and `fleet_objective` never include it).
 
 Observations, actions and per-device info have a leading device axis [N] and SplitEnv's structure (the
 same networks and the same ONNX export apply per device). The fleet-level info fields are scalars.
@@ -200,7 +202,11 @@ class FleetEnv(environment.Environment[FleetState, FleetParams]):
         info = info | {"objective": objective, "cloud_queue_s": cl["work"], "cloud_util": cl["util"],
                        "offloaded_work": offloaded, "background_work": background, "cloud_drift": cl["drift"],
                        "fleet_objective": jnp.sum(objective)}
-        reward = -params.device.reward.scale * objective
+        # a congestion toll (reward shaping; the objective and its sum stay the fleet's drift-plus-penalty):
+        # each device is also charged `toll` x the drift of L_cloud its own offloaded work adds at W_t
+        ref = params.cloud.replicas * params.cloud.wait_ref_s
+        toll = params.cloud.toll * (state.cloud.work * info["cloud_work"] + 0.5 * info["cloud_work"] ** 2) / ref ** 2
+        reward = -params.device.reward.scale * (objective + toll)
         return self.get_obs(new, params), new, reward, jnp.zeros(self.n_devices, bool), info
 
     def step(self, key: jax.Array, state: FleetState, action: Action, params: FleetParams | None = None):

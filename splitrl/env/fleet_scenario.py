@@ -201,6 +201,7 @@ def make_fleet_with_info(scenario: str | Path | dict) -> tuple[FleetEnv, FleetPa
     if cells > n:
         raise chn.err("cells", cells, f"must be <= n_devices ({n})")
     replicas, wait_ref = cl.get("replicas", kind=int, lo=1), cl.get("wait_ref_s", 0, lo_open=True)
+    toll = cl.get("toll", 0)
     kind, trace_name = wl.get("kind", kind=str), wl.get("trace", kind=str)
     if kind not in WORKLOAD_KINDS:
         raise wl.err("kind", kind, f"must be one of {list(WORKLOAD_KINDS)}")
@@ -230,13 +231,13 @@ def make_fleet_with_info(scenario: str | Path | dict) -> tuple[FleetEnv, FleetPa
         device=_stack(c, [t[3] for t in types], device_type), cell=jnp.asarray(np.arange(n) % cells, jnp.int32),
         channel_corr=f32(corr),
         cloud=FleetCloudParams(replicas=f32(replicas), batch_gain=f32(gain), wait_ref_s=f32(wait_ref),
-                               bg_rate=f32(bg_rate), bg_work=f32(bg)),
+                               bg_rate=f32(bg_rate), bg_work=f32(bg), toll=f32(toll)),
         trace=TraceParams(rate_shape=f32(tr["rate_shape"]), first=jnp.asarray(tr["first"], jnp.int32),
                           count=jnp.asarray(tr["count"], jnp.int32), prompt=f32(tr["prompt"]), output=f32(tr["output"])),
         slot_s=f32(p0.slot_s), max_steps_in_episode=jnp.asarray(p0.max_steps_in_episode, jnp.int32))
     peak = rate * float(p0.slot_s) * (float(tr["rate_shape"].max()) if kind == "trace" else 1.0)
     device = SplitEnv(env0.n_layers, env0.n_units, env0.channel_kind, _max_arrivals(peak), None, fid, env0.load_kind,
-                      env0.heat)
+                      env0.heat, device_feature=True)
     env = FleetEnv(device, n, cells, kind, params, fid)
     weights = tr["count"] / tr["count"].sum()
     info = FleetInfo(id=fid, devices=tuple(t[4] for t in types), device_type=device_type, trace=trace_name,

@@ -51,6 +51,7 @@ from splitrl.env import channel as ch
 from splitrl.env import features as F
 from splitrl.env.fuse import materialise
 from splitrl.env.slot import _uniforms, advance_state, link_conditions, poisson_icdf, price_slot, slot_info
+from splitrl.env.tables import edge_cloud_ratio
 from splitrl.env.types import Action, EnvParams, EnvState, Observation
 from splitrl.profiles.formats import TX_FORMATS
 
@@ -64,7 +65,7 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
 
     def __init__(self, n_layers: int, n_units: int, channel_kind: str, max_arrivals: int = 64,
                  default_params: EnvParams | None = None, scenario_id: str = "custom", load_kind: str = "ar1",
-                 heat: bool = False, sessions: bool = False, battery: bool = False):
+                 heat: bool = False, sessions: bool = False, battery: bool = False, device_feature: bool = False):
         if channel_kind not in ch.CHANNEL_KINDS:
             raise ValueError(f"channel kind {channel_kind!r} is unknown; choose one of {ch.CHANNEL_KINDS}")
         if load_kind not in cloud.LOAD_KINDS:
@@ -79,7 +80,9 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
         self.sessions = sessions
         # the edge's battery must last the episode: one more reset draw, its charge and Z_B observed
         self.battery = battery
-        self.features = F.contract(heat, sessions, battery)
+        # one policy for devices of several kinds (a fleet): each observes how slow it is
+        self.device_feature = device_feature
+        self.features = F.contract(heat, sessions, battery, device_feature)
         self.N_RESET_DRAWS = SplitEnv.N_RESET_DRAWS + int(heat) + int(battery)
         self.N_STEP_DRAWS = SplitEnv.N_STEP_DRAWS + int(sessions)
         self._default_params = default_params
@@ -129,7 +132,7 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
     # code. That is safe because params always enter a trace as an argument, never as a constant.
     def _static(self) -> tuple:
         return (type(self), self.n_layers, self.n_units, self.channel_kind, self.max_arrivals, self.load_kind,
-                self.heat, self.sessions, self.battery)
+                self.heat, self.sessions, self.battery, self.device_feature)
 
     def __eq__(self, other) -> bool:
         return isinstance(other, SplitEnv) and self._static() == other._static()
@@ -254,8 +257,12 @@ class SplitEnv(environment.Environment[EnvState, EnvParams]):
 
     def raw_features(self, state: EnvState, params: EnvParams) -> dict[str, jax.Array]:
         """The raw quantities of the observation contract (`F.sources(self.features)`) in this state."""
-        raw = {name: getattr(state, name) for name in F.sources(self.features) if name != "arrivals_per_slot"}
-        return raw | {"arrivals_per_slot": params.workload.arrival_rate * params.slot_s}
+        from_params = ("arrivals_per_slot", "edge_cloud_ratio")
+        raw = {name: getattr(state, name) for name in F.sources(self.features) if name not in from_params}
+        raw["arrivals_per_slot"] = params.workload.arrival_rate * params.slot_s
+        if self.device_feature:
+            raw["edge_cloud_ratio"] = edge_cloud_ratio(params.costs)
+        return raw
 
     def is_terminated(self, state: EnvState, params: EnvParams) -> jax.Array:
         return jnp.bool_(False)

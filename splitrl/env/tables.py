@@ -96,6 +96,13 @@ def decode_model_row(rows) -> ModelRow:
     return ModelRow(*(rows[..., i] for i in range(len(ModelRow._fields))))
 
 
+def edge_cloud_ratio(costs):
+    """The edge's whole-model decode time per token over the cloud's (embedding and head included), at the
+    shortest context: how slow this device is, the `edge_ratio` feature's raw value (numpy or JAX)."""
+    m = decode_model_row(costs.model_rows[1, :, 0])
+    return (m.edge_embed + m.edge_head + m.edge_all) / (m.cloud_embed + m.cloud_head + m.cloud_all)
+
+
 @dataclasses.dataclass(frozen=True)
 class EdgeMemory:
     """Edge bytes of each placement, at the scenario's context (weights + KV cache)."""

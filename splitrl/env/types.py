@@ -259,6 +259,8 @@ class FleetCloudParams:
     wait_ref_s: jax.Array       # W_ref = replicas · wait_ref_s normalises the cloud's Lyapunov term
     bg_rate: jax.Array          # background requests per second (other users), at the trace's mean
     bg_work: jax.Array          # [M] replica-seconds of the minute's mean background request (cloud-only)
+    toll: jax.Array             # congestion price: each device's reward is also charged toll x the drift its
+                                # offloaded work adds to L_cloud (0: none; the objective never includes it)
 
 
 @struct.dataclass

@@ -197,7 +197,10 @@ def grid_scores(env, params, fleet: str, policy, base, field: str, grid, seeds: 
 def tune_threshold(env, params, fleet: str, grid, seeds: int, episodes: int, steps: int,
                    info: FleetInfo | None = None) -> tuple[float, dict]:
     """The grid's threshold of least mean fleet DPP objective on training episodes; thresholds that tie
-    were never crossed differently in training: the largest, the one that departs least from cloud-only."""
+    were never crossed differently in training: the largest, the one that departs least from cloud-only.
+    A grid of one value is that value, untuned."""
+    if len(grid) == 1:
+        return float(grid[0]), {}
     policy = WaitThreshold()
     scores = grid_scores(env, params, fleet, policy, init_per_device(policy, env, params, info=info), "threshold_s",
                          grid, seeds, episodes, steps)
@@ -208,7 +211,9 @@ def tune_threshold(env, params, fleet: str, grid, seeds: int, episodes: int, ste
 def tune_congestion(env, params, fleet: str, grid, seeds: int, episodes: int, steps: int, candidates: str,
                     info: FleetInfo | None = None) -> tuple[float, dict]:
     """congestion_dpp's multiplier of least mean fleet DPP objective on training episodes; ties go to the
-    smallest, the closest to the drift itself."""
+    smallest, the closest to the drift itself. A grid of one value is that value, untuned."""
+    if len(grid) == 1:
+        return float(grid[0]), {}
     policy = make_policy("congestion_dpp", params=params)
     scores = grid_scores(env, params, fleet, policy, init_per_device(policy, env, params, candidates, info),
                          "congestion", grid, seeds, episodes, steps)
@@ -229,7 +234,8 @@ def trained_policy(run: str) -> tuple[str, Trained, dict]:
 
 
 def evaluate_fleet(fleet: str, policies, seeds: int, episodes: int, steps: int, grid, train_seeds: int,
-                   candidates: str = "layer", log=print, runs=()) -> tuple[list[dict], dict]:
+                   candidates: str = "layer", log=print, runs=(),
+                   congestion_grid=CONGESTION_GRID) -> tuple[list[dict], dict]:
     """Rows (one per policy, then one per trained run) and the raw per-seed outputs {policy: [per-seed
     output]} of one fleet."""
     env, params, info = make_fleet_with_info(fleet)
@@ -246,7 +252,7 @@ def evaluate_fleet(fleet: str, policies, seeds: int, episodes: int, steps: int, 
                 threshold, scores = tune_threshold(env, params, fleet, grid, train_seeds, episodes, steps, info)
                 extra = {"threshold_s": threshold, "tuning": scores}
             if name == "congestion_dpp":
-                congestion, scores = tune_congestion(env, params, fleet, CONGESTION_GRID, train_seeds, episodes, steps,
+                congestion, scores = tune_congestion(env, params, fleet, congestion_grid, train_seeds, episodes, steps,
                                                      candidates, info)
                 extra = {"congestion": congestion, "tuning": scores}
             policy = make_policy(name, threshold, params, congestion)
@@ -347,7 +353,9 @@ def main(argv=None) -> None:
     ap.add_argument("--episodes", type=int, default=4, help="fleets per seed")
     ap.add_argument("--steps", type=int, default=0, help="slots per episode (0: the fleet's episode length)")
     ap.add_argument("--train-seeds", type=int, default=2, help="seeds of training episodes to tune the threshold")
-    ap.add_argument("--grid", type=float, nargs="+", default=list(THRESHOLD_GRID), help="thresholds to try (s)")
+    ap.add_argument("--grid", type=float, nargs="+", default=list(THRESHOLD_GRID), help="thresholds to try (s; one value: that threshold, untuned)")
+    ap.add_argument("--congestion-grid", type=float, nargs="+", default=list(CONGESTION_GRID),
+                    help="congestion_dpp's multipliers κ to tune over (one value: that κ, untuned)")
     ap.add_argument("--candidates", choices=("layer", "units"), default="layer",
                     help="placements myopic DPP and greedy latency search: layer splits, or count-canonical unit sets")
     ap.add_argument("--runs", nargs="+", default=[], metavar="[LABEL=]DIR",
@@ -368,7 +376,7 @@ def main(argv=None) -> None:
     rows, plots = [], []
     for fleet in a.fleet:
         r, raw = evaluate_fleet(fleet, a.policies, a.seeds, a.episodes, a.steps, a.grid, a.train_seeds, a.candidates,
-                                runs=a.runs)
+                                runs=a.runs, congestion_grid=a.congestion_grid)
         rows += r
         plots += plot_fleet(fleet_name(fleet), raw, a.out / "plots", r[0]["n_layers"])
     a.out.mkdir(parents=True, exist_ok=True)

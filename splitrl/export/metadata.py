@@ -7,7 +7,8 @@ Entries are `splitrl.<name>` strings in the model's `metadata_props` (JSON where
   features         the observation contract with the scenario's numbers (splitrl.env.features.spec)
   feature_bound    the clip of every feature
   raw_defaults     raw quantities an edge cannot measure, at the scenario's values (SNR, the virtual
-                   queues, the expected arrivals per slot)
+                   queues, the expected arrivals per slot) or the device knows from its own profile
+                   (its edge/cloud decode-time ratio, the `edge_ratio` feature of fleet policies)
   episode_slots    the episode length the `time` feature wraps at
   masks, units     boundary and unit masks of the scenario; layer and unit counts
 """
@@ -32,13 +33,15 @@ class MetadataError(ValueError):
 def for_policy(env, env_params, model_name: str, member: int, hidden) -> dict[str, str]:
     """The metadata entries of a policy trained on `env` with `env_params`."""
     import splitrl
+    from splitrl.env.tables import edge_cloud_ratio
     from splitrl.profiles.formats import TX_FORMATS
     shift, scale = F.normalisers(env_params, env.n_layers, np, env.features)
     w, ch = env_params.workload, env_params.channel
     masks = {"boundary_mask": np.asarray(env_params.costs.boundary_mask).astype(int).tolist(),
              "unit_mask": np.asarray(env_params.costs.unit_mask).astype(int).tolist()}
     raw_defaults = {"snr_db": float(ch.snr_db_mean), "z_energy": 0.0, "z_acc": 0.0,
-                    "arrivals_per_slot": float(w.arrival_rate * env_params.slot_s)}
+                    "arrivals_per_slot": float(w.arrival_rate * env_params.slot_s),
+                    "edge_cloud_ratio": float(edge_cloud_ratio(env_params.costs))}   # the device's own profile
     return {"metadata_format": FORMAT, "version": splitrl.__version__, "model": model_name,
             "scenario": env.scenario_id, "member": str(member), "hidden": json.dumps(list(hidden)),
             "formats": json.dumps(list(TX_FORMATS)), "features": json.dumps(F.spec(shift, scale, env.features)),

@@ -39,6 +39,11 @@ OUTPUTS = ("boundary_logits", "format_logits", "unit_logits", "boundary", "forma
 # ----------------------------------------------------------------------------- checkpoint + env
 def load_run(checkpoint: str | Path, member: int | None = None):
     """(agent config, scenario dict, one member's params, member index) from a run directory."""
+    agent, run, params, member = _load(checkpoint, member)
+    return agent, run.scenario, params, member
+
+
+def _load(checkpoint, member):
     try:
         run = RunDir.read(checkpoint)
         if run.agent.policy != "hierarchical" or run.agent.env != "split":
@@ -47,7 +52,21 @@ def load_run(checkpoint: str | Path, member: int | None = None):
         params, member = run.params(member)
     except RunDirError as e:
         raise ExportError(str(e)) from e
-    return run.agent, run.scenario, params, member
+    return run.agent, run, params, member
+
+
+def fleet_device(fleet: dict, device: int, where: str):
+    """(the device env, its EnvParams, ScenarioInfo) of device `device` of a fleet a run trained on: the
+    shared policy runs per device, so an export is for one device, with that device's contract numbers
+    (its masks, its normalisers, its edge/cloud ratio)."""
+    import jax
+
+    from splitrl.env.fleet_scenario import make_fleet_with_info
+    fenv, fparams, info = make_fleet_with_info(fleet)
+    if not 0 <= device < fenv.n_devices:
+        raise ExportError(f"{where}: --device {device}: the fleet {info.id} has devices 0..{fenv.n_devices - 1}")
+    kind = info.devices[int(info.device_type[device])]
+    return fenv.device, jax.tree.map(lambda x: x[device], fparams.device), kind
 
 
 # ----------------------------------------------------------------------------- export
@@ -143,14 +162,25 @@ def parity(onnx_path: Path, agent, env, params, batches) -> dict[str, float]:
     return worst | {"greedy_mismatches": float(mismatched)}
 
 
-def export_run(checkpoint, out, member: int | None = None, check: int = 256) -> dict:
+def export_run(checkpoint, out, member: int | None = None, check: int = 256, device: int | None = None) -> dict:
+    """Export one member of a run; a fleet run exports the shared policy for one of its devices (`device`,
+    default 0: the policy's contract numbers are that device's)."""
     from splitrl.env import make
-    agent, scenario, params, member = load_run(checkpoint, member)
-    env, env_params = make(scenario if scenario is not None else "default")
+    agent, run, params, member = _load(checkpoint, member)
+    fleet = run.config.get("fleet")
+    if fleet is not None:
+        env, env_params, kind = fleet_device(fleet, device or 0, str(run.path))
+        model_name, scenario_id = kind.model, f"{run.fleet_id}/device{device or 0}:{kind.id}"
+    elif device is not None:
+        raise ExportError(f"{run.path}: --device picks a device of a fleet run; this run trained on a scenario")
+    else:
+        scenario = run.scenario
+        env, env_params = make(scenario if scenario is not None else "default")
+        model_name, scenario_id = (scenario or {}).get("model", "smollm2-135m"), env.scenario_id
     net = load_flax_weights(build_torch_policy(agent, env), params)
-    model_name = (scenario or {}).get("model", "smollm2-135m")
-    path = export_onnx(net, out, metadata_io.for_policy(env, env_params, model_name, member, agent.hidden), env.obs_dim)
-    report = {"onnx": str(path), "member": member, "model": model_name, "scenario": env.scenario_id}
+    meta = metadata_io.for_policy(env, env_params, model_name, member, agent.hidden) | {"scenario": scenario_id}
+    path = export_onnx(net, out, meta, env.obs_dim)
+    report = {"onnx": str(path), "member": member, "model": model_name, "scenario": scenario_id}
     if check:
         report["parity"] = parity(path, agent, env, params, [random_observations(env, env_params, check),
                                                              env_observations(env, env_params, min(check, 64))])
@@ -166,9 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="policy.onnx")
     ap.add_argument("--member", type=int, default=None, help="which of the run's policies (default: best greedy return)")
     ap.add_argument("--check", type=int, default=256, help="random observations for the parity check (0: skip)")
+    ap.add_argument("--device", type=int, default=None,
+                    help="a fleet run: the device whose contract numbers the policy carries (default 0)")
     a = ap.parse_args(argv)
     try:
-        report = export_run(a.checkpoint, a.out, a.member, a.check)
+        report = export_run(a.checkpoint, a.out, a.member, a.check, a.device)
     except ExportError as e:
         print(f"error: {e}")
         return 2
