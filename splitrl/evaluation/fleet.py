@@ -49,7 +49,7 @@ POLICIES = ("cloud_only", "edge_only", "static_split", "greedy_latency", "myopic
 SEARCHING = ("greedy_latency", "myopic_dpp", "fleet_dpp", "congestion_dpp")   # pparams hold a candidate set
 THRESHOLD_GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 CONGESTION_GRID = (1.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)   # congestion_dpp's multipliers tried
-PAIRED = ("cloud_only", "myopic_dpp")              # each row's objective minus these, seed by seed
+PAIRED = ("cloud_only", "myopic_dpp", "congestion_dpp")   # each row's objective minus these, seed by seed
 TRAIN_SEED0 = 1000                                # training episodes: seeds TRAIN_SEED0, +1, ... (never evaluated)
 DEVICE_FIELDS = ("response_time", "arrivals", "drops", "request_failed", "served", "energy", "delta_ppl",
                  "backlog", "boundary", "objective")
@@ -257,6 +257,10 @@ def evaluate_fleet(fleet: str, policies, seeds: int, episodes: int, steps: int, 
                 extra = {"congestion": congestion, "tuning": scores}
             policy = make_policy(name, threshold, params, congestion)
         pparams = init_per_device(policy, env, params, candidates, info)
+        if name.startswith("trained:"):   # its score on the training episodes: how to pick among runs unseen
+            train = [run_seed(env, policy, params, pparams, fleet, TRAIN_SEED0 + s, episodes, steps)
+                     for s in range(train_seeds)]
+            extra = extra | {"train_objective": float(np.mean([np.mean(o["fleet_objective"]) for o in train]))}
         outs = [run_seed(env, policy, params, pparams, fleet, s, episodes, steps) for s in range(seeds)]
         raw[name] = outs
         row = {"fleet": fleet, "policy": name, "seeds": seeds, "episodes": episodes, "steps": steps,
@@ -293,6 +297,7 @@ def markdown(rows: list[dict]) -> str:
         for r in sub:
             name = r["policy"] + (f" (τ = {r['threshold_s']:g} s)" if "threshold_s" in r else "")
             name += f" (κ = {r['congestion']:g})" if "congestion" in r else ""
+            name += f" (training episodes: {r['train_objective']:.3f})" if "train_objective" in r else ""
             paired = "".join(fmt(r.get(f"objective_vs_{ref}"), r.get(f"objective_vs_{ref}_ci")) + " | " for ref in PAIRED)
             lines.append(f"| {name} | {paired}" + " | ".join(fmt(r[m], r[f"{m}_ci"]) for m in METRICS) + " |")
         lines.append("")
