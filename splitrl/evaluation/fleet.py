@@ -182,16 +182,18 @@ def summarise(per_seed: list[dict]) -> dict:
 
 
 # ----------------------------------------------------------------------------- evaluation
+def train_score(env, policy, params, pparams, fleet: str, seeds: int, episodes: int, steps: int) -> float:
+    """The mean fleet DPP objective on training episodes (seeds TRAIN_SEED0..., never evaluated)."""
+    outs = [run_seed(env, policy, params, pparams, fleet, TRAIN_SEED0 + s, episodes, steps) for s in range(seeds)]
+    return float(np.mean([np.mean(o["fleet_objective"]) for o in outs]))
+
+
 def grid_scores(env, params, fleet: str, policy, base, field: str, grid, seeds: int, episodes: int,
                 steps: int) -> dict[float, float]:
-    """The mean fleet DPP objective on training episodes (seeds TRAIN_SEED0..., never evaluated) with
-    pparams[field] set to each value of `grid` on every device; one compile for the grid (the value is data)."""
-    scores = {}
-    for value in grid:
-        pp = base | {field: jnp.full(env.n_devices, value, jnp.float32)}
-        outs = [run_seed(env, policy, params, pp, fleet, TRAIN_SEED0 + s, episodes, steps) for s in range(seeds)]
-        scores[float(value)] = float(np.mean([np.mean(o["fleet_objective"]) for o in outs]))
-    return scores
+    """`train_score` with pparams[field] set to each value of `grid` on every device; one compile for the
+    grid (the value is data)."""
+    return {float(value): train_score(env, policy, params, base | {field: jnp.full(env.n_devices, value, jnp.float32)},
+                                      fleet, seeds, episodes, steps) for value in grid}
 
 
 def tune_threshold(env, params, fleet: str, grid, seeds: int, episodes: int, steps: int,
@@ -258,9 +260,8 @@ def evaluate_fleet(fleet: str, policies, seeds: int, episodes: int, steps: int, 
             policy = make_policy(name, threshold, params, congestion)
         pparams = init_per_device(policy, env, params, candidates, info)
         if name.startswith("trained:"):   # its score on the training episodes: how to pick among runs unseen
-            train = [run_seed(env, policy, params, pparams, fleet, TRAIN_SEED0 + s, episodes, steps)
-                     for s in range(train_seeds)]
-            extra = extra | {"train_objective": float(np.mean([np.mean(o["fleet_objective"]) for o in train]))}
+            extra = extra | {"train_objective": train_score(env, policy, params, pparams, fleet, train_seeds,
+                                                            episodes, steps)}
         outs = [run_seed(env, policy, params, pparams, fleet, s, episodes, steps) for s in range(seeds)]
         raw[name] = outs
         row = {"fleet": fleet, "policy": name, "seeds": seeds, "episodes": episodes, "steps": steps,
