@@ -38,12 +38,7 @@ OUTPUTS = ("boundary_logits", "format_logits", "unit_logits", "boundary", "forma
 
 # ----------------------------------------------------------------------------- checkpoint + env
 def load_run(checkpoint: str | Path, member: int | None = None):
-    """(agent config, scenario dict, one member's params, member index) from a run directory."""
-    agent, run, params, member = _load(checkpoint, member)
-    return agent, run.scenario, params, member
-
-
-def _load(checkpoint, member):
+    """(agent config, RunDir, one member's params, member index) from a run directory."""
     try:
         run = RunDir.read(checkpoint)
         if run.agent.policy != "hierarchical" or run.agent.env != "split":
@@ -166,11 +161,12 @@ def export_run(checkpoint, out, member: int | None = None, check: int = 256, dev
     """Export one member of a run; a fleet run exports the shared policy for one of its devices (`device`,
     default 0: the policy's contract numbers are that device's)."""
     from splitrl.env import make
-    agent, run, params, member = _load(checkpoint, member)
+    agent, run, params, member = load_run(checkpoint, member)
     fleet = run.config.get("fleet")
     if fleet is not None:
-        env, env_params, kind = fleet_device(fleet, device or 0, str(run.path))
-        model_name, scenario_id = kind.model, f"{run.fleet_id}/device{device or 0}:{kind.id}"
+        device = 0 if device is None else device
+        env, env_params, kind = fleet_device(fleet, device, str(run.path))
+        model_name, scenario_id = kind.model, f"{run.fleet_id}/device{device}:{kind.id}"
     elif device is not None:
         raise ExportError(f"{run.path}: --device picks a device of a fleet run; this run trained on a scenario")
     else:
