@@ -22,7 +22,8 @@ def small_cfg(**over) -> PPOConfig:
                 clip_eps=0.2, clip_value=True, ent_coef=0.01, vf_coef=0.5, max_grad_norm=0.5, lr=3e-3,
                 anneal_lr=True, normalize_advantages=True, hidden=(32, 32), critic="separate", manager_lr_scale=1.0,
                 guide="none", guide_coef=0.0, guide_final=0.0, guide_anneal=1.0, guide_states=1,
-                team_spirit=0.0, guide_congestion=0.0)
+                team_spirit=0.0, guide_congestion=0.0, pretrain_rounds=0, pretrain_states=1, pretrain_steps=1,
+                pretrain_lr=1e-3)
     return PPOConfig(**(base | over))
 
 

@@ -44,6 +44,10 @@ class PPOConfig:
     guide_states: int         # states labelled per update
     team_spirit: float        # a fleet's devices learn from (1 − τ)·own reward + τ·the fleet's mean (0: own, 1: team)
     guide_congestion: float   # fleets: 0 labels with myopic DPP; κ > 0 with congestion DPP at κ (splitrl/agents/guide.py)
+    pretrain_rounds: int      # DAgger rounds imitating the guide before PPO starts (0: none; splitrl/agents/pretrain.py)
+    pretrain_states: int      # ... states labelled per round (the rounds' labels aggregate)
+    pretrain_steps: int       # ... Adam steps per round on the aggregated labels
+    pretrain_lr: float        # ... their step size (behaviour cloning takes larger steps than PPO's trust region)
 
     @classmethod
     def from_dict(cls, data: dict, where: str) -> PPOConfig:
@@ -77,17 +81,22 @@ class PPOConfig:
             raise ConfigError(f"config {where}: guide_states = {self.guide_states} must be >= 1 and guide_coef = "
                               f"{self.guide_coef}, guide_final = {self.guide_final} >= 0, guide_anneal = "
                               f"{self.guide_anneal} in (0, 1]")
-        for key in ("num_envs", "num_steps", "total_timesteps", "update_epochs", "num_minibatches"):
+        for key in ("num_envs", "num_steps", "total_timesteps", "update_epochs", "num_minibatches", "pretrain_states",
+                    "pretrain_steps", "pretrain_rounds"):
             v = getattr(self, key)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"config {where}.{key} = {v!r}: must be a positive integer")
+            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if key == "pretrain_rounds" else 1):
+                raise ConfigError(f"config {where}.{key} = {v!r}: must be a "
+                                  f"{'non-negative' if key == 'pretrain_rounds' else 'positive'} integer")
+        if self.pretrain_rounds and self.guide != "dpp":
+            raise ConfigError(f"config {where}.pretrain_rounds = {self.pretrain_rounds}: the rounds imitate the DPP "
+                              f"guide; set guide = dpp (got {self.guide!r}) or pretrain_rounds = 0")
         if self.batch_size % self.num_minibatches:
             raise ConfigError(f"config {where}: num_envs·num_steps = {self.num_envs}·{self.num_steps} = "
                               f"{self.batch_size} is not divisible by num_minibatches = {self.num_minibatches}")
         if self.num_updates < 1:
             raise ConfigError(f"config {where}.total_timesteps = {self.total_timesteps} is less than one "
                               f"update (num_envs·num_steps = {self.batch_size})")
-        for key in ("gamma", "gae_lambda", "clip_eps", "ent_coef", "vf_coef", "max_grad_norm", "lr", "team_spirit",
+        for key in ("gamma", "gae_lambda", "clip_eps", "ent_coef", "vf_coef", "max_grad_norm", "lr", "team_spirit", "pretrain_lr",
                     "guide_congestion"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int | float):
@@ -98,7 +107,7 @@ class PPOConfig:
         if self.guide_congestion < 0:
             raise ConfigError(f"config {where}.guide_congestion = {self.guide_congestion}: must be >= 0 (0: the "
                               "myopic DPP guide; κ > 0: congestion DPP at κ, a fleet's only)")
-        for key in ("clip_eps", "lr", "max_grad_norm", "manager_lr_scale"):
+        for key in ("clip_eps", "lr", "max_grad_norm", "manager_lr_scale", "pretrain_lr"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"config {where}.{key} = {getattr(self, key)}: must be > 0")
         if not self.hidden or any(w < 1 for w in self.hidden):

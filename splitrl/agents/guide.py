@@ -38,14 +38,16 @@ class GuideBatch(struct.PyTreeNode):
     action: HierarchicalAction  # [G] the DPP controller's (projected) actions there
 
 
-def make_labeller(cfg, env, env_params):
-    """`label(env_params, obs[N], states[N], key) -> GuideBatch` over `cfg.guide_states` of the N states.
+def make_labeller(cfg, env, env_params, n_states: int | None = None):
+    """`label(env_params, obs[N], states[N], key) -> GuideBatch` over `n_states` (default `cfg.guide_states`)
+    of the N states, drawn without replacement (all of them when N is smaller).
     On a fleet (`env.n_devices`) the states are fleet states [M] and obs per device [M·N]: each device's
     state is labelled with its own myopic DPP action, on its own params (`params.device[i]`), at the
     published cloud state it observed; with `cfg.guide_congestion` = κ > 0, with congestion DPP's action
     (the same, plus κ times the drift its offloaded work adds to the shared queue: docs/fleet.md)."""
+    n_states = cfg.guide_states if n_states is None else n_states
     if hasattr(env, "n_devices"):
-        return _fleet_labeller(cfg, env, env_params)
+        return _fleet_labeller(cfg, env, env_params, n_states)
     if cfg.guide_congestion:
         raise ValueError(f"agent.guide_congestion = {cfg.guide_congestion}: congestion DPP labels a fleet's devices "
                          "(it prices the shared cloud queue); a single device has none: set it to 0")
@@ -55,7 +57,7 @@ def make_labeller(cfg, env, env_params):
 
     def label(params_env, obs, states, key) -> GuideBatch:
         n = jax.tree.leaves(states)[0].shape[0]
-        idx = shuffle.choice_without_replacement(key, n, min(cfg.guide_states, n))
+        idx = shuffle.choice_without_replacement(key, n, min(n_states, n))
         pick = lambda x: x[idx]  # noqa: E731
         obs, states = jax.tree.map(pick, obs), jax.tree.map(pick, states)
         return GuideBatch(obs=obs, action=jax.vmap(lambda s: dpp_label(params_env, s, candidates))(states))
@@ -72,7 +74,7 @@ def dpp_label(params_env, state, candidates, decide=myopic_action) -> Hierarchic
     return HierarchicalAction(boundary=b, fmt=fmt, split=jnp.any(units > 0).astype(jnp.int32), units=units)
 
 
-def _fleet_labeller(cfg, env, env_params):
+def _fleet_labeller(cfg, env, env_params, n_states: int):
     # layer-only candidates depend only on the env's static structure, so one set serves every device
     first = jax.tree.map(lambda x: x[0], env_params.device)
     candidates = candidate_actions(env.device, first, layer_only=True)
@@ -87,7 +89,7 @@ def _fleet_labeller(cfg, env, env_params):
         # device states [M, N] -> [M·N], in the order of obs ([T, E, N] merged): device = index mod N
         dev_states = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), states.device)
         n = jax.tree.leaves(dev_states)[0].shape[0]
-        idx = shuffle.choice_without_replacement(key, n, min(cfg.guide_states, n))
+        idx = shuffle.choice_without_replacement(key, n, min(n_states, n))
         pick = lambda x: x[idx]  # noqa: E731
         obs, dev_states = jax.tree.map(pick, obs), jax.tree.map(pick, dev_states)
         dev_params = jax.tree.map(lambda x: x[idx % n_dev], params_env.device)

@@ -176,6 +176,22 @@ def gae(reward_t, value_t, next_value_t, terminated_t, done_t, gamma, gae_lambda
     return adv_t, adv_t + value_t
 
 
+def agents_join_batch(env, traj: Transition, team_spirit) -> Transition:
+    """On a fleet the devices join the batch, [T, E, N] -> [T, E·N], after the team reward mixes their
+    rewards (the env states stay [T, E]); a single-device trajectory is returned as it is."""
+    if not agent_axes(env):
+        return traj
+    traj = traj.replace(reward=team_reward(traj.reward, team_spirit))
+    return traj.replace(**{f: jax.tree.map(merge_agents, getattr(traj, f)) for f in AGENT_FIELDS})
+
+
+def advantages(policy, cfg: PPOConfig, params, traj: Transition):
+    """(GAE advantages, λ-returns) of a [T, N] trajectory, bootstrapped by `params`' critic."""
+    next_value = jax.vmap(jax.vmap(policy.value, (None, 0)), (None, 0))(params, traj.final_obs)
+    return gae(traj.reward, traj.value, next_value, traj.terminated.astype(jnp.float32),
+               traj.done.astype(jnp.float32), cfg.gamma, cfg.gae_lambda)
+
+
 # ----------------------------------------------------------------------------- loss
 class Batch(struct.PyTreeNode):
     obs: Any
@@ -251,16 +267,11 @@ def make_update(cfg: PPOConfig, env, env_params, policy, reward_v_field: str | N
         key, rollout_key, epoch_key = jax.random.split(state.key, 3)
         last, traj = collect(policy, env, params_env, state.params, state, rollout_key, cfg.num_steps,
                              keep_state=label is not None)
-        if agent_axes(env):   # a fleet: the devices join the batch ([T, E, N] -> [T, E·N]); states stay [T, E]
-            traj = traj.replace(reward=team_reward(traj.reward, cfg.team_spirit))
-            traj = traj.replace(**{f: jax.tree.map(merge_agents, getattr(traj, f)) for f in AGENT_FIELDS})
+        traj = agents_join_batch(env, traj, cfg.team_spirit)
         flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
         guide = None if label is None else label(params_env, jax.tree.map(flat, traj.obs),
                                                  jax.tree.map(flat, traj.state), jax.random.fold_in(epoch_key, 1))
-        value_of = jax.vmap(jax.vmap(policy.value, (None, 0)), (None, 0))
-        next_value = value_of(state.params, traj.final_obs)
-        adv, target = gae(traj.reward, traj.value, next_value, traj.terminated.astype(jnp.float32),
-                          traj.done.astype(jnp.float32), cfg.gamma, cfg.gae_lambda)
+        adv, target = advantages(policy, cfg, state.params, traj)
         batch = Batch(obs=traj.obs, action=traj.action, log_prob=traj.log_prob, value=traj.value,
                       advantage=adv, target=target)
         flat_batch = jax.tree.map(flat, batch)
@@ -308,13 +319,16 @@ def run_updates(update, num_updates: int, state: LearnerState, hp: HParams):
 
 
 def make_train(cfg: PPOConfig, env, env_params, policy, reward_v_field: str | None = None):
-    """`train(key, hp) -> (final LearnerState, metrics[num_updates])`: the whole run, pure.
+    """`train(key, hp) -> (final LearnerState, metrics[num_updates])`: the whole run (the guide's DAgger
+    rounds first when `cfg.pretrain_rounds`: splitrl/agents/pretrain.py), pure.
     `jax.jit(train)` trains one policy; `jax.jit(jax.vmap(train))(keys, hps)` many in one compile."""
+    from splitrl.agents.pretrain import make_pretrain   # it builds on this module's pieces
     init = make_init(cfg, env, env_params, policy, reward_v_field)
+    pretrain = make_pretrain(cfg, env, env_params, policy, reward_v_field)
     update = make_update(cfg, env, env_params, policy, reward_v_field)
 
     def train(key, hp: HParams):
-        return run_updates(update, cfg.num_updates, init(key, hp), hp)
+        return run_updates(update, cfg.num_updates, pretrain(init(key, hp), hp)[0], hp)
 
     return train
 

@@ -28,7 +28,8 @@ CONFIG_FILE, PARAMS_FILE, SUMMARY_FILE = "resolved_config.yaml", "final_params.m
 
 
 # agent fields added after runs were written, with the value every older run trained with
-AGENT_ADDED = {"team_spirit": 0.0, "guide_congestion": 0.0}
+AGENT_ADDED = {"team_spirit": 0.0, "guide_congestion": 0.0, "pretrain_rounds": 0, "pretrain_states": 16384,
+               "pretrain_steps": 2000, "pretrain_lr": 1.0e-3}
 
 
 class RunDirError(ValueError):

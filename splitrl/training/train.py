@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from splitrl.agents import make_policy, ppo
 from splitrl.agents.config import PPOConfig
+from splitrl.agents.pretrain import make_pretrain
 from splitrl.config import ConfigError, build
 from splitrl.resources import config_dir
 from splitrl.training.checkpoint import Checkpointer, CheckpointError
@@ -251,13 +252,38 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     evaluate = make_evaluator(job.placement, job.policy, job.env, job.env_params, train.eval_episodes_envs,
                               eval_steps(job.env_params))
     random_eval = jax.device_get(evaluate["uniform"](state.params, job.keys)) if evaluate else None
+    pretrain_rows = None
+    if done_updates == 0 and agent.pretrain_rounds:   # a resumed run has its pretrained weights already
+        state, pretrain_rows = run_pretrain(setup, job, state, v_field)
     state, curve, done_updates = train_loop(setup, job, state, done_updates, logger, ckpt)
     summary = finish(setup, state, job.members, job.keys, evaluate, random_eval, curve, done_updates,
-                     agent.num_updates, logger, job.placement)
+                     agent.num_updates, logger, job.placement, pretrain_rows)
     if ckpt:
         ckpt.close()
     logger.close()
     return summary
+
+
+def run_pretrain(setup: Setup, job: Job, state, v_field):
+    """The guide's DAgger rounds before the first update (splitrl/agents/pretrain.py), one jit over the
+    member batch. Returns (state, per member the rounds' last-step metrics: guide NLL and agreement,
+    value loss, the round's mean reward)."""
+    placement = job.placement
+    fn = placement.map_members(make_pretrain(setup.agent, job.env, job.env_params, job.policy, v_field),
+                               in_shardings=(placement.state_sharding(state), placement.batch_sharding(job.hps)),
+                               out_shardings=(placement.state_sharding(state), placement.batch_sharding(job.hps).lr))
+    start = time.perf_counter()
+    state, metrics = fn(state, job.hps)
+    metrics = jax.device_get(metrics)
+    rows = [[{k: float(v[m, r]) for k, v in metrics.items()} for r in range(setup.agent.pretrain_rounds)]
+            for m in range(len(job.members))]
+    if setup.logger.console:
+        for r, row in enumerate(rows[0]):
+            print(f"pretrain round {r + 1}/{setup.agent.pretrain_rounds}  guide agreement {row['guide_agree']:.4f}  "
+                  f"NLL {row['guide_nll']:.4f}  value loss {row['value_loss']:.4g}  reward {row['reward_mean']:.4g}",
+                  flush=True)
+        print(f"pretraining took {time.perf_counter() - start:.0f} s (compile included)", flush=True)
+    return state, rows
 
 
 def train_loop(setup: Setup, job: Job, state, done_updates: int, logger: RunLogger, ckpt):
@@ -328,10 +354,12 @@ def eval_steps(env_params) -> int:
 
 # ----------------------------------------------------------------------------- finish
 def finish(setup: Setup, state, members, keys, evaluate, random_eval, curve, done_updates, total, logger,
-           placement: Placement):
+           placement: Placement, pretrain_rows=None):
     run_dir = setup.run_dir
     summary: dict[str, Any] = {"run_name": setup.run_name, "updates": done_updates, "total_updates": total,
                                "members": members, "devices": placement.describe(), "curve": curve}
+    if pretrain_rows is not None:
+        summary["pretrain"] = pretrain_rows
     if random_eval is not None:
         summary["random_policy_return"] = random_eval["episode_return"].tolist()
         summary["random_env_metrics"] = {k: v.tolist() for k, v in random_eval.items() if k != "episodes"}
