@@ -2,7 +2,8 @@
 threshold.py): the rule's two sides, SplitLLM's plan per device type on the params the fleet uses,
 unanswered requests in the percentiles, and rows with every metric and its interval from a tiny fleet (2
 devices, a few slots: two compiles); `splitrl-train fleet=...` on that fleet and its run evaluated beside
-cloud-only (`--runs`)."""
+cloud-only (`--runs`); the full-information fleet oracle prices each device's true slot and acts on the
+rollout's env key."""
 
 import copy
 import json
