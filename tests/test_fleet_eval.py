@@ -2,7 +2,8 @@
 threshold.py): the rule's two sides, SplitLLM's plan per device type on the params the fleet uses,
 unanswered requests in the percentiles, and rows with every metric and its interval from a tiny fleet (2
 devices, a few slots: two compiles); `splitrl-train fleet=...` on that fleet and its run evaluated beside
-cloud-only (`--runs`)."""
+cloud-only (`--runs`); the full-information fleet oracle prices each device's true slot and acts on the
+rollout's env key."""
 
 import copy
 import json
@@ -181,3 +182,58 @@ def test_fleet_dpp_charges_the_cloud_drift_its_offloaded_work_adds(tiny):
         assert float(work(fleet_choice, p_i, busy)) <= float(work(own_choice, p_i, busy)) + 1e-6
         priced = fleet(p_i, busy, cands, 1.0, 10.0, 1.0, 1000.0)   # congestion_dpp's price
         assert float(work(priced, p_i, busy)) <= float(work(fleet_choice, p_i, busy)) + 1e-6
+
+
+def test_the_fleet_oracle_prices_each_devices_true_slot_and_rolls_out_on_the_env_key():
+    """FleetOracle reads the slot the env will draw: stepping the fleet with the slot's key, where device i
+    plays candidate k and the others anything, gives device i the own objective (its objective less its
+    1/N share of the cloud drift) and the offloaded work the oracle computed for (i, k); its choice is the
+    argmin of own + κ · charge; another key prices differently (the check has teeth); and in
+    `fleet_rollout` it acts on the very key step_env is given (its recorded slot is its computed least)."""
+    from splitrl.env.fleet import cloud_lyapunov, fixed_action
+    from splitrl.evaluation.run import episode_keys
+    data = load_fleet_dict("llama-2-7b_1xa100_peak")[0] | {"n_devices": 4, "channel": {"cells": 2, "correlation": 0.5}}
+    env, params = make_fleet(data)
+    n, kappa = env.n_devices, 30.0
+    oracle = FE.make_policy("fleet_oracle", params=params, congestion=kappa)
+    pparams = FE.init_per_device(oracle, env, params)
+    cands = pparams["candidates"]
+    step = jax.jit(env.step_env)
+    _, state = env.reset(jax.random.PRNGKey(0), params)
+    for t in range(3):   # a few random slots: queues, a cloud queue, a link history
+        k1, k2 = jax.random.split(jax.random.PRNGKey(10 + t))
+        a = fixed_action(env, 0).replace(boundary=jax.random.randint(k1, (n,), 0, env.n_layers + 1))
+        state = step(k2, state, a, params)[1]
+    # four devices leave the cloud idle: queue some work (the wait W / C every device meets this slot)
+    state = state.replace(cloud=state.cloud.replace(work=jnp.float32(20.0) * params.cloud.replicas))
+    key = jax.random.PRNGKey(7)
+    # one compile: (own, charge) and the choice
+    objectives = jax.jit(lambda s, k: (oracle.objectives(env, pparams, s, params, k),
+                                       oracle.fleet_action(env, pparams, s, params, k)))
+    (own, charge), choice = objectives(state, key)
+    best = np.argmin(np.asarray(own + kappa * charge), axis=1)
+    np.testing.assert_array_equal(np.asarray(choice.boundary), np.asarray(cands.boundary)[np.arange(n), best])
+    ref = float(params.cloud.replicas * params.cloud.wait_ref_s)
+    W, K = float(state.cloud.work), cands.boundary.shape[1]
+    base = fixed_action(env, 0)
+    for i in range(n):
+        for k in sorted({0, K // 3, K - 1, int(best[i])}):
+            a = jax.tree.map(lambda b, c, i=i, k=k: b.at[i].set(c[i, k]), base, cands)
+            info = step(key, state, a, params)[4]
+            mine = float(info["objective"][i] - info["cloud_drift"] / n)
+            assert mine == pytest.approx(float(own[i, k]), rel=1e-5, abs=1e-5), (i, k)
+            work = float(info["cloud_work"][i])
+            assert (W * work + 0.5 * work**2) / ref**2 == pytest.approx(float(charge[i, k]), rel=1e-5, abs=1e-9)
+    assert not np.allclose(np.asarray(objectives(state, jax.random.PRNGKey(8))[0][0]), np.asarray(own))
+
+    # in the rollout: one slot from the reset, κ = 0; the recorded own objective is the least the oracle computed
+    plain = FE.make_policy("fleet_oracle", params=params, congestion=0.0)
+    pp0 = FE.init_per_device(plain, env, params)
+    assert np.array_equal(np.asarray(pp0["candidates"].boundary), np.asarray(cands.boundary))
+    ek, pk = episode_keys("oracle-test", 0, 1)
+    out = FE.fleet_rollout(env, plain, params, pp0, ek, pk, 1)
+    reset_key, root = jax.random.split(ek[0])
+    _, s0 = env.reset(reset_key, params)
+    own0 = np.asarray(objectives(s0, jax.random.fold_in(root, 0))[0][0])   # the same candidates; own is κ-free
+    drift = float(cloud_lyapunov(params, out["cloud_queue_s"][0, 0]))
+    np.testing.assert_allclose(np.asarray(out["objective"][0, 0]) - drift / n, own0.min(axis=1), rtol=1e-5, atol=1e-5)

@@ -146,3 +146,46 @@ class LookaheadOracle(PolicyBase):
             return jax.lax.scan(one, (state, jnp.float32(0.0)), jnp.arange(self.horizon))[0][1]
 
         return pick(actions, seqs[jnp.argmin(jax.vmap(total)(seqs)), 0])
+
+
+@dataclasses.dataclass(frozen=True)
+class FleetOracle(FleetDPP):
+    """FULL-INFORMATION ONE-SLOT FLEET ORACLE: an upper reference, not a deployable policy. It READS THE
+    FUTURE: from the env's very step key and state (`FleetEnv.slot_truth`) it takes each device's true
+    link conditions, retransmission draws and arrivals of the slot (after the cell sharing), prices every
+    candidate in them with the env's own pricing (`FleetEnv.device_cost`) and plays, per device, the
+    candidate of least own one-slot objective + κ · (W·a + a²/2) / W_ref², `fleet_myopic_action`'s
+    congestion charge at the true queue W = W_t (a: the device's offloaded cloud work, κ: `congestion`,
+    tuned on training episodes like congestion_dpp's; κ = 0 is the plain full-information myopic oracle).
+
+    Exact per device and slot: every device meets the cloud wait W_t / C of the slot's start, so a
+    device's own objective does not depend on the others' actions in that slot (only the shared drift and
+    the future do). It is not the fleet's joint optimum (the drift of the others' work is charged at W_t,
+    not at what they choose) nor an optimum over time (it is myopic). A fleet-level policy: it acts on the
+    whole fleet's state with the env's key (`fleet_action`), never per device; params as FleetDPP's."""
+    name: str = "fleet_oracle"
+
+    def __call__(self, pparams, key, obs, state, env_params, step_key):
+        raise TypeError("fleet_oracle acts on the whole fleet: call fleet_action(env, pparams, state, params, env_key)")
+
+    def objectives(self, env, pparams, state, params, env_key) -> tuple[jax.Array, jax.Array]:
+        """(each device's own one-slot objective, its congestion charge at κ = 1), both [N, K] over its
+        candidates `pparams["candidates"]` ([N, K] leading), in the slot `env.step_env(env_key, state, ·)`
+        will draw."""
+        truth = env.slot_truth(env_key, state, params)
+
+        def device(t, s, p, cands):
+            def one(a):
+                *_, q, work = env.device_cost(params, t, s, a, p)
+                return q["objective"], work
+            return jax.vmap(one)(cands)
+
+        own, work = jax.vmap(device)(truth, state.device, params.device, pparams["candidates"])
+        ref = params.cloud.replicas * params.cloud.wait_ref_s
+        return own, (state.cloud.work * work + 0.5 * work ** 2) / ref ** 2
+
+    def fleet_action(self, env, pparams, state, params, env_key) -> Action:
+        """Every device's choice ([N] leading) in one fleet's `state` (no env batch axis)."""
+        own, charge = self.objectives(env, pparams, state, params, env_key)
+        best = jnp.argmin(own + pparams["congestion"][:, None] * charge, axis=1)
+        return jax.vmap(pick)(pparams["candidates"], best)

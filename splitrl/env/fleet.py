@@ -164,8 +164,11 @@ class FleetEnv(environment.Environment[FleetState, FleetParams]):
         state = FleetState(device=dev, cloud=cloud, time=jnp.int32(0))
         return self.get_obs(state, params), state
 
-    def _device_step(self, params: FleetParams, u, dev_state, action, dev_params, minute, next_minute, wait):
-        """One device's slot (SplitEnv's pricing and queues) under the fleet's cloud conditions and workload."""
+    def _device_truth(self, params: FleetParams, u, dev_state, dev_params, minute, next_minute, wait) -> dict:
+        """One device's slot as the step draws it from its (cell-shared) uniforms, before any action: its
+        true link conditions `cond` (with the cloud wait W_t / C), the latent link fields, its `arrivals`,
+        the retransmission draws `arq`, the next `request` (prompt, output) and the bandwidth estimate's
+        normal `z_est`."""
         z, uu = ndtri(u[:8]), u[8:]
         cond, latent = link_conditions(self.device.channel_kind, dev_params.channel, dev_state, z, uu,
                                        dev_state.cloud_load, wait, heat.edge_speed_of(dev_params, dev_state, self.device.heat))
@@ -176,21 +179,46 @@ class FleetEnv(environment.Environment[FleetState, FleetParams]):
         else:
             request = self.device._draw_request(dev_params.workload, uu[2:5])
         arrivals = poisson_icdf(rate * params.slot_s, uu[1], self.device.max_arrivals)
-        b, fmt, edge_units, m, q = price_slot(dev_params, dev_state, action, cond,
-                                              jnp.stack([uu[8], uu[4], z[7]]), arrivals)
-        new = advance_state(dev_params, dev_state, cond, q, b, fmt, edge_units, request, z[6], latent,
-                            heat.temp_after(dev_params, dev_state, q, self.device.heat))
-        work = q["served"] * (m["cloud_prefill_s"] + m["cloud_decode_s"] / params.cloud.batch_gain)
-        return new, slot_info(m, q, cond, arrivals, b, fmt, edge_units, dev_state.temp_c) | {"cloud_work": work}
+        return {"cond": cond, "latent": latent, "arrivals": arrivals, "arq": jnp.stack([uu[8], uu[4], z[7]]),
+                "request": request, "z_est": z[6]}
 
-    def _step(self, u, state: FleetState, action: Action, params: FleetParams):
+    def _truth(self, u, state: FleetState, params: FleetParams):
+        """Every device's `_device_truth` ([N] leading) from the step's uniforms, the background's uniform
+        and the slot's minute."""
         dev_u, cell_u, u_bg = self._split_draws(u, self.device.N_STEP_DRAWS, STEP_SHARED)
         dev_u = self._share(dev_u, cell_u, params, STEP_SHARED)
         minute = self._minute(params, state.cloud, state.time)
         next_minute = self._minute(params, state.cloud, state.time + 1)
         wait = state.cloud.work / params.cloud.replicas
-        dev, info = jax.vmap(self._device_step, (None, 0, 0, 0, 0, None, None, None))(
-            params, dev_u, state.device, action, params.device, minute, next_minute, wait)
+        truth = jax.vmap(self._device_truth, (None, 0, 0, 0, None, None, None))(
+            params, dev_u, state.device, params.device, minute, next_minute, wait)
+        return truth, u_bg, minute
+
+    def slot_truth(self, key: jax.Array, state: FleetState, params: FleetParams) -> dict:
+        """What `step_env(key, state, ·, params)` will draw for every device ([N] leading), whatever the
+        actions: READS THE FUTURE (the full-information oracle, splitrl.baselines.dpp.FleetOracle, only)."""
+        return self._truth(_uniforms(key, self._n_step_draws()), state, params)[0]
+
+    def device_cost(self, params: FleetParams, truth: dict, dev_state, action, dev_params):
+        """One device's slot priced under `action` in its `truth` (`_device_truth`): (boundary, format, edge
+        units, metrics, queues `slot_queues`, the cloud work it offloads). Its own objective q["objective"]
+        does not depend on the other devices' actions: they meet the same wait W_t / C."""
+        b, fmt, edge_units, m, q = price_slot(dev_params, dev_state, action, truth["cond"], truth["arq"],
+                                              truth["arrivals"])
+        work = q["served"] * (m["cloud_prefill_s"] + m["cloud_decode_s"] / params.cloud.batch_gain)
+        return b, fmt, edge_units, m, q, work
+
+    def _device_step(self, params: FleetParams, truth: dict, dev_state, action, dev_params):
+        """One device's slot (SplitEnv's pricing and queues) under the fleet's cloud conditions and workload."""
+        cond = truth["cond"]
+        b, fmt, edge_units, m, q, work = self.device_cost(params, truth, dev_state, action, dev_params)
+        new = advance_state(dev_params, dev_state, cond, q, b, fmt, edge_units, truth["request"], truth["z_est"],
+                            truth["latent"], heat.temp_after(dev_params, dev_state, q, self.device.heat))
+        return new, slot_info(m, q, cond, truth["arrivals"], b, fmt, edge_units, dev_state.temp_c) | {"cloud_work": work}
+
+    def _step(self, u, state: FleetState, action: Action, params: FleetParams):
+        truth, u_bg, minute = self._truth(u, state, params)
+        dev, info = jax.vmap(self._device_step, (None, 0, 0, 0, 0))(params, truth, state.device, action, params.device)
         offloaded, background = jnp.sum(info["cloud_work"]), self._background(params, minute, u_bg)
         cl = serve_cloud(params, state.cloud.work, offloaded, background)
         objective = info["objective"] + cl["drift"] / self.n_devices

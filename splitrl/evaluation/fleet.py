@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from splitrl.baselines import ScenarioSpec, make_baseline
-from splitrl.baselines.dpp import FleetDPP
+from splitrl.baselines.dpp import FleetDPP, FleetOracle
 from splitrl.baselines.threshold import WaitThreshold
 from splitrl.baselines.trained import Trained
 from splitrl.env import rollout as R
@@ -45,8 +45,12 @@ from splitrl.evaluation.run import episode_keys
 from splitrl.evaluation.stats import add_paired, request_times, t_interval
 
 POLICIES = ("cloud_only", "edge_only", "static_split", "greedy_latency", "myopic_dpp", "fleet_dpp", "congestion_dpp",
-            "splitllm_dp", "wait_threshold")
-SEARCHING = ("greedy_latency", "myopic_dpp", "fleet_dpp", "congestion_dpp")   # pparams hold a candidate set
+            "splitllm_dp", "wait_threshold", "fleet_oracle")
+# --policies' default: all but the oracle (an upper reference that reads the slot's draws; its κ tuning
+# costs as much again as congestion_dpp's), which runs when named
+DEFAULT_POLICIES = tuple(p for p in POLICIES if p != "fleet_oracle")
+SEARCHING = ("greedy_latency", "myopic_dpp", "fleet_dpp", "congestion_dpp", "fleet_oracle")   # pparams hold a candidate set
+CONGESTION_TUNED = ("congestion_dpp", "fleet_oracle")   # κ tuned on training episodes
 THRESHOLD_GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 CONGESTION_GRID = (1.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)   # congestion_dpp's multipliers tried
 PAIRED = ("cloud_only", "myopic_dpp", "congestion_dpp")   # each row's objective minus these, seed by seed
@@ -63,14 +67,17 @@ METRICS = {"objective": "fleet DPP objective / slot", "p50": "p50 (s)", "p95": "
 
 # ----------------------------------------------------------------------------- policies
 def make_policy(name: str, threshold_s: float = 5.0, params=None, congestion: float = 1.0):
-    """A fleet baseline by name; `fleet_dpp` and `congestion_dpp` take the fleet's cloud numbers from
-    `params` (FleetParams), the latter its tuned `congestion`."""
+    """A fleet baseline by name; `fleet_dpp`, `congestion_dpp` and `fleet_oracle` take the fleet's cloud
+    numbers from `params` (FleetParams), the last two their tuned `congestion`. `fleet_oracle` (the
+    full-information one-slot oracle, splitrl.baselines.dpp.FleetOracle) reads the slot's draws: an upper
+    reference, not a deployable policy."""
     if name == "wait_threshold":
         return WaitThreshold(threshold_s)
-    if name in ("fleet_dpp", "congestion_dpp"):
+    if name in ("fleet_dpp",) + CONGESTION_TUNED:
         c = params.cloud
-        return FleetDPP(replicas=float(c.replicas), wait_ref_s=float(c.wait_ref_s), batch_gain=float(c.batch_gain),
-                        congestion=congestion if name == "congestion_dpp" else 1.0, name=name)
+        cls = FleetOracle if name == "fleet_oracle" else FleetDPP
+        return cls(replicas=float(c.replicas), wait_ref_s=float(c.wait_ref_s), batch_gain=float(c.batch_gain),
+                   congestion=congestion if name in CONGESTION_TUNED else 1.0, name=name)
     return make_baseline(name)
 
 
@@ -113,12 +120,17 @@ def init_per_device(policy, env, params, candidates: str = "layer", info: FleetI
 @partial(jax.jit, static_argnames=("env", "policy", "n_steps"))
 def fleet_rollout(env, policy, params, pparams, env_keys, policy_keys, n_steps: int) -> dict:
     """Episodes of `policy` on every device of the fleet (no auto-reset; one fleet per key). Returns
-    {field: [T, E, N] per device or [T, E] for the fleet} plus the published wait each device saw."""
+    {field: [T, E, N] per device or [T, E] for the fleet} plus the published wait each device saw.
+    A FleetOracle acts on each whole fleet with the env's key of the slot: the very key `R.rollout`
+    then passes to `env.step_env` (auto_reset=False), so it reads the slot's true draws."""
     reset_keys, env_roots = jax.vmap(jax.random.split)(env_keys).transpose(1, 0, 2)
     fold = jax.vmap(jax.random.fold_in, (0, None))
     per_device = jax.vmap(policy, (0, 0, 0, 0, 0, None))
 
-    def act(obs, state, pol_keys, _env_keys):   # no policy here reads the env's keys (no oracle)
+    def act(obs, state, pol_keys, env_keys):
+        if isinstance(policy, FleetOracle):   # reads the future: the keys step_env is about to be given
+            return jax.vmap(lambda s, k: policy.fleet_action(env, pparams, s, params, k))(state, env_keys), None
+
         def one(k, o, s):
             return per_device(pparams, jax.random.split(k, env.n_devices), o, s.device, params.device, None)
         return jax.vmap(one)(pol_keys, obs, state), None
@@ -211,12 +223,13 @@ def tune_threshold(env, params, fleet: str, grid, seeds: int, episodes: int, ste
 
 
 def tune_congestion(env, params, fleet: str, grid, seeds: int, episodes: int, steps: int, candidates: str,
-                    info: FleetInfo | None = None) -> tuple[float, dict]:
-    """congestion_dpp's multiplier of least mean fleet DPP objective on training episodes; ties go to the
-    smallest, the closest to the drift itself. A grid of one value is that value, untuned."""
+                    info: FleetInfo | None = None, name: str = "congestion_dpp") -> tuple[float, dict]:
+    """The multiplier κ of `name` (congestion_dpp or fleet_oracle) of least mean fleet DPP objective on
+    training episodes; ties go to the smallest, the closest to the drift itself. A grid of one value is
+    that value, untuned."""
     if len(grid) == 1:
         return float(grid[0]), {}
-    policy = make_policy("congestion_dpp", params=params)
+    policy = make_policy(name, params=params)
     scores = grid_scores(env, params, fleet, policy, init_per_device(policy, env, params, candidates, info),
                          "congestion", grid, seeds, episodes, steps)
     best = min(scores.values())
@@ -253,9 +266,9 @@ def evaluate_fleet(fleet: str, policies, seeds: int, episodes: int, steps: int, 
             if name == "wait_threshold":
                 threshold, scores = tune_threshold(env, params, fleet, grid, train_seeds, episodes, steps, info)
                 extra = {"threshold_s": threshold, "tuning": scores}
-            if name == "congestion_dpp":
+            if name in CONGESTION_TUNED:
                 congestion, scores = tune_congestion(env, params, fleet, congestion_grid, train_seeds, episodes, steps,
-                                                     candidates, info)
+                                                     candidates, info, name)
                 extra = {"congestion": congestion, "tuning": scores}
             policy = make_policy(name, threshold, params, congestion)
         pparams = init_per_device(policy, env, params, candidates, info)
@@ -354,14 +367,15 @@ def plot_fleet(fleet: str, raw: dict, out_dir: Path, n_layers: int) -> list[Path
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--fleet", nargs="+", default=["llama-2-7b_1xa100_peak"], help="splitrl/conf/fleet names or paths")
-    ap.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
+    ap.add_argument("--policies", nargs="+", default=list(DEFAULT_POLICIES), choices=POLICIES,
+                    help="default: all but fleet_oracle (the full-information upper reference; name it to run it)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--episodes", type=int, default=4, help="fleets per seed")
     ap.add_argument("--steps", type=int, default=0, help="slots per episode (0: the fleet's episode length)")
     ap.add_argument("--train-seeds", type=int, default=2, help="seeds of training episodes to tune the threshold")
     ap.add_argument("--grid", type=float, nargs="+", default=list(THRESHOLD_GRID), help="thresholds to try (s; one value: that threshold, untuned)")
     ap.add_argument("--congestion-grid", type=float, nargs="+", default=list(CONGESTION_GRID),
-                    help="congestion_dpp's multipliers κ to tune over (one value: that κ, untuned)")
+                    help="congestion_dpp's and fleet_oracle's multipliers κ to tune over (one value: that κ, untuned)")
     ap.add_argument("--candidates", choices=("layer", "units"), default="layer",
                     help="placements myopic DPP and greedy latency search: layer splits, or count-canonical unit sets")
     ap.add_argument("--runs", nargs="+", default=[], metavar="[LABEL=]DIR",
