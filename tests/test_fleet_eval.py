@@ -20,6 +20,7 @@ from splitrl.baselines.threshold import WaitThreshold
 from splitrl.env.fleet_scenario import load_fleet_dict, make_fleet, make_fleet_with_info
 from splitrl.env.scenario import load_scenario_dict, make_with_info
 from splitrl.evaluation import fleet as FE
+from splitrl.evaluation.plots import plot_fleet
 from splitrl.training.rundir import RunDir
 from splitrl.training.train import CONF_DIR, run
 
@@ -111,7 +112,7 @@ def test_evaluation_rows_have_every_metric_with_an_interval(tiny, tmp_path):
     (tmp_path / "results.md").write_text("stale")
     FE.main(["--render", str(tmp_path / "results.json")])            # the table again, without rollouts
     assert (tmp_path / "results.md").read_text() == md
-    paths = FE.plot_fleet("tiny", raw, tmp_path, make_fleet(tiny)[0].n_layers)
+    paths = plot_fleet("tiny", raw, tmp_path, make_fleet(tiny)[0].n_layers)
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
 
 

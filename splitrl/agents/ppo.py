@@ -322,7 +322,7 @@ def make_train(cfg: PPOConfig, env, env_params, policy, reward_v_field: str | No
     """`train(key, hp) -> (final LearnerState, metrics[num_updates])`: the whole run (the guide's DAgger
     rounds first when `cfg.pretrain_rounds`: splitrl/agents/pretrain.py), pure.
     `jax.jit(train)` trains one policy; `jax.jit(jax.vmap(train))(keys, hps)` many in one compile."""
-    from splitrl.agents.pretrain import make_pretrain   # it builds on this module's pieces
+    from splitrl.agents.pretrain import make_pretrain  # it builds on this module's pieces
 
     init = make_init(cfg, env, env_params, policy, reward_v_field)
     pretrain = make_pretrain(cfg, env, env_params, policy, reward_v_field)

@@ -41,6 +41,7 @@ from splitrl.env import rollout as R
 from splitrl.env.dpp import candidate_actions
 from splitrl.env.fleet import start
 from splitrl.env.fleet_scenario import FleetInfo, make_fleet_with_info
+from splitrl.evaluation.plots import plot_fleet
 from splitrl.evaluation.run import episode_keys
 from splitrl.evaluation.stats import add_paired, request_times, t_interval
 
@@ -316,51 +317,6 @@ def markdown(rows: list[dict]) -> str:
             lines.append(f"| {name} | {paired}" + " | ".join(fmt(r[m], r[f"{m}_ci"]) for m in METRICS) + " |")
         lines.append("")
     return "\n".join(lines)
-
-
-def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path, log_x: bool = False) -> Path:
-    import matplotlib.pyplot as plt
-    if log_x:
-        ax.set_xscale("log")
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def plot_fleet(fleet: str, raw: dict, out_dir: Path, n_layers: int) -> list[Path]:
-    """Per policy: the response-time CDF (unanswered requests keep it below 1), the cloud utilisation
-    over the episode, and the offloaded share (boundary < L) against the published wait."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    out_dir.mkdir(parents=True, exist_ok=True)
-    figs = {k: plt.subplots(figsize=(6.5, 4)) for k in ("cdf", "util", "offload")}
-    bins = np.array([0.0, 0.1, 0.3, 1, 2, 4, 8, 16, 32, np.inf])
-    for name, outs in raw.items():
-        times = np.concatenate([request_times({k: np.asarray(o[k], np.float64) for k in
-                                               ("arrivals", "drops", "request_failed", "response_time")})[0]
-                                for o in outs])
-        finite = np.sort(times[np.isfinite(times)])
-        figs["cdf"][1].plot(finite, np.arange(1, finite.size + 1) / max(times.size, 1), label=name)
-        util = np.mean([np.asarray(o["cloud_util"]).mean(1) for o in outs], 0)
-        figs["util"][1].plot(np.arange(util.size), util, label=name)
-        wait = np.concatenate([np.asarray(o["published_wait"]).ravel() for o in outs])
-        off = np.concatenate([(np.asarray(o["boundary"]) < n_layers).ravel() for o in outs])
-        idx = np.digitize(wait, bins[1:-1])
-        mid = [k for k in range(len(bins) - 1) if (idx == k).any()]
-        figs["offload"][1].plot([max(bins[k], 0.03) for k in mid], [off[idx == k].mean() for k in mid], "o-", label=name)
-    stem = out_dir / fleet
-    return [_finish(*figs["cdf"], "response time (s)", "share of requests answered within",
-                    f"{fleet}: response-time CDF", Path(f"{stem}_cdf.png"), log_x=True),
-            _finish(*figs["util"], "slot", "cloud utilisation (mean over fleets and seeds)",
-                    f"{fleet}: cloud utilisation", Path(f"{stem}_util.png")),
-            _finish(*figs["offload"], "published cloud wait (s, bin's lower edge; 0 at 0.03)",
-                    "share of device-slots using the cloud", f"{fleet}: offloading vs published wait",
-                    Path(f"{stem}_offload.png"), log_x=True)]
 
 
 # ----------------------------------------------------------------------------- command line

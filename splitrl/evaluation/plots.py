@@ -1,4 +1,5 @@
-"""Plots of an evaluation: latency CDF and partition over time per scenario, objective per scenario."""
+"""Plots of an evaluation: latency CDF and partition over time per scenario, objective per scenario; a
+fleet's response-time CDF, cloud utilisation and offloaded share against the published wait per policy."""
 
 from __future__ import annotations
 
@@ -9,15 +10,17 @@ import numpy as np
 from splitrl.evaluation.stats import request_times
 
 
-def save_log_x(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> Path:
-    """Finish a line plot with a log x axis the way every evaluation plot looks, save it, close it."""
+def save_plot(fig, ax, xlabel: str, ylabel: str, title: str, path: Path, log_x: bool = False,
+              legend_loc: str = "best") -> Path:
+    """Finish a line plot the way every evaluation plot looks (grid, small legend), save it, close it."""
     import matplotlib.pyplot as plt
-    ax.set_xscale("log")
+    if log_x:
+        ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc=legend_loc)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -42,8 +45,9 @@ def plot_all(rows: list[dict], raw: dict, out_dir: Path, partition_policies: tup
             lat = np.sort(request_times(raw[scen, p])[0])   # unanswered requests (+inf) never reach the curve's top
             ax.plot(lat, np.arange(1, lat.size + 1) / lat.size, label=p, lw=2.2 if p == "hppo" else 1.3, color=color[p],
                     ls="--" if p == "oracle_dpp" else "-")
-        paths.append(save_log_x(fig, ax, "response time per request: queueing + service (s, log scale)",
-                                "fraction of requests", f"latency CDF: {scen}", out_dir / f"latency_cdf_{scen}.png"))
+        paths.append(save_plot(fig, ax, "response time per request: queueing + service (s, log scale)",
+                               "fraction of requests", f"latency CDF: {scen}", out_dir / f"latency_cdf_{scen}.png",
+                               log_x=True, legend_loc="lower right"))
         # partition over time beside the bandwidth (seed 0, episode 0: the same channel for every policy)
         shown = [p for p in pols if not partition_policies or p in partition_policies]
         fig, axes = plt.subplots(len(shown) + 1, 1, figsize=(8, 1.3 * (len(shown) + 1) + 0.6), sharex=True)
@@ -101,3 +105,35 @@ def plot_objective(rows: list[dict], path: Path, color: dict | None = None) -> P
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_fleet(fleet: str, raw: dict, out_dir: Path, n_layers: int) -> list[Path]:
+    """Per policy: the response-time CDF (unanswered requests keep it below 1), the cloud utilisation
+    over the episode, and the offloaded share (boundary < L) against the published wait."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figs = {k: plt.subplots(figsize=(6.5, 4)) for k in ("cdf", "util", "offload")}
+    bins = np.array([0.0, 0.1, 0.3, 1, 2, 4, 8, 16, 32, np.inf])
+    for name, outs in raw.items():
+        times = np.concatenate([request_times({k: np.asarray(o[k], np.float64) for k in
+                                               ("arrivals", "drops", "request_failed", "response_time")})[0]
+                                for o in outs])
+        finite = np.sort(times[np.isfinite(times)])
+        figs["cdf"][1].plot(finite, np.arange(1, finite.size + 1) / max(times.size, 1), label=name)
+        util = np.mean([np.asarray(o["cloud_util"]).mean(1) for o in outs], 0)
+        figs["util"][1].plot(np.arange(util.size), util, label=name)
+        wait = np.concatenate([np.asarray(o["published_wait"]).ravel() for o in outs])
+        off = np.concatenate([(np.asarray(o["boundary"]) < n_layers).ravel() for o in outs])
+        idx = np.digitize(wait, bins[1:-1])
+        mid = [k for k in range(len(bins) - 1) if (idx == k).any()]
+        figs["offload"][1].plot([max(bins[k], 0.03) for k in mid], [off[idx == k].mean() for k in mid], "o-", label=name)
+    stem = out_dir / fleet
+    return [save_plot(*figs["cdf"], "response time (s)", "share of requests answered within",
+                      f"{fleet}: response-time CDF", Path(f"{stem}_cdf.png"), log_x=True, legend_loc="lower right"),
+            save_plot(*figs["util"], "slot", "cloud utilisation (mean over fleets and seeds)",
+                      f"{fleet}: cloud utilisation", Path(f"{stem}_util.png")),
+            save_plot(*figs["offload"], "published cloud wait (s, bin's lower edge; 0 at 0.03)",
+                      "share of device-slots using the cloud", f"{fleet}: offloading vs published wait",
+                      Path(f"{stem}_offload.png"), log_x=True)]

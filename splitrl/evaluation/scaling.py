@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from splitrl.evaluation.plots import save_log_x
+from splitrl.evaluation.plots import save_plot
 from splitrl.evaluation.report import fmt_number, paired_cell
 from splitrl.evaluation.run import EvalConfig, evaluate
 from splitrl.evaluation.stats import add_paired
@@ -113,7 +113,8 @@ def plot_curves(rows: list[dict], runs: dict[int, Path], scenario: str, path: Pa
         if r["policy"] in styles:
             c, ls = styles[r["policy"]]
             ax.axhline(r["return"], color=c, ls=ls, lw=1.2, label=f"{r['policy']} (evaluated)")
-    return save_log_x(fig, ax, "env steps", "episode return per episode", f"HPPO learning curves: {scenario}", path)
+    return save_plot(fig, ax, "env steps", "episode return per episode", f"HPPO learning curves: {scenario}", path,
+                     log_x=True, legend_loc="lower right")
 
 
 def main(argv: list[str] | None = None) -> int:
