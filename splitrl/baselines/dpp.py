@@ -12,6 +12,7 @@ import numpy as np
 from splitrl.baselines.base import PolicyBase
 from splitrl.env import sessions
 from splitrl.env.dpp import candidate_actions, candidate_costs, fleet_myopic_action, myopic_action, pick
+from splitrl.env.fleet import congestion_charge
 from splitrl.env.slot import estimated_conditions
 from splitrl.env.split_env import SplitEnv
 from splitrl.env.types import Action
@@ -182,7 +183,7 @@ class FleetOracle(FleetDPP):
 
         own, work = jax.vmap(device)(truth, state.device, params.device, pparams["candidates"])
         ref = params.cloud.replicas * params.cloud.wait_ref_s
-        return own, (state.cloud.work * work + 0.5 * work ** 2) / ref ** 2
+        return own, congestion_charge(1.0, state.cloud.work, work, ref)
 
     def fleet_action(self, env, pparams, state, params, env_key) -> Action:
         """Every device's choice ([N] leading) in one fleet's `state` (no env batch axis)."""

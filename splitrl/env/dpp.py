@@ -23,6 +23,7 @@ import numpy as np
 
 from splitrl.env import sessions
 from splitrl.env.cost import action_cost
+from splitrl.env.fleet import congestion_charge
 from splitrl.env.slot import estimated_conditions, slot_penalty, slot_queues
 from splitrl.env.split_env import SplitEnv
 from splitrl.env.tables import decode_layer_row
@@ -139,5 +140,4 @@ def fleet_myopic_action(env_params: EnvParams, state: EnvState, candidates: Acti
     q = slot_queues(env_params, state, m, arrivals)
     work = q["served"] * (m["cloud_prefill_s"] + m["cloud_decode_s"] / batch_gain)
     queue, ref = state.cloud_wait_est * replicas, replicas * wait_ref_s
-    charge = congestion * (queue * work + 0.5 * work ** 2) / ref ** 2
-    return pick(candidates, jnp.argmin(q["objective"] + charge))
+    return pick(candidates, jnp.argmin(q["objective"] + congestion_charge(congestion, queue, work, ref)))

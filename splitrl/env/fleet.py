@@ -49,6 +49,13 @@ def cloud_lyapunov(params: FleetParams, work) -> jax.Array:
     return 0.5 * (work / (params.cloud.replicas * params.cloud.wait_ref_s)) ** 2
 
 
+def congestion_charge(coef, queue, work, ref) -> jax.Array:
+    """`coef` x the drift of L_cloud = ½ (W / W_ref)² that offloaded work `a` adds at the queue `W`:
+    coef · (W·a + a²/2) / W_ref². The toll (`cloud.toll`), congestion DPP (`fleet_myopic_action`) and the
+    fleet oracle all charge this."""
+    return coef * (queue * work + 0.5 * work ** 2) / ref ** 2
+
+
 def serve_cloud(params: FleetParams, work, offloaded, background) -> dict:
     """One slot of the shared cloud: C replicas serve C · slot_s replica-seconds of the FIFO queue."""
     capacity = params.cloud.replicas * params.slot_s
@@ -233,7 +240,7 @@ class FleetEnv(environment.Environment[FleetState, FleetParams]):
         # a congestion toll (reward shaping; the objective and its sum stay the fleet's drift-plus-penalty):
         # each device is also charged `toll` x the drift of L_cloud its own offloaded work adds at W_t
         ref = params.cloud.replicas * params.cloud.wait_ref_s
-        toll = params.cloud.toll * (state.cloud.work * info["cloud_work"] + 0.5 * info["cloud_work"] ** 2) / ref ** 2
+        toll = congestion_charge(params.cloud.toll, state.cloud.work, info["cloud_work"], ref)
         reward = -params.device.reward.scale * (objective + toll)
         return self.get_obs(new, params), new, reward, jnp.zeros(self.n_devices, bool), info
 
