@@ -2,8 +2,11 @@
 parameters, metrics and final observations recorded from the code before that work (tests/golden_train.json: per parameter
 leaf its sum and sum of squares, every metric of every update).
 
-On the machine the values were recorded on the runs are bit-identical; the tolerance (1e-6 relative)
-only allows another CPU or XLA build to round the same float32 program differently."""
+On the machine the values were recorded on the runs are bit-identical. The tolerance (1e-5 relative, 1e-6
+absolute) only allows another CPU or XLA build to round the same float32 program differently: on a Xeon
+without the recording host's rounding (2026-12-01) four updates drift by up to 1.2e-7 in absolute terms
+(explained variance, policy loss: differences of nearly equal numbers), 4e-3 relative on a policy loss of
+1.3e-5. Any change to what the update computes moves these by orders of magnitude more."""
 
 import json
 from pathlib import Path
@@ -55,4 +58,4 @@ def test_short_training_matches_the_recorded_run(name, cfg, env_name):
     want = GOLDEN[name]
     assert set(got) == set(want)
     for key in want:
-        assert np.asarray(got[key]) == pytest.approx(np.asarray(want[key]), rel=1e-6, abs=1e-9), key
+        assert np.asarray(got[key]) == pytest.approx(np.asarray(want[key]), rel=1e-5, abs=1e-6), key
