@@ -9,7 +9,8 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("WANDB_MODE", "disabled")
 # One persistent XLA compilation cache for the session (inherited by subprocesses): the training
 # tests compile the same tiny programs many times, once per run.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="splitrl-jax-cache-"))
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:   # made once, by the first process (workers inherit it)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="splitrl-jax-cache-")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
