@@ -136,11 +136,11 @@ class HierarchicalPolicy:
     def sample(self, params, obs, key):
         kb, kf, kg, ku = jax.random.split(key, 4)
         b_logits, f_logits, value = self.net.apply(params, obs, method=HierarchicalNet.manager)
-        boundary = jax.random.categorical(kb, b_logits)
-        fmt = jax.random.categorical(kf, f_logits)
+        boundary = D.categorical(kb, b_logits)
+        fmt = D.categorical(kf, f_logits)
         logits = self._logits(params, obs, boundary, fmt, b_logits, f_logits)
-        split = jax.random.categorical(kg, logits.split).astype(jnp.int32)
-        units = split * jax.random.categorical(ku, logits.units).astype(jnp.int32)
+        split = D.categorical(kg, logits.split).astype(jnp.int32)
+        units = split * D.categorical(ku, logits.units).astype(jnp.int32)
         action = D.HierarchicalAction(boundary=boundary.astype(jnp.int32), fmt=fmt.astype(jnp.int32),
                                       split=split, units=units)
         return action, D.log_prob(logits, action), value
@@ -174,11 +174,11 @@ class HierarchicalPolicy:
 
     def greedy(self, params, obs):
         b_logits, f_logits, _ = self.net.apply(params, obs, method=HierarchicalNet.manager)
-        boundary, fmt = jnp.argmax(b_logits), jnp.argmax(f_logits)
+        boundary, fmt = D.argmax(b_logits), D.argmax(f_logits)
         split, units = self.net.apply(params, obs, boundary, fmt, method=HierarchicalNet.worker)
-        split = jnp.argmax(split).astype(jnp.int32)
+        split = D.argmax(split).astype(jnp.int32)
         return D.HierarchicalAction(boundary=boundary.astype(jnp.int32), fmt=fmt.astype(jnp.int32),
-                                    split=split, units=split * jnp.argmax(units, axis=-1).astype(jnp.int32))
+                                    split=split, units=split * D.argmax(units, axis=-1).astype(jnp.int32))
 
 
 def flat_features_and_mask(obs, num_actions: int):
