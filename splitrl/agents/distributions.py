@@ -31,11 +31,15 @@ All functions here take one unbatched observation; callers `vmap`.
 
 from __future__ import annotations
 
+import math
+
 import chex
 import distrax
 import jax
 import jax.numpy as jnp
 from flax import struct
+
+from splitrl.env import draws
 
 MASKED_LOGIT = -1e9
 
@@ -56,10 +60,17 @@ def argmin(x: jax.Array, axis: int = -1) -> jax.Array:
     return jnp.min(jnp.where(x == jnp.min(x, axis=axis, keepdims=True), iota, n), axis=axis)
 
 
+def gumbel(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """`jax.random.gumbel(key, shape)` (float32), bit for bit, with the hash's rounds written out
+    (splitrl/env/draws.py: jax's CPU threefry is a rolled loop that stores the batch's counters each round)."""
+    u = draws.uniforms(key, math.prod(shape), float(jnp.finfo(jnp.float32).tiny), 1.0)
+    return -jnp.log(-jnp.log(u)).reshape(shape)
+
+
 def categorical(key: jax.Array, logits: jax.Array) -> jax.Array:
-    """`jax.random.categorical(key, logits)` over the last axis, with the same Gumbel noise and so the
-    same draws, through the faster `argmax`."""
-    return argmax(jax.random.gumbel(key, logits.shape, logits.dtype) + logits)
+    """`jax.random.categorical(key, logits)` over the last axis of float32 logits: the same Gumbel noise and
+    so the same draws, through the faster `gumbel` and `argmax`."""
+    return argmax(gumbel(key, logits.shape) + logits)
 
 
 def mask_logits(logits: jax.Array, mask: jax.Array) -> jax.Array:
