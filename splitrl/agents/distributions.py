@@ -53,13 +53,6 @@ def argmax(x: jax.Array, axis: int = -1) -> jax.Array:
     return jnp.min(jnp.where(x == jnp.max(x, axis=axis, keepdims=True), iota, n), axis=axis)
 
 
-def argmin(x: jax.Array, axis: int = -1) -> jax.Array:
-    """`jnp.argmin` of finite values, as `argmax` computes it (same index, ties included)."""
-    n = x.shape[axis]
-    iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, axis % x.ndim)
-    return jnp.min(jnp.where(x == jnp.min(x, axis=axis, keepdims=True), iota, n), axis=axis)
-
-
 def gumbel(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """`jax.random.gumbel(key, shape)` (float32), bit for bit, with the hash's rounds written out
     (splitrl/env/draws.py: jax's CPU threefry is a rolled loop that stores the batch's counters each round)."""
