@@ -46,8 +46,8 @@ MASKED_LOGIT = -1e9
 
 def argmax(x: jax.Array, axis: int = -1) -> jax.Array:
     """`jnp.argmax` of finite values (the first index of the maximum) as a max, a compare and a min:
-    XLA's CPU backend runs argmax as a variadic (value, index) reduction that is several times slower
-    (in the HPPO rollout it took more time than the policy's MLPs). Same index, ties included."""
+    XLA's CPU backend runs argmax as a variadic (value, index) reduction, which the profiler put above the
+    policy's MLPs in the HPPO rollout (docs/benchmarks.md). Same index, ties included."""
     n = x.shape[axis]
     iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, axis % x.ndim)
     return jnp.min(jnp.where(x == jnp.max(x, axis=axis, keepdims=True), iota, n), axis=axis)
