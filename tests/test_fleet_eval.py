@@ -2,8 +2,8 @@
 threshold.py): the rule's two sides, SplitLLM's plan per device type on the params the fleet uses,
 unanswered requests in the percentiles, and rows with every metric and its interval from a tiny fleet (2
 devices, a few slots: two compiles); `splitrl-train fleet=...` on that fleet and its run evaluated beside
-cloud-only (`--runs`); the full-information fleet oracle prices each device's true slot and acts on the
-rollout's env key."""
+cloud-only (`--runs`); `+experiment=fleet_llama_peak` composes the documented training command; the
+full-information fleet oracle prices each device's true slot and acts on the rollout's env key."""
 
 import copy
 import json
@@ -155,6 +155,17 @@ def test_splitrl_train_fleet_writes_a_run_the_fleet_evaluation_reads(tiny, tmp_p
     assert feats[-1] == pytest.approx(np.log(ratio) * EDGE_RATIO_SCALE, rel=1e-5)
     with pytest.raises(ExportError, match="--device 5: the fleet .* has devices 0..1"):
         export_run(tmp_path, tmp_path / "no.onnx", check=0, device=5)
+
+
+def test_the_fleet_experiment_is_the_documented_training_command():
+    """`+experiment=fleet_llama_peak` composes exactly the command docs/fleet.md trains the fleet policy with."""
+    documented = ("fleet=llama-2-7b_1xa100_peak fleet.cloud.toll=3000.0 agent.num_envs=16 agent.total_timesteps=409600 "
+                  "agent.team_spirit=0.0 agent.guide_congestion=1000.0 agent.guide_final=0.1 agent.pretrain_rounds=6 "
+                  "agent.gamma=0.995 updates_per_chunk=10 eval_episodes_envs=0").split()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        experiment = compose(config_name="train", overrides=["+experiment=fleet_llama_peak"])
+        command = compose(config_name="train", overrides=documented)
+    assert experiment == command and experiment.agent.gamma == 0.995
 
 
 def test_fleet_dpp_charges_the_cloud_drift_its_offloaded_work_adds(tiny):
