@@ -120,8 +120,9 @@ def test_config_errors_name_the_field(tmp_path):
 
 def test_paired_difference_is_seed_by_seed():
     """The paired interval is over per-seed differences: a policy that is 0.1 better on every seed is
-    'better' even though the seeds themselves spread far wider than 0.1."""
-    from splitrl.evaluation.report import comparison_markdown, paired_cell
+    'better' even though the seeds themselves spread far wider than 0.1; the matrix of every pair words it
+    the same way."""
+    from splitrl.evaluation.report import comparison_markdown, paired_cell, paired_matrix
     from splitrl.evaluation.stats import add_paired
     base = {"scenario": "s", "model": "m", "edge": "e", "seeds": 3, "episodes": 1, "steps": 1, "edge_fits": True}
     seeds = {"myopic_dpp": [1.0, 2.0, 3.0], "hppo": [0.9, 1.9, 2.9], "cloud_only": [1.0, 2.5, 2.0],
@@ -141,6 +142,10 @@ def test_paired_difference_is_seed_by_seed():
     md = comparison_markdown(rows)
     assert "| s | 1.9 ± 1 | 2 ± 1 | 1.83 ± 1 | 1.5 ± 1 | -0.1 ± " in md and "(better) | 0.0667 ± 1.9 (tie) |" in md
     assert "oracle gain over cloud_only" in md and "18.2 %" in md
+    matrix = paired_matrix(rows)     # every pair, read along a row
+    assert matrix[0] == "| row − column | myopic_dpp | hppo | cloud_only | oracle_dpp |" and len(matrix) == 2 + len(rows)
+    assert matrix[3].startswith("| hppo | -0.1 ± ") and "(better) | · | 0.0667 ± 1.9 (tie) | 0.4 ± " in matrix[3]
+    assert matrix[3].endswith("(worse) |") and matrix[2].startswith("| myopic_dpp | · | 0.1 ± ")
 
 
 def test_a_run_needs_its_scenario(tmp_path):

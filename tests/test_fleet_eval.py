@@ -108,6 +108,7 @@ def test_evaluation_rows_have_every_metric_with_an_interval(tiny, tmp_path):
     assert rows[0]["objective_vs_cloud_only"] == 0.0 and "objective_vs_cloud_only_ci" in thr
     md = FE.markdown(rows)
     assert "| cloud_only | 0 ± 0 | – | " in md and "τ = " in md and "objective − myopic_dpp (paired)" in md
+    assert "| row − column | cloud_only | " in md and "| cloud_only | · | " in md    # every pair, paired
     (tmp_path / "results.json").write_text(json.dumps(rows, default=float))
     (tmp_path / "results.md").write_text("stale")
     FE.main(["--render", str(tmp_path / "results.json")])            # the table again, without rollouts

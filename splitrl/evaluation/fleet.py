@@ -42,6 +42,7 @@ from splitrl.env.dpp import candidate_actions
 from splitrl.env.fleet import start
 from splitrl.env.fleet_scenario import FleetInfo, make_fleet_with_info
 from splitrl.evaluation.plots import plot_fleet
+from splitrl.evaluation.report import paired_matrix
 from splitrl.evaluation.run import episode_keys
 from splitrl.evaluation.stats import add_paired, request_times, t_interval
 
@@ -315,7 +316,7 @@ def markdown(rows: list[dict]) -> str:
             name += f" (training episodes: {r['train_objective']:.3f})" if "train_objective" in r else ""
             paired = "".join(fmt(r.get(f"objective_vs_{ref}"), r.get(f"objective_vs_{ref}_ci")) + " | " for ref in PAIRED)
             lines.append(f"| {name} | {paired}" + " | ".join(fmt(r[m], r[f"{m}_ci"]) for m in METRICS) + " |")
-        lines.append("")
+        lines += ["", "Every pair, objective per slot (row − column, paired over seeds):", "", *paired_matrix(sub), ""]
     return "\n".join(lines)
 
 

@@ -8,7 +8,9 @@ import json
 import math
 from pathlib import Path
 
-from splitrl.evaluation.stats import LABELS
+import numpy as np
+
+from splitrl.evaluation.stats import LABELS, t_interval
 
 TABLE_COLUMNS = ("objective", "latency_mean", "latency_p50", "latency_p95", "latency_p99", "service_p95", "energy",
                  "delta_ppl", "fail_rate", "backlog_mean", "backlog_max", "backlog_growth")
@@ -33,6 +35,26 @@ def paired_cell(row: dict, ref: str) -> str:
     verdict = "better" if d + h < 0 else "worse" if d - h > 0 else "tie"
     return f"{fmt_number(d)} ± {fmt_number(h)} ({verdict})"
 
+
+
+def paired_matrix(rows: list[dict]) -> list[str]:
+    """Markdown lines: every row's objective minus every other row's, seed by seed (rows of one scenario or
+    fleet, each with `objective_seeds`), as `paired_cell` words it. Read along a row: "better" means the
+    row's policy is better than the column's, outside the 95 % interval."""
+    names = [r["policy"] for r in rows]
+    lines = ["| row − column | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for r in rows:
+        cells = []
+        for o in rows:
+            a, b = np.asarray(r["objective_seeds"]), np.asarray(o["objective_seeds"])
+            if o is r or a.shape != b.shape:
+                cells.append("·")
+                continue
+            d, h = t_interval(a - b)
+            verdict = "better" if d + h < 0 else "worse" if d - h > 0 else "tie"
+            cells.append(f"{fmt_number(d)} ± {fmt_number(h)} ({verdict})")
+        lines.append(f"| {r['policy']} | " + " | ".join(cells) + " |")
+    return lines
 
 HEAT_COLUMNS = ("throttled", "temp_max")   # added where some policy throttled the edge (splitrl/env/heat.py)
 SESSION_COLUMNS = ("migration_mb", "migration_s")   # added where some policy moved a conversation's KV cache
