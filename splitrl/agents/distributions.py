@@ -31,6 +31,7 @@ All functions here take one unbatched observation; callers `vmap`.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import chex
@@ -109,24 +110,44 @@ def split_logits(gate_logit: jax.Array, edge_allowed: jax.Array) -> jax.Array:
     return jnp.stack([jnp.zeros_like(gate_logit), jnp.where(jnp.any(edge_allowed), gate_logit, MASKED_LOGIT)])
 
 
-def worker_distribution(unit_logits: jax.Array) -> distrax.Categorical:
-    """Independent per-unit two-way categoricals over [cloud, edge]: batch shape [U]."""
-    chex.assert_rank(unit_logits, 2)
-    return distrax.Categorical(logits=unit_logits)
+def short_log_softmax(logits: jax.Array) -> list[jax.Array]:
+    """`jax.nn.log_softmax(logits)` over a short last axis (2 or 3 categories), as its columns, computed apart:
+    XLA:CPU runs a reduction over a minor axis that short (and its gradient) as a slow loop, ~15 % of the
+    PPO epochs for the units alone (docs/benchmarks.md). The same formula; its float rounding may differ."""
+    columns = [logits[..., i] for i in range(logits.shape[-1])]
+    shift = jax.lax.stop_gradient(functools.reduce(jnp.maximum, columns))
+    columns = [c - shift for c in columns]
+    log_sum = jnp.log(functools.reduce(jnp.add, [jnp.exp(c) for c in columns]))
+    return [c - log_sum for c in columns]
+
+
+def short_log_prob(logits: jax.Array, value: jax.Array) -> jax.Array:
+    """`distrax.Categorical(logits).log_prob(value)` over a short last axis (value in range)."""
+    log_probs = short_log_softmax(logits)
+    return functools.reduce(lambda picked, i: jnp.where(value == i, log_probs[i], picked),
+                            range(1, len(log_probs)), log_probs[0])
+
+
+def short_entropy(logits: jax.Array) -> jax.Array:
+    """`distrax.Categorical(logits).entropy()` over a short last axis; a probability of 0 adds 0 (and no gradient)."""
+    def p_log_p(log_p):
+        p = jnp.exp(log_p)
+        return jnp.where(p == 0, 0.0, log_p) * p
+    return -functools.reduce(jnp.add, [p_log_p(log_p) for log_p in short_log_softmax(logits)])
 
 
 def log_prob(logits: HierarchicalLogits, action: HierarchicalAction) -> jax.Array:
     """Joint log-probability: manager's two terms, the split gate, and the units when split."""
     return (distrax.Categorical(logits=logits.boundary).log_prob(action.boundary)
-            + distrax.Categorical(logits=logits.fmt).log_prob(action.fmt)
-            + distrax.Categorical(logits=logits.split).log_prob(action.split)
-            + action.split * jnp.sum(worker_distribution(logits.units).log_prob(action.units)))
+            + short_log_prob(logits.fmt, action.fmt)
+            + short_log_prob(logits.split, action.split)
+            + action.split * jnp.sum(short_log_prob(logits.units, action.units)))
 
 
 def entropy(logits: HierarchicalLogits) -> jax.Array:
     """Manager entropy plus the worker's (gate, and units weighted by P(split)) at the (b, f) these
     logits were computed for."""
-    gate = distrax.Categorical(logits=logits.split)
+    p_split = jnp.exp(short_log_softmax(logits.split)[1])
     return (distrax.Categorical(logits=logits.boundary).entropy()
-            + distrax.Categorical(logits=logits.fmt).entropy()
-            + gate.entropy() + gate.probs[1] * jnp.sum(worker_distribution(logits.units).entropy()))
+            + short_entropy(logits.fmt)
+            + short_entropy(logits.split) + p_split * jnp.sum(short_entropy(logits.units)))
