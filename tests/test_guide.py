@@ -68,6 +68,27 @@ def test_the_weight_decays_over_guide_anneal_then_stays():
     assert beta[2] == pytest.approx(2.0 - 1.5 * 2 / 5)
 
 
+def test_the_guide_labels_nothing_once_its_weight_is_0(outage):
+    """β = 0 (the default schedule's second half): the labelling is skipped (zeros instead) and the guide's fit
+    is reported as 0; while β > 0 the labels are the labeller's and the fit is measured."""
+    env, params = outage
+    cfg = small_cfg(guide="dpp", guide_coef=1.0, guide_final=0.0, guide_anneal=0.5, guide_states=16,
+                    total_timesteps=8 * 8 * 4)
+    label = G.make_labeller(cfg, env, params)
+    obs, states = jax.vmap(env.reset, (0, None))(jax.random.split(jax.random.PRNGKey(1), 32), params)
+    args = (params, obs, states, jax.random.PRNGKey(2))
+    labelled, skipped = (jax.jit(G.label_while_active, static_argnums=0)(label, beta, *args) for beta in (0.5, 0.0))
+    assert all(np.array_equal(a, b) for a, b in
+               zip(jax.tree.leaves(labelled), jax.tree.leaves(jax.jit(label)(*args)), strict=True))
+    assert all(not np.any(x) for x in jax.tree.leaves(skipped))
+
+    policy = make_policy(cfg, env, params)
+    _, metrics = jax.jit(ppo.make_train(cfg, env, params, policy))(jax.random.PRNGKey(0), hparams())
+    beta, nll, agree = (np.asarray(metrics[k]) for k in ("guide_beta", "guide_nll", "guide_agree"))
+    np.testing.assert_allclose(beta, [1.0, 1 / 3, 0.0, 0.0], atol=1e-6)
+    assert np.all(nll[:2] > 0) and np.all(agree[:2] > 0) and np.all(nll[2:] == 0) and np.all(agree[2:] == 0)
+
+
 def test_guided_updates_move_the_policy_onto_the_labels(outage):
     """A strong guide weight pulls the policy onto the controller's decisions within a few updates: the
     labels' negative log-likelihood falls by more than half and the greedy boundary is the controller's

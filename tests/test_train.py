@@ -8,12 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
 from splitrl.config import ConfigError
 from splitrl.training.checkpoint import CheckpointError
-from splitrl.training.train import CONF_DIR, run
+from splitrl.training.train import CONF_DIR, chunk_rows, run
 
 from .conftest import REPO
 
@@ -105,3 +106,13 @@ def test_multirun_writes_two_run_dirs(tmp_path):
     dirs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and (p / "summary.json").exists())
     assert len(dirs) == 2, list(tmp_path.iterdir())
     assert {json.loads((d / "summary.json").read_text())["members"][0]["seed"] for d in dirs} == {0, 1}
+
+
+def test_chunk_rows_report_the_guides_fit_only_while_the_guide_is_on():
+    metrics = {"episodes": np.ones((2, 3)), "episode_return_sum": np.ones((2, 3)), "guide_beta": np.array(
+        [[0.5, 0.25, 0.0], [0.0, 0.0, 0.0]]), "guide_nll": np.array([[2.0, 4.0, 0.0], [0.0, 0.0, 0.0]]),
+        "guide_agree": np.array([[0.5, 1.0, 0.0], [0.0, 0.0, 0.0]])}
+    guided, unguided = chunk_rows(metrics, 1.0)
+    assert guided["train/guide_nll"] == 3.0 and guided["train/guide_agree"] == 0.75
+    assert guided["train/guide_beta"] == 0.25
+    assert "train/guide_nll" not in unguided and "train/guide_agree" not in unguided

@@ -106,6 +106,14 @@ def guide_loss(policy, params, batch: GuideBatch) -> tuple[jax.Array, jax.Array]
     return -log_prob.mean(), jnp.mean((greedy.boundary == batch.action.boundary).astype(jnp.float32))
 
 
+def label_while_active(label, beta, *args) -> GuideBatch:
+    """`label(*args)` while the guide's weight β is positive, zeros once it is 0 (by default from `guide_anneal`
+    of the run on): a `lax.cond` skips the labelling then. Under `vmap` over β the cond runs both branches."""
+    def skip(*args):
+        return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(label, *args))
+    return jax.lax.cond(beta > 0, label, skip, *args)
+
+
 def coefficient(cfg, update_step) -> jax.Array:
     """β_t: guide_coef at the first update, guide_final from `guide_anneal` of the updates on."""
     frac = jnp.minimum(update_step / jnp.maximum(cfg.guide_anneal * (cfg.num_updates - 1), 1), 1.0)

@@ -234,7 +234,10 @@ def minibatch_step(policy, cfg: PPOConfig, tx, lr, ent_coef, guide, beta, carry,
         if guide is None:
             return value, diag
         nll, agree = G.guide_loss(policy, p, guide)
-        return value + beta * nll, diag | {"guide_nll": nll, "guide_agree": agree, "guide_beta": beta}
+        # β = 0: the labels are zeros (G.label_while_active), the term adds 0 and so does its gradient
+        active = beta > 0
+        return value + beta * nll, diag | {"guide_nll": jnp.where(active, nll, 0.0),
+                                           "guide_agree": jnp.where(active, agree, 0.0), "guide_beta": beta}
 
     grads, diag = jax.grad(loss, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
@@ -269,8 +272,10 @@ def make_update(cfg: PPOConfig, env, env_params, policy, reward_v_field: str | N
                              keep_state=label is not None)
         traj = agents_join_batch(env, traj, cfg.team_spirit)
         flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
-        guide = None if label is None else label(params_env, jax.tree.map(flat, traj.obs),
-                                                 jax.tree.map(flat, traj.state), jax.random.fold_in(epoch_key, 1))
+        beta = G.coefficient(cfg, state.update_step)
+        guide = None if label is None else G.label_while_active(
+            label, beta, params_env, jax.tree.map(flat, traj.obs), jax.tree.map(flat, traj.state),
+            jax.random.fold_in(epoch_key, 1))
         adv, target = advantages(policy, cfg, state.params, traj)
         batch = Batch(obs=traj.obs, action=traj.action, log_prob=traj.log_prob, value=traj.value,
                       advantage=adv, target=target)
@@ -278,8 +283,7 @@ def make_update(cfg: PPOConfig, env, env_params, policy, reward_v_field: str | N
         frac = 1.0 - state.update_step / cfg.num_updates if cfg.anneal_lr else 1.0
         lr = hp.lr * frac
         (params, opt_state), diag = jax.lax.scan(
-            partial(epoch_step, policy, cfg, tx, lr, hp.ent_coef, guide, G.coefficient(cfg, state.update_step),
-                    flat_batch),
+            partial(epoch_step, policy, cfg, tx, lr, hp.ent_coef, guide, beta, flat_batch),
             (state.params, state.opt_state), jax.random.split(epoch_key, cfg.update_epochs))
         metrics = {k: v.mean() for k, v in diag.items()}   # mean over epochs and minibatches
         metrics |= {

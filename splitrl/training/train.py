@@ -164,15 +164,23 @@ def batch_inputs(members):
 
 
 # ----------------------------------------------------------------------------- host loop
+GUIDE_FIT = ("guide_nll", "guide_agree")   # measured only while the guide's weight is positive (0 after)
+
+
 def chunk_rows(metrics: dict[str, np.ndarray], steps_per_s: float) -> list[dict[str, float]]:
-    """Chunk means per member ([B, K] arrays in), namespaced train/ and env/."""
+    """Chunk means per member ([B, K] arrays in), namespaced train/ and env/. The guide's fit (`GUIDE_FIT`)
+    is the mean over the chunk's updates with the guide on, and left out of a chunk without any."""
     rows = []
     for i in range(next(iter(metrics.values())).shape[0]):
         episodes = metrics["episodes"][i].sum()
         row = {"train/episode_return": float(metrics["episode_return_sum"][i].sum() / episodes) if episodes
                else float("nan"), "train/episodes": float(episodes), "train/steps_per_s": steps_per_s}
+        guided = metrics["guide_beta"][i] > 0 if "guide_beta" in metrics else None
         for k, v in metrics.items():
-            if k not in ("episodes", "episode_return_sum"):
+            if k in GUIDE_FIT:
+                if guided.any():
+                    row[f"train/{k}"] = float(v[i][guided].mean())
+            elif k not in ("episodes", "episode_return_sum"):
                 row[k if k.startswith("env/") else f"train/{k}"] = float(v[i].mean())
         rows.append(row)
     return rows
