@@ -12,20 +12,30 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from splitrl.env import draws
 from splitrl.env import rollout as R
+from splitrl.env.fuse import last_axis_sum
 from splitrl.env.split_env import SplitEnv
 from splitrl.env.types import Action
 
 
 def random_split_action(env: SplitEnv, key: jax.Array, obs) -> Action:
-    """A uniformly random feasible action (allowed boundary, format, units), from one random word:
-    a categorical over 31 boundaries costs 31 draws, and draws dominate a small step on CPU."""
-    bits = jax.random.bits(key, (), jnp.uint32)
-    allowed = obs.boundary_mask
-    n_allowed = allowed.sum()
-    pick = (bits % n_allowed.astype(jnp.uint32)).astype(jnp.int32)          # index among the allowed boundaries
-    b = jnp.argmax(jnp.cumsum(allowed) > pick).astype(jnp.int32)
-    rest = bits // n_allowed.astype(jnp.uint32)
+    """A uniformly random feasible action from one random word (jax.random.bits, its hash written out:
+    splitrl/env/draws.py), as a categorical over 31 boundaries would cost 31 draws: the boundary uniform
+    over the allowed ones (the word modulo their number picks one), the format uniform over the three, each
+    of the boundary layer's allowed units on the edge with probability 1/2 (the word's next digits), up to
+    the modulo's bias (below 1e-5)."""
+    bits = draws.bits(key, 1)[0]
+    allowed = obs.boundary_mask.astype(jnp.uint32)
+    n_allowed = last_axis_sum(allowed)
+    pick = bits % n_allowed          # index among the allowed boundaries
+    # the pick-th allowed boundary is the number of boundaries with at most `pick` allowed ones up to and
+    # including them: a running count in adds that fuse (jnp.cumsum runs as a slow reduce-window on CPU)
+    seen, b = jnp.uint32(0), jnp.int32(0)
+    for i in range(allowed.shape[-1]):
+        seen = seen + allowed[..., i]
+        b = b + (seen <= pick)
+    rest = bits // n_allowed
     fmt = (rest % env.num_formats).astype(jnp.int32)
     unit_bits = (rest // env.num_formats) >> jnp.arange(env.num_units, dtype=jnp.uint32) & 1
     units = (unit_bits.astype(bool) & obs.unit_mask[b]).astype(jnp.int32)

@@ -1,8 +1,9 @@
-"""The step's uniforms, bit for bit `jax.random.uniform(key, (n,), minval, maxval)` with the default
-threefry2x32 key, with the hash's 20 rounds written out. On the CPU jax runs the hash as a rolled loop of
-5 iterations (to keep compiles short): under vmap each iteration stores and reloads the whole batch's
-counters, which cost more than the rounds. Written out, the rounds fuse into one pass over the batch.
-Typed keys, another key implementation or bit scheme fall back to jax.random.uniform itself."""
+"""The step's uniforms and random words, bit for bit `jax.random.uniform(key, (n,), minval, maxval)` and
+`jax.random.bits(key, (n,), jnp.uint32)` with the default threefry2x32 key, with the hash's 20 rounds
+written out. On the CPU jax runs the hash as a rolled loop of 5 iterations (to keep compiles short): under
+vmap each iteration stores and reloads the whole batch's counters, which cost more than the rounds.
+Written out, the rounds fuse into one pass over the batch. Typed keys, another key implementation or bit
+scheme fall back to jax.random itself."""
 
 from __future__ import annotations
 
@@ -35,12 +36,19 @@ def _exact() -> bool:
     return jax.config.jax_threefry_partitionable and jax.config.jax_default_prng_impl == "threefry2x32"
 
 
+def bits(key: jax.Array, n: int) -> jax.Array:
+    """u32[n] random words: jax.random.bits(key, (n,), jnp.uint32)'s numbers."""
+    if not _exact() or key.dtype != jnp.uint32:   # typed keys: jax's own path
+        return jax.random.bits(key, (n,), jnp.uint32)
+    b1, b2 = threefry2x32(key[0], key[1], jnp.zeros(n, jnp.uint32), jnp.arange(n, dtype=jnp.uint32))
+    return b1 ^ b2
+
+
 def uniforms(key: jax.Array, n: int, minval: float, maxval: float) -> jax.Array:
     """f32[n] uniform in [minval, maxval): jax.random.uniform's numbers (tests/test_env_golden.py checks it)."""
     if not _exact() or key.dtype != jnp.uint32:   # typed keys: jax's own path
         return jax.random.uniform(key, (n,), minval=minval, maxval=maxval)
-    b1, b2 = threefry2x32(key[0], key[1], jnp.zeros(n, jnp.uint32), jnp.arange(n, dtype=jnp.uint32))
     # jax.random.uniform's mantissa trick: 23 random bits under the exponent of 1.0, minus 1, scaled
-    floats = jax.lax.bitcast_convert_type(((b1 ^ b2) >> np.uint32(9)) | np.uint32(0x3F800000), jnp.float32) - 1.0
+    floats = jax.lax.bitcast_convert_type((bits(key, n) >> np.uint32(9)) | np.uint32(0x3F800000), jnp.float32) - 1.0
     lo, hi = jnp.float32(minval), jnp.float32(maxval)
     return jax.lax.max(lo, jax.lax.reshape(floats * (hi - lo) + lo, (n,)))
