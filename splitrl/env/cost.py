@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from splitrl.env import sessions
 from splitrl.env.battery import edge_available
 from splitrl.env.cloud import decode_factor
-from splitrl.env.crossing import R_MAX, _rounds, crossings, transfer_time
+from splitrl.env.crossing import _rounds, crossings, loss_powers, transfer_time
 from splitrl.env.fuse import last_axis_max, last_axis_sum, materialise
 from splitrl.env.interp import at, lerp_index
 from splitrl.env.tables import LayerRow, ModelRow, compute_time_masks, decode_layer_row, decode_model_row
@@ -293,7 +293,7 @@ def radio_energy(params: EnvParams, up, down, latency, used_link, cond: Conditio
     expectation over exponential gaps between requests (mean 1 / arrival rate)."""
     rd, ch = params.radio, params.channel
     needed, _ = _rounds(up, cond.bw, cond.rtt, cond.loss_p, ch.packet_bytes, ch.max_retx)
-    resent = up * (needed * cond.loss_p ** jnp.arange(1, R_MAX + 1, dtype=jnp.float32)).sum(-1)
+    resent = up * last_axis_sum(needed * loss_powers(cond.loss_p))
     active = (up + resent + down) / cond.bw
     gap = 1.0 / jnp.maximum(params.workload.arrival_rate, 1e-6)
     idle_before = jnp.exp(-rd.tail_s / gap)                     # P(no request in the tail before this one)

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 
-from splitrl.env.cost import R_MAX, request_cost
+from splitrl.env.cost import request_cost
+from splitrl.env.crossing import R_MAX
 from splitrl.env.nominal import nominal
 from splitrl.env.scenario_sections import (
     Checked,

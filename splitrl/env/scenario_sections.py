@@ -13,7 +13,7 @@ import numpy as np
 
 from splitrl.env.channel import CHANNEL_KINDS
 from splitrl.env.cloud import LOAD_KINDS, clipped_means, kv_slots, load_trace_shape, read_workload, wait_table
-from splitrl.env.cost import R_MAX
+from splitrl.env.crossing import R_MAX
 from splitrl.env.nominal import batch_knee, cloud_service_s
 from splitrl.env.nominal import mean_request as nominal_mean_request
 from splitrl.env.tables import CostArrays
