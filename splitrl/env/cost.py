@@ -176,8 +176,9 @@ def request_cost(params: EnvParams, boundary, fmt, edge_units, prompt, output, c
     phases = Phase(row=decode_layer_row(rows, edge_units.shape[0]), model=model, head=head,
                    n_tok=jnp.stack([prompt, 1.0]), crossing=X[:2],
                    cloud=jnp.stack([1.0, decode_factor(params.cloud, cond.cloud_load)]), mix=c.mix.T)
-    t, es, ej, n_up, n_down, cs = jax.vmap(_pass, in_axes=(Phase(0, 0, None, 0, 0, 0, 0), None, None, None))(
-        phases, edge_units, c.unit_is_attn, jnp.minimum(b, L - 1) == L - 1)
+    # read by many fusions: the passes' chains of adds computed once
+    t, es, ej, n_up, n_down, cs = materialise(jax.vmap(_pass, in_axes=(Phase(0, 0, None, 0, 0, 0, 0), None, None, None))(
+        phases, edge_units, c.unit_is_attn, jnp.minimum(b, L - 1) == L - 1))
     t = t.at[0].set(pipelined(t[0], es[0], n_up[0] + n_down[0], X[0], cond.rtt, prompt, ch.prefill_chunk))
     start = cond.cloud_wait + cond.reconnect   # a batch slot, and a link that just came back
     split = Timing(pre=start + t[0] + X[2], tok=t[1] + X[2], edge_pre=es[0], edge_tok=es[1], edge_pre_j=ej[0],
