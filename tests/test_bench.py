@@ -55,3 +55,31 @@ def test_bench_all_ratios_pair_each_learner_with_rejax_at_equal_envs():
             {"what": "rejax PPO (CartPole-v1)", "num_envs": 4, "steps_per_s": 4.0},
             {"what": "HPPO (default)", "num_envs": 8, "steps_per_s": 1.0}]   # no rejax at 8: no ratio
     assert ratios({"train": rows}) == {"hppo_over_rejax_envs4": 0.25, "flat_ppo_over_rejax_envs4": 0.75}
+
+
+def test_random_policy_picks_each_allowed_boundary_and_only_allowed_units():
+    """The bench's random policy (one word per env, its boundary by a running count): every allowed boundary
+    about equally often, nothing masked; its word is jax.random.bits's."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from splitrl.bench.env import random_split_action
+    from splitrl.env.draws import bits
+    from splitrl.env.split_env import SplitEnv
+    from splitrl.env.types import Observation
+
+    env = SplitEnv(n_layers=6, n_units=3, channel_kind="gauss_markov")
+    boundary_mask = jnp.array([True, False, True, True, False, False, True])
+    unit_mask = jnp.array(np.random.default_rng(0).random((7, 3)) < 0.5)
+    obs = Observation(features=jnp.zeros(1), boundary_mask=boundary_mask, format_mask=jnp.ones(3, bool),
+                      unit_mask=unit_mask)
+    keys = jax.random.split(jax.random.PRNGKey(0), 20000)
+    action = jax.jit(jax.vmap(lambda k: random_split_action(env, k, obs)))(keys)
+    counts = np.bincount(np.asarray(action.boundary), minlength=7)
+    assert (counts[~np.asarray(boundary_mask)] == 0).all()
+    assert np.allclose(counts[np.asarray(boundary_mask)] / 20000, 0.25, atol=0.02)
+    assert not (np.asarray(action.units, bool) & ~np.asarray(unit_mask)[np.asarray(action.boundary)]).any()
+    assert set(np.unique(np.asarray(action.fmt))) == {0, 1, 2}
+    np.testing.assert_array_equal(np.asarray(jax.vmap(lambda k: bits(k, 5))(keys[:64])),
+                                  np.asarray(jax.vmap(lambda k: jax.random.bits(k, (5,), jnp.uint32))(keys[:64])))
