@@ -69,8 +69,9 @@ def test_the_weight_decays_over_guide_anneal_then_stays():
 
 
 def test_the_guide_labels_nothing_once_its_weight_is_0(outage):
-    """β = 0 (the default schedule's second half): the labelling is skipped (zeros instead) and the guide's fit
-    is reported as 0; while β > 0 the labels are the labeller's and the fit is measured."""
+    """β = 0 (the default schedule's second half): the labelling is skipped (zeros instead); while β > 0 the
+    labels are the labeller's. (That the guide's fit then reads 0 is in the hppo case of
+    tests/golden_train.json, whose last two updates have β = 0.)"""
     env, params = outage
     cfg = small_cfg(guide="dpp", guide_coef=1.0, guide_final=0.0, guide_anneal=0.5, guide_states=16,
                     total_timesteps=8 * 8 * 4)
@@ -81,12 +82,6 @@ def test_the_guide_labels_nothing_once_its_weight_is_0(outage):
     assert all(np.array_equal(a, b) for a, b in
                zip(jax.tree.leaves(labelled), jax.tree.leaves(jax.jit(label)(*args)), strict=True))
     assert all(not np.any(x) for x in jax.tree.leaves(skipped))
-
-    policy = make_policy(cfg, env, params)
-    _, metrics = jax.jit(ppo.make_train(cfg, env, params, policy))(jax.random.PRNGKey(0), hparams())
-    beta, nll, agree = (np.asarray(metrics[k]) for k in ("guide_beta", "guide_nll", "guide_agree"))
-    np.testing.assert_allclose(beta, [1.0, 1 / 3, 0.0, 0.0], atol=1e-6)
-    assert np.all(nll[:2] > 0) and np.all(agree[:2] > 0) and np.all(nll[2:] == 0) and np.all(agree[2:] == 0)
 
 
 def test_guided_updates_move_the_policy_onto_the_labels(outage):
