@@ -32,6 +32,11 @@ def paired_cell(row: dict, ref: str) -> str:
     d, h = row.get(f"objective_vs_{ref}", math.nan), row.get(f"objective_vs_{ref}_ci", math.nan)
     if row["policy"] == ref or not math.isfinite(d):
         return "·"
+    return difference_cell(d, h)
+
+
+def difference_cell(d: float, h: float) -> str:
+    """A paired difference `d ± h` and its verdict: better or worse when the interval excludes 0, else tie."""
     verdict = "better" if d + h < 0 else "worse" if d - h > 0 else "tie"
     return f"{fmt_number(d)} ± {fmt_number(h)} ({verdict})"
 
@@ -39,7 +44,7 @@ def paired_cell(row: dict, ref: str) -> str:
 
 def paired_matrix(rows: list[dict]) -> list[str]:
     """Markdown lines: every row's objective minus every other row's, seed by seed (rows of one scenario or
-    fleet, each with `objective_seeds`), as `paired_cell` words it. Read along a row: "better" means the
+    fleet, each with `objective_seeds`), each worded by `difference_cell`. Read along a row: "better" means the
     row's policy is better than the column's, outside the 95 % interval."""
     names = [r["policy"] for r in rows]
     lines = ["| row − column | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
@@ -50,9 +55,7 @@ def paired_matrix(rows: list[dict]) -> list[str]:
             if o is r or a.shape != b.shape:
                 cells.append("·")
                 continue
-            d, h = t_interval(a - b)
-            verdict = "better" if d + h < 0 else "worse" if d - h > 0 else "tie"
-            cells.append(f"{fmt_number(d)} ± {fmt_number(h)} ({verdict})")
+            cells.append(difference_cell(*t_interval(a - b)))
         lines.append(f"| {r['policy']} | " + " | ".join(cells) + " |")
     return lines
 
