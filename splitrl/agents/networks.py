@@ -83,6 +83,8 @@ def transposed_kernel_dot(inputs, kernel, dimension_numbers, precision=None, pre
     runs it as a slow Eigen dot when `out` is a few units: a 64x3 head's forward and backward over 2,048
     samples 313 -> 70 us on this CPU (64x8: 280 -> 116 us; no gain from 16 outputs on). The barrier keeps
     XLA from folding the transpose back into the product."""
+    if dimension_numbers != (((inputs.ndim - 1,), (0,)), ((), ())):   # only nn.Dense's contraction is written here
+        raise ValueError(f"transposed_kernel_dot: dimension_numbers {dimension_numbers} are not nn.Dense's")
     kernel_t = jax.lax.optimization_barrier(kernel.T)
     return jnp.einsum("oi,...i->...o", kernel_t, inputs, precision=precision,
                       preferred_element_type=preferred_element_type)
