@@ -41,7 +41,6 @@ def difference_cell(d: float, h: float) -> str:
     return f"{fmt_number(d)} ± {fmt_number(h)} ({verdict})"
 
 
-
 def paired_matrix(rows: list[dict]) -> list[str]:
     """Markdown lines: every row's objective minus every other row's, seed by seed (rows of one scenario or
     fleet, each with `objective_seeds`), each worded by `difference_cell`. Read along a row: "better" means the
@@ -58,6 +57,7 @@ def paired_matrix(rows: list[dict]) -> list[str]:
             cells.append(difference_cell(*t_interval(a - b)))
         lines.append(f"| {r['policy']} | " + " | ".join(cells) + " |")
     return lines
+
 
 HEAT_COLUMNS = ("throttled", "temp_max")   # added where some policy throttled the edge (splitrl/env/heat.py)
 SESSION_COLUMNS = ("migration_mb", "migration_s")   # added where some policy moved a conversation's KV cache
