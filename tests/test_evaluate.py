@@ -148,6 +148,36 @@ def test_paired_difference_is_seed_by_seed():
     assert matrix[3].endswith("(worse) |") and matrix[2].startswith("| myopic_dpp | · | 0.1 ± ")
 
 
+def test_state_metrics_are_paired_with_their_direction():
+    """A stateful scenario's own metric is paired like the objective, and worded by its direction: less time
+    throttled is better, more charge left is better; a metric every policy reads the same (no conversations
+    here: 0 KV moved) gets no cell, and a scenario without any state gets no line."""
+    from splitrl.evaluation.report import comparison_markdown
+    from splitrl.evaluation.stats import METRICS, STATE_METRICS, add_paired
+    base = {"scenario": "s", "model": "m", "edge": "e", "seeds": 3, "episodes": 1, "steps": 1, "edge_fits": True}
+    per = {"myopic_dpp": ([1.0, 2.0, 3.0], [0.8, 0.7, 0.9], [0.06, 0.05, 0.07]),
+           "hppo": ([0.9, 1.9, 2.9], [0.6, 0.5, 0.8], [0.07, 0.06, 0.08]),
+           "cloud_only": ([1.0, 2.5, 2.0], [0.1, 0.7, 0.3], [0.06, 0.05, 0.07]),
+           "oracle_dpp": ([0.5, 1.5, 2.5], [0.8, 0.7, 0.9], [0.06, 0.05, 0.07])}
+    rows = []
+    for p, (obj, thr, soc) in per.items():
+        seeds = {"objective": obj, "throttled": thr, "soc_end": soc, "temp_max": [40.0] * 3,
+                 "migration_mb": [0.0] * 3, "soc_min": soc}
+        rows.append(base | {m: 1.0 for m in METRICS} | {f"{m}_ci": 0.1 for m in METRICS} | {"policy": p}
+                    | {f"{m}_seeds": v for m, v in seeds.items()} | {m: float(np.mean(v)) for m, v in seeds.items()})
+    add_paired(rows)
+    hppo = rows[1]
+    assert hppo["throttled_vs_myopic_dpp"] == pytest.approx(-0.5 / 3) and set(STATE_METRICS) <= {
+        k.removesuffix("_vs_myopic_dpp") for k in hppo}
+    md = comparison_markdown(rows)
+    line = next(ln for ln in md.splitlines() if ln.startswith("s, hppo − myopic_dpp (paired): "))
+    assert "throttled (share of slots) -0.167 ± " in line and "(better); charge at the end 0.01 ± " in line
+    assert line.count("(better)") == 3 and "KV moved" not in line and "peak edge temp" not in line
+    for r in rows:     # the same policies without any state: every one reads the same constants
+        r.update({"throttled": 0.0, "soc_end": 1.0, "soc_min": 1.0})
+    assert "(paired): " not in comparison_markdown(rows)
+
+
 def test_a_run_needs_its_scenario(tmp_path):
     """A run trained on a scenario that is not among `scenarios` is an error naming the run and the fix,
     not an empty table."""

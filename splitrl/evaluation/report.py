@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from splitrl.evaluation.stats import LABELS, t_interval
+from splitrl.evaluation.stats import LABELS, STATE_METRICS, t_interval
 
 TABLE_COLUMNS = ("objective", "latency_mean", "latency_p50", "latency_p95", "latency_p99", "service_p95", "energy",
                  "delta_ppl", "fail_rate", "backlog_mean", "backlog_max", "backlog_growth")
@@ -35,9 +35,11 @@ def paired_cell(row: dict, ref: str) -> str:
     return difference_cell(d, h)
 
 
-def difference_cell(d: float, h: float) -> str:
-    """A paired difference `d ± h` and its verdict: better or worse when the interval excludes 0, else tie."""
-    verdict = "better" if d + h < 0 else "worse" if d - h > 0 else "tie"
+def difference_cell(d: float, h: float, higher_better: bool = False) -> str:
+    """A paired difference `d ± h` and its verdict: better or worse when the interval excludes 0, else tie
+    (lower is better unless `higher_better`)."""
+    below, above = d + h < 0, d - h > 0
+    verdict = "tie" if not (below or above) else "better" if below != higher_better else "worse"
     return f"{fmt_number(d)} ± {fmt_number(h)} ({verdict})"
 
 
@@ -130,6 +132,7 @@ def comparison_markdown(rows: list[dict], policies=COMPARED, columns=COMPARED_CO
         out.append(f"| {s} | {' | '.join(objs)} | {paired_cell(by[me], 'myopic_dpp')} | "
                    f"{paired_cell(by[me], 'cloud_only')} | {100 * gain:.1f} % |")
     out.append("")
+    out += [line for s in scens for line in state_lines({r["policy"]: r for r in rows if r["scenario"] == s}, s, me)]
     if scens:
         by = {r["policy"]: r for r in rows if r["scenario"] == scens[0]}
         out.append(f"Objective: mean ± 95 % t-interval over {by[me]['seeds']} seeds x {by[me]['episodes']} episodes; "
@@ -139,6 +142,16 @@ def comparison_markdown(rows: list[dict], policies=COMPARED, columns=COMPARED_CO
     for s in scens:
         out.append(markdown_table([r for r in rows if r["scenario"] == s and r["policy"] in policies], columns))
     return "\n".join(out)
+
+
+def state_lines(by: dict, scenario: str, me: str, ref: str = "myopic_dpp") -> list[str]:
+    """What a stateful scenario is about (time throttled, KV moved, charge left), `me` minus `ref` paired per
+    seed: one line where some policy's state differs from another's (none in a scenario without heat,
+    conversations or a battery, where every policy reads the same constant)."""
+    cells = [f"{LABELS[m]} {difference_cell(by[me][f'{m}_vs_{ref}'], by[me][f'{m}_vs_{ref}_ci'], sign > 0)}"
+             for m, sign in STATE_METRICS.items()
+             if math.isfinite(by[me].get(f"{m}_vs_{ref}", math.nan)) and len({round(r[m], 9) for r in by.values()}) > 1]
+    return [f"{scenario}, {me} − {ref} (paired): " + "; ".join(cells) + ".", ""] if cells else []
 
 
 # Splitwise (Younesi et al.) against "existing partitioners": ours are the layer-level ones

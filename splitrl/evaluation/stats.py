@@ -10,6 +10,10 @@ METRICS = ("latency_mean", "latency_p50", "latency_p95", "latency_p99", "service
            "backlog_mean", "backlog_max", "backlog_growth", "objective", "return", "drops", "timed_out", "failed",
            "fail_rate", "cloud_wait", "edge_frac", "boundary", "throttled", "temp_max", "migration_mb",
            "migration_s", "soc_end", "soc_min")
+# The edge's state that outlives a slot (heat, conversations, the battery), paired like the objective: each
+# stateful scenario is about one of them (time throttled, KV bytes moved, charge left). +1: higher is better.
+STATE_METRICS = {"throttled": -1, "temp_max": -1, "migration_mb": -1, "soc_end": 1, "soc_min": 1}
+PAIRED_METRICS = ("objective", *STATE_METRICS)
 LABELS = {"latency_mean": "response mean (s)", "latency_p50": "p50 (s)", "latency_p95": "p95 (s)",
           "latency_p99": "p99 (s)", "service_p95": "service p95, per slot (s)", "energy": "energy/req (J)",
           "delta_ppl": "ΔPPL", "backlog_mean": "backlog", "fail_rate": "unanswered", "cloud_wait": "cloud wait (s)",
@@ -84,7 +88,8 @@ def summarise(per_seed: list[dict[str, float]]) -> dict[str, float]:
     for m in METRICS:
         mean, half = t_interval(np.array([s[m] for s in per_seed]))
         row[m], row[f"{m}_ci"] = mean, half
-    row["objective_seeds"] = [float(s["objective"]) for s in per_seed]   # for paired comparisons
+    for m in PAIRED_METRICS:   # for paired comparisons
+        row[f"{m}_seeds"] = [float(s[m]) for s in per_seed]
     return row
 
 
@@ -94,14 +99,17 @@ PAIRED_REFERENCES = ("myopic_dpp", "cloud_only")
 def add_paired(rows: list[dict], references=PAIRED_REFERENCES, group: str = "scenario") -> list[dict]:
     """Each row's objective minus a reference policy's on the same scenario (or whatever `group` names,
     e.g. the fleet), seed by seed, with a 95 % Student-t interval over seeds (`objective_vs_<ref>`,
-    `_ci`). Every policy meets the same episodes (common random numbers), so the paired interval is far
-    tighter than the two unpaired ones: it is the one that says whether a difference is real. Negative:
-    better than the reference."""
+    `_ci`); the same for the state metrics where rows carry their seeds (`throttled_vs_<ref>`, ...).
+    Every policy meets the same episodes (common random numbers), so the paired interval is far tighter
+    than the two unpaired ones: it is the one that says whether a difference is real. Negative: better
+    than the reference (for the objective)."""
     for r in rows:
         for ref in references:
             other = [o for o in rows if o[group] == r[group] and o["policy"] == ref]
             if not other or len(other[0]["objective_seeds"]) != len(r["objective_seeds"]):
                 continue
-            diff = np.asarray(r["objective_seeds"]) - np.asarray(other[0]["objective_seeds"])
-            r[f"objective_vs_{ref}"], r[f"objective_vs_{ref}_ci"] = t_interval(diff)
+            for m in PAIRED_METRICS:
+                if f"{m}_seeds" in r and f"{m}_seeds" in other[0]:
+                    diff = np.asarray(r[f"{m}_seeds"]) - np.asarray(other[0][f"{m}_seeds"])
+                    r[f"{m}_vs_{ref}"], r[f"{m}_vs_{ref}_ci"] = t_interval(diff)
     return rows
