@@ -61,7 +61,7 @@ def paired_matrix(rows: list[dict]) -> list[str]:
     return lines
 
 
-HEAT_COLUMNS = ("throttled", "temp_max")   # added where some policy throttled the edge (splitrl/env/heat.py)
+HEAT_COLUMNS = ("throttled", "speed_lost", "temp_max")   # added where some policy throttled the edge (splitrl/env/heat.py)
 SESSION_COLUMNS = ("migration_mb", "migration_s")   # added where some policy moved a conversation's KV cache
 BATTERY_COLUMNS = ("soc_end", "soc_min", "fail_rate")   # added where the edge runs on a battery
 

@@ -8,11 +8,11 @@ import numpy as np
 
 METRICS = ("latency_mean", "latency_p50", "latency_p95", "latency_p99", "service_p95", "energy", "delta_ppl",
            "backlog_mean", "backlog_max", "backlog_growth", "objective", "return", "drops", "timed_out", "failed",
-           "fail_rate", "cloud_wait", "edge_frac", "boundary", "throttled", "temp_max", "migration_mb",
+           "fail_rate", "cloud_wait", "edge_frac", "boundary", "throttled", "speed_lost", "temp_max", "migration_mb",
            "migration_s", "soc_end", "soc_min")
 # The edge's state that outlives a slot (heat, conversations, the battery), paired like the objective: each
 # stateful scenario is about one of them (time throttled, KV bytes moved, charge left). +1: higher is better.
-STATE_METRICS = {"throttled": -1, "temp_max": -1, "migration_mb": -1, "soc_end": 1, "soc_min": 1}
+STATE_METRICS = {"throttled": -1, "speed_lost": -1, "temp_max": -1, "migration_mb": -1, "soc_end": 1, "soc_min": 1}
 PAIRED_METRICS = ("objective", *STATE_METRICS)
 LABELS = {"latency_mean": "response mean (s)", "latency_p50": "p50 (s)", "latency_p95": "p95 (s)",
           "latency_p99": "p99 (s)", "service_p95": "service p95, per slot (s)", "energy": "energy/req (J)",
@@ -20,6 +20,7 @@ LABELS = {"latency_mean": "response mean (s)", "latency_p50": "p50 (s)", "latenc
           "backlog_max": "max backlog", "backlog_growth": "backlog growth (req/slot)", "objective": "DPP objective",
           "return": "return", "drops": "drops/ep", "timed_out": "timeouts", "failed": "failed",
           "edge_frac": "edge units", "boundary": "boundary", "throttled": "throttled (share of slots)",
+          "speed_lost": "edge speed lost (mean)",
           "temp_max": "peak edge temp (°C)", "migration_mb": "KV moved (MB/slot)", "migration_s": "moving (s/slot)",
           "soc_end": "charge at the end", "soc_min": "lowest end charge"}
 
@@ -63,6 +64,9 @@ def seed_stats(out: dict[str, np.ndarray]) -> dict[str, float]:
             "edge_frac": float(out["edge_frac"].mean()), "boundary": float(out["boundary"].mean()),
             # the edge's heat (splitrl/env/heat.py): constant where the scenario has none
             "throttled": float((out["edge_speed"] < 1.0).mean()) if "edge_speed" in out else 0.0,
+            # how hard: where the phone is throttled in almost every slot whatever the policy, the share above
+            # cannot tell policies apart, the mean clock cut can
+            "speed_lost": float((1.0 - out["edge_speed"]).mean()) if "edge_speed" in out else 0.0,
             "temp_max": float(out["temp_c"].max(1).mean()) if "temp_c" in out else float("nan"),
             # conversations (splitrl/env/sessions.py `migration`): 0 where the scenario has none
             "migration_mb": float(out["migration_bytes"].mean() / 1e6) if "migration_bytes" in out else 0.0,
