@@ -184,3 +184,18 @@ def test_an_exported_heat_policy_reads_the_edge_temperature(tmp_path, monkeypatc
     monkeypatch.setattr("splitrl.runtime.policy.THERMAL_ZONES", tmp_path / "no_sensor")
     with pytest.raises(PolicyMismatch, match="temperature"):
         pol.observe(1.25e6, 0.04, 64, 32)
+
+
+def test_the_heat_experiment_is_the_documented_training_command():
+    """`+experiment=heat` is the documented recipe (γ = 0.99: a horizon longer than the phone's thermal time
+    constant) and leaves the scenario to the command line."""
+    from hydra import compose, initialize_config_dir
+
+    from splitrl.profiles.store import load_device
+    from splitrl.training.train import CONF_DIR
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        experiment = compose(config_name="train", overrides=["+experiment=heat", "scenario=heat_s23_metro"])
+        command = compose(config_name="train", overrides=["scenario=heat_s23_metro", "agent.gamma=0.99"])
+    assert experiment == command and experiment.scenario.id == "heat-s23-metro-v1"
+    s23 = load_device("galaxy-s23")
+    assert 1.0 / (1.0 - experiment.agent.gamma) >= s23.thermal.tau_s / experiment.scenario.slot_s
