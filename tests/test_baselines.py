@@ -325,6 +325,7 @@ def test_the_mpc_oracle_looks_ahead_with_the_envs_own_keys():
     from splitrl.evaluation.run import episode_keys, rollout
     env, params = make("session_s23_3g_bus")
     ek, pk = episode_keys("session_s23_3g_bus", 0, 1)
+    step = jax.jit(env.step_env)   # the replays: one compile, not 20 sequences' op-by-op eager steps
     for horizon in (1, 2):
         mpc = make_baseline("mpc_oracle", horizon=horizon, width=4).bind(env, params)
         pp = mpc.init(env, params)
@@ -339,7 +340,7 @@ def test_the_mpc_oracle_looks_ahead_with_the_envs_own_keys():
         def cost(seq, state=state, keys=keys, pp=pp):
             s, total = state, 0.0
             for i, j in enumerate(seq):
-                _, s, _, _, info = env.step_env(keys[i], s, pick(pp["actions"], j), params)
+                _, s, _, _, info = step(keys[i], s, pick(pp["actions"], j), params)
                 total += float(info["objective"])
             return total
 
