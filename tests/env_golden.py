@@ -64,10 +64,15 @@ def summarise(out) -> dict:
     return {"fields": res, "digest": digest.hexdigest()}
 
 
-def scenario_rollout(name: str) -> dict:
+def scenario_outputs(name: str):
+    """The raw rollout (reward, info, features, truncated), time-major [N_STEPS, N_ENVS]."""
     env, params = make(name)
     actions = fixed_actions(env.num_boundaries, env.num_units, (N_STEPS, N_ENVS))
-    return summarise(_rollout(env, params, actions, R.start, jax.random.PRNGKey(7)))
+    return _rollout(env, params, actions, R.start, jax.random.PRNGKey(7))
+
+
+def scenario_rollout(name: str) -> dict:
+    return summarise(scenario_outputs(name))
 
 
 def fleet_rollout() -> dict:
