@@ -80,16 +80,16 @@ def test_undamaged_channel_gives_zero_delta_ppl(default):
     env, params = default
     for b in range(env.num_boundaries):
         for units in (np.zeros(env.num_units), np.ones(env.num_units)):
-            m = request_cost(params, b, 0, jnp.asarray(units, jnp.float32), 100.0, 20.0, _cond(1e7, 0.04, 0.0, 40.0, 0.3))
+            m = _jit_cost(params, b, 0, jnp.asarray(units, jnp.float32), 100.0, 20.0, _cond(1e7, 0.04, 0.0, 40.0, 0.3))
             assert float(m["delta_ppl"]) == 0.0
 
 
 def test_int4_and_loss_damage_accuracy(default):
     env, params = default
     args = (jnp.zeros(env.num_units), 100.0, 20.0)
-    clean = float(request_cost(params, 5, 0, *args, _cond(1e7, 0.04, 0.0, 40.0, 0.3))["delta_ppl"])
-    int4 = float(request_cost(params, 5, 2, *args, _cond(1e7, 0.04, 0.0, 40.0, 0.3))["delta_ppl"])
-    lossy = float(request_cost(params, 5, 0, *args, _cond(1e7, 0.04, 0.5, 40.0, 0.3))["delta_ppl"])
+    clean = float(_jit_cost(params, 5, 0, *args, _cond(1e7, 0.04, 0.0, 40.0, 0.3))["delta_ppl"])
+    int4 = float(_jit_cost(params, 5, 2, *args, _cond(1e7, 0.04, 0.0, 40.0, 0.3))["delta_ppl"])
+    lossy = float(_jit_cost(params, 5, 0, *args, _cond(1e7, 0.04, 0.5, 40.0, 0.3))["delta_ppl"])
     assert clean == 0.0 and int4 > 0.5 and lossy > 0.0
 
 
@@ -120,7 +120,7 @@ def _cond(bw, rtt, loss_p, snr_db, cloud_load, cloud_wait=0.0, connected=1.0, re
 
 
 _CACHE = {}
-_jit_cost = jax.jit(request_cost)
+_jit_cost = jax.jit(request_cost)   # one compile for every test of one request's price (eager: op by op, each call)
 
 
 def _default_cached():
