@@ -8,25 +8,14 @@ episodes (the same keys as `splitrl-eval`), for a few margins. docs/evaluation.m
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from splitrl.baselines.dpp import MyopicDPP
-from splitrl.env.dpp import myopic_action
+from splitrl.baselines import make_baseline
 from splitrl.evaluation.run import episode_keys, rollout, scenario_spec
 from splitrl.evaluation.stats import seed_stats, t_interval
-
-
-@dataclasses.dataclass(frozen=True)
-class HeatMarginDPP(MyopicDPP):
-    """Myopic DPP that reads the edge's temperature `margin_c` K high: it gives up edge work earlier."""
-    margin_c: float = 0.0
-    name: str = "heat_margin_dpp"
-
-    def __call__(self, pparams, key, obs, state, env_params, step_key):
-        return myopic_action(env_params, state.replace(temp_c=state.temp_c + self.margin_c), pparams)
 
 
 def main() -> None:
@@ -44,8 +33,8 @@ def main() -> None:
     print("| margin (K) | objective per seed | mean | vs margin 0 (paired) | throttled | peak temp (°C) |")
     print("|---:|---|---:|---:|---:|---:|")
     for margin in (float(m) for m in a.margins.split(",")):
-        policy = HeatMarginDPP(margin_c=margin).bind(env, params)
-        pparams = policy.init(env, params, spec)
+        policy = make_baseline("heat_dpp").bind(env, params)    # splitrl/baselines/dpp.py HeatDPP
+        pparams = policy.init(env, params, spec) | {"margin": jnp.float32(margin)}
         stats = []
         for seed in range(a.seeds):
             ek, pk = episode_keys(spec.name, seed, a.episodes)

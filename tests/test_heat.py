@@ -1,6 +1,8 @@
 """The edge's heat (splitrl/env/heat.py): the thermal step, the throttle, what they do to a request's
 cost and to an episode, the observation, the scenario and device files, and the cloud's price."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -199,3 +201,33 @@ def test_the_heat_experiment_is_the_documented_training_command():
     assert experiment == command and experiment.scenario.id == "heat-s23-metro-v1"
     s23 = load_device("galaxy-s23")
     assert 1.0 / (1.0 - experiment.agent.gamma) >= s23.thermal.tau_s / experiment.scenario.slot_s
+
+
+def test_heat_dpp_reads_the_phone_hotter_and_is_tuned_on_training_episodes():
+    """heat_dpp at margin 0 is myopic DPP; read hot enough it keeps no more layers on a warm phone than myopic
+    DPP does, and fewer on one just under its throttle point; splitrl-eval picks its margin by the least
+    objective on training episodes, and evaluates it only where the edge heats."""
+    from splitrl.baselines import make_baseline
+    from splitrl.evaluation.run import EvalConfig, evaluate, tune_heat_margin
+    env, params = make(HEAT)
+    myopic, hot = make_baseline("myopic_dpp").bind(env, params), make_baseline("heat_dpp").bind(env, params)
+    cand = myopic.init(env, params)
+    pp = hot.init(env, params)
+    _, state = env.reset(jax.random.PRNGKey(0), params)
+    act = jax.jit(lambda pp, s: hot(pp, None, None, s, params, None))
+    picks = {}
+    for t in (30.0, 41.5):
+        s = state.replace(temp_c=jnp.float32(t))
+        want = jax.jit(lambda s: myopic(cand, None, None, s, params, None))(s)
+        assert int(act(pp, s).boundary) == int(want.boundary)                          # margin 0: myopic DPP
+        picks[t] = (int(want.boundary), int(act(pp | {"margin": jnp.float32(8.0)}, s).boundary))
+    assert all(h <= m for m, h in picks.values()) and picks[41.5][1] < picks[41.5][0], picks
+    cfg = EvalConfig(policies=("heat_dpp",), runs=(), scenarios=(HEAT,), seeds=1, episodes=2, steps=4,
+                     splitllm_sla_factor=1.0, chen_lam=1.0, chen_timesteps=0, plot_policies=(),
+                     heat_dpp_margins=(0.0, 8.0))
+    tuned_pp, row = tune_heat_margin(env, hot, params, pp, HEAT, cfg, 4)
+    scores = row["heat_margin_scores"]
+    assert set(scores) == {0.0, 8.0} and row["heat_margin_c"] == min(scores, key=scores.get)
+    assert float(tuned_pp["margin"]) == row["heat_margin_c"]
+    rows, _ = evaluate(dataclasses.replace(cfg, scenarios=("default",)), log=lambda *_: None)
+    assert rows == []                                         # no heat: no heat_dpp row (it is myopic DPP there)

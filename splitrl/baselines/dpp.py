@@ -50,6 +50,24 @@ class MyopicDPP(PolicyBase):
 
 
 @dataclasses.dataclass(frozen=True)
+class HeatDPP(MyopicDPP):
+    """Myopic DPP that reads the edge `margin_c` K hotter than it is, so it gives up edge work before the
+    heat that work adds throttles the edge: a heat-aware one-slot rule, the hand-written anticipation a
+    learned policy should at least match (docs/evaluation.md, "A phone in a warm metro carriage"). It does
+    not look ahead; the margin is the price of heat that its one-slot objective cannot give, so
+    `splitrl-eval` chooses it on training episodes (`heat_dpp_margins`). Without heat it is myopic DPP.
+    Params: {"candidates": the candidate set, "margin": K} (data: tuning compiles once)."""
+    margin_c: float = 0.0
+    name: str = "heat_dpp"
+
+    def init(self, env, env_params, spec=None, key=None):
+        return {"candidates": candidate_actions(env, env_params, exhaustive=False), "margin": jnp.float32(self.margin_c)}
+
+    def __call__(self, pparams, key, obs, state, env_params, step_key):
+        return myopic_action(env_params, state.replace(temp_c=state.temp_c + pparams["margin"]), pparams["candidates"])
+
+
+@dataclasses.dataclass(frozen=True)
 class FleetDPP(MyopicDPP):
     """Myopic DPP on the fleet's Lyapunov function (a fleet's devices only): also charges the drift its
     offloaded work adds to the shared cloud's queue at the published wait (`fleet_myopic_action`), where

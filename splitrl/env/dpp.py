@@ -123,7 +123,6 @@ def myopic_action(env_params: EnvParams, state: EnvState, candidates: Action) ->
     return pick(candidates, jnp.argmin(dpp_objective(env_params, state, m, arrivals)))
 
 
-
 def fleet_myopic_action(env_params: EnvParams, state: EnvState, candidates: Action, replicas, wait_ref_s,
                         batch_gain, congestion=1.0) -> Action:
     """`myopic_action` on the fleet's Lyapunov function (docs/fleet.md): the device's one-slot objective

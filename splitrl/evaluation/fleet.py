@@ -43,7 +43,7 @@ from splitrl.env.fleet import start
 from splitrl.env.fleet_scenario import FleetInfo, make_fleet_with_info
 from splitrl.evaluation.plots import plot_fleet
 from splitrl.evaluation.report import paired_matrix
-from splitrl.evaluation.run import episode_keys
+from splitrl.evaluation.run import TRAIN_SEED0, episode_keys
 from splitrl.evaluation.stats import add_paired, request_times, t_interval
 
 POLICIES = ("cloud_only", "edge_only", "static_split", "greedy_latency", "myopic_dpp", "fleet_dpp", "congestion_dpp",
@@ -56,7 +56,6 @@ CONGESTION_TUNED = ("congestion_dpp", "fleet_oracle")   # κ tuned on training e
 THRESHOLD_GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 CONGESTION_GRID = (1.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)   # congestion_dpp's multipliers tried
 PAIRED = ("cloud_only", "myopic_dpp", "congestion_dpp")   # each row's objective minus these, seed by seed
-TRAIN_SEED0 = 1000                                # training episodes: seeds TRAIN_SEED0, +1, ... (never evaluated)
 DEVICE_FIELDS = ("response_time", "arrivals", "drops", "request_failed", "served", "energy", "delta_ppl",
                  "backlog", "boundary", "objective")
 FLEET_FIELDS = ("cloud_util", "cloud_queue_s", "offloaded_work", "fleet_objective")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import time
 import zlib
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from splitrl.baselines import ScenarioSpec, Trained, make_baseline
+from splitrl.baselines.dpp import HeatDPP
 from splitrl.env import rollout as R
 from splitrl.evaluation.plots import plot_all
 from splitrl.evaluation.report import claims, claims_markdown, comparison_markdown, fmt_number, write_tables
@@ -43,6 +45,10 @@ RECORD = ("latency", "energy", "delta_ppl", "backlog", "objective", "served", "a
 
 
 # ----------------------------------------------------------------------------- rollout
+TRAIN_SEED0 = 1000   # training episodes, for tuning a baseline: seeds TRAIN_SEED0, +1, ... (never evaluated)
+TUNE_SEEDS = 2       # ... how many a single-device baseline is tuned on
+
+
 def episode_keys(scenario: str, seed: int, n_episodes: int) -> tuple[jax.Array, jax.Array]:
     """(env keys [N], policy keys [N]) of a scenario's episodes for one seed. The env keys depend only
     on (scenario, seed, episode): every policy meets the same randomness (common random numbers)."""
@@ -93,6 +99,7 @@ class EvalConfig:
     chen_lam: float             # Chen et al.'s UE-cost weight λ
     chen_timesteps: int         # PPO env steps to train Chen et al.'s agent per scenario
     plot_policies: tuple[str, ...]  # policies drawn in the partition-over-time plot (empty: all)
+    heat_dpp_margins: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)   # heat_dpp's margins (K): the best on training episodes is evaluated
 
 
 def scenario_spec(name: str) -> tuple[Any, Any, ScenarioSpec]:
@@ -110,12 +117,16 @@ def evaluate(cfg: EvalConfig, log=print) -> tuple[list[dict], dict]:
     for scen in cfg.scenarios:
         env, params, spec = scenario_spec(scen)
         n_steps = cfg.steps or int(params.max_steps_in_episode)
-        policies = [make_baseline(n, **_baseline_kwargs(n, cfg)) for n in cfg.policies]
+        # heat_dpp only where the edge heats (elsewhere it is myopic DPP, a row twice)
+        policies = [make_baseline(n, **_baseline_kwargs(n, cfg)) for n in cfg.policies if n != "heat_dpp" or env.heat]
         policies += [t for t in trained if t.scenario_id() == spec.info.id]
         for policy in policies:
             policy = policy.bind(env, params)
             t0 = time.perf_counter()
             pparams = policy.init(env, params, spec, jax.random.PRNGKey(0))
+            tuned = {}
+            if isinstance(policy, HeatDPP) and env.heat:
+                pparams, tuned = tune_heat_margin(env, policy, params, pparams, spec.name, cfg, n_steps)
             t_init = time.perf_counter() - t0
             per_seed, outs = [], []
             # a run trained with several seeds: evaluation seed s runs training seed s mod n, so the
@@ -135,12 +146,26 @@ def evaluate(cfg: EvalConfig, log=print) -> tuple[list[dict], dict]:
             raw[spec.name, policy.name] = {k: np.stack([o[k] for o in outs]) for k in outs[0]}
             row = {"scenario": spec.name, "policy": policy.name, "model": spec.info.model, "edge": spec.info.edge,
                    "edge_fits": bool(params.costs.boundary_mask[-1]), "seeds": cfg.seeds, "episodes": cfg.episodes,
-                   "steps": n_steps, "train_seeds": n_members} | summarise(per_seed)
+                   "steps": n_steps, "train_seeds": n_members} | tuned | summarise(per_seed)
             rows.append(row)
             log(f"{spec.name:40s} {policy.name:15s} objective {row['objective']:8.4f} ± {row['objective_ci']:.4f}  "
                 f"latency {row['latency_mean']:8.3f} s  p95 {row['latency_p95']:8.3f}  ({t_init:.1f} s init, "
                 f"{time.perf_counter() - t0 - t_init:.1f} s eval)")
     return rows, raw
+
+
+def tune_heat_margin(env, policy, params, pparams, scenario: str, cfg: EvalConfig, n_steps: int):
+    """heat_dpp's margin: the one of `cfg.heat_dpp_margins` with the least mean objective on training
+    episodes (seeds TRAIN_SEED0, +1: never evaluated), like a user would tune it. Returns the params with
+    that margin and {"heat_margin_c": it, "heat_margin_scores": {margin: objective}} for the row."""
+    scores = {}
+    for margin in cfg.heat_dpp_margins:
+        trial = pparams | {"margin": jnp.float32(margin)}
+        objs = [float(rollout(env, policy, params, trial, *episode_keys(scenario, TRAIN_SEED0 + s, cfg.episodes),
+                              n_steps)["objective"].mean()) for s in range(TUNE_SEEDS)]
+        scores[float(margin)] = float(np.mean(objs))
+    best = min(scores, key=scores.get)
+    return pparams | {"margin": jnp.float32(best)}, {"heat_margin_c": best, "heat_margin_scores": scores}
 
 
 def _check_runs_have_scenarios(cfg: EvalConfig, trained: list) -> None:
@@ -172,6 +197,13 @@ def typed_config(data: dict) -> EvalConfig:
         if not isinstance(data.get(k, ()), list | tuple):
             raise ConfigError(f"config {k} = {data.get(k)!r}: must be a list")
         data[k] = tuple(data.get(k) or ())
+    margins = data.get("heat_dpp_margins")
+    if "heat_dpp_margins" in data and (not isinstance(margins, list | tuple) or not margins
+            or not all(isinstance(m, int | float) and not isinstance(m, bool) and math.isfinite(m) for m in margins)):
+        raise ConfigError(f"config heat_dpp_margins = {margins!r}: must be a non-empty list of numbers (K), e.g. "
+                          "[0, 1, 2, 4, 8]")
+    if margins is not None:
+        data["heat_dpp_margins"] = tuple(float(m) for m in margins)
     cfg = build(EvalConfig, data, "eval")
     from splitrl.baselines import BASELINES
     unknown = [p for p in cfg.policies if p not in BASELINES]
