@@ -29,12 +29,13 @@ def main() -> None:
     if not env.heat:
         raise SystemExit(f"{a.scenario}: the edge does not heat in this scenario (no heat section)")
     steps = int(params.max_steps_in_episode)
+    policy = make_baseline("heat_dpp").bind(env, params)    # splitrl/baselines/dpp.py HeatDPP
+    candidates = policy.init(env, params, spec)               # the margin is data: one compile for every margin
     base = None
     print("| margin (K) | objective per seed | mean | vs margin 0 (paired) | throttled | peak temp (°C) |")
     print("|---:|---|---:|---:|---:|---:|")
     for margin in (float(m) for m in a.margins.split(",")):
-        policy = make_baseline("heat_dpp").bind(env, params)    # splitrl/baselines/dpp.py HeatDPP
-        pparams = policy.init(env, params, spec) | {"margin": jnp.float32(margin)}
+        pparams = candidates | {"margin": jnp.float32(margin)}
         stats = []
         for seed in range(a.seeds):
             ek, pk = episode_keys(spec.name, seed, a.episodes)

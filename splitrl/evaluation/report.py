@@ -125,14 +125,15 @@ def comparison_markdown(rows: list[dict], policies=COMPARED, columns=COMPARED_CO
     me = policies[0]
     out = [f"| scenario | {' | '.join(policies)} | {me} vs myopic_dpp | {me} vs cloud_only | oracle gain over cloud_only |",
            "|---|" + "---:|" * (len(policies) + 3)]
+    states = []
     for s in scens:
         by = {r["policy"]: r for r in rows if r["scenario"] == s}
+        states += state_lines(by, s, me)
         objs = [f"{fmt_number(by[p]['objective'])} ± {fmt_number(by[p]['objective_ci'])}" for p in policies]
         gain = 1 - by["oracle_dpp"]["objective"] / by["cloud_only"]["objective"]
         out.append(f"| {s} | {' | '.join(objs)} | {paired_cell(by[me], 'myopic_dpp')} | "
                    f"{paired_cell(by[me], 'cloud_only')} | {100 * gain:.1f} % |")
-    out.append("")
-    out += [line for s in scens for line in state_lines({r["policy"]: r for r in rows if r["scenario"] == s}, s, me)]
+    out += [""] + states
     if scens:
         by = {r["policy"]: r for r in rows if r["scenario"] == scens[0]}
         out.append(f"Objective: mean ± 95 % t-interval over {by[me]['seeds']} seeds x {by[me]['episodes']} episodes; "

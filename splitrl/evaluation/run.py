@@ -125,7 +125,7 @@ def evaluate(cfg: EvalConfig, log=print) -> tuple[list[dict], dict]:
             t0 = time.perf_counter()
             pparams = policy.init(env, params, spec, jax.random.PRNGKey(0))
             tuned = {}
-            if isinstance(policy, HeatDPP) and env.heat:
+            if isinstance(policy, HeatDPP):   # (only in an env that heats, above)
                 pparams, tuned = tune_heat_margin(env, policy, params, pparams, spec.name, cfg, n_steps)
             t_init = time.perf_counter() - t0
             per_seed, outs = [], []
@@ -197,12 +197,12 @@ def typed_config(data: dict) -> EvalConfig:
         if not isinstance(data.get(k, ()), list | tuple):
             raise ConfigError(f"config {k} = {data.get(k)!r}: must be a list")
         data[k] = tuple(data.get(k) or ())
-    margins = data.get("heat_dpp_margins")
-    if "heat_dpp_margins" in data and (not isinstance(margins, list | tuple) or not margins
-            or not all(isinstance(m, int | float) and not isinstance(m, bool) and math.isfinite(m) for m in margins)):
-        raise ConfigError(f"config heat_dpp_margins = {margins!r}: must be a non-empty list of numbers (K), e.g. "
-                          "[0, 1, 2, 4, 8]")
-    if margins is not None:
+    if "heat_dpp_margins" in data:
+        margins = data["heat_dpp_margins"]
+        if (not isinstance(margins, list | tuple) or not margins
+                or not all(isinstance(m, int | float) and not isinstance(m, bool) and math.isfinite(m) for m in margins)):
+            raise ConfigError(f"config heat_dpp_margins = {margins!r}: must be a non-empty list of numbers (K), e.g. "
+                              "[0, 1, 2, 4, 8]")
         data["heat_dpp_margins"] = tuple(float(m) for m in margins)
     cfg = build(EvalConfig, data, "eval")
     from splitrl.baselines import BASELINES
