@@ -89,3 +89,42 @@ def test_the_runtime_refuses_a_policy_trained_on_a_battery(tmp_path):
     _, report, *_ = export_random(tmp_path, BATTERY)
     with pytest.raises(PolicyMismatch, match="battery"):
         OnnxPolicy(report["onnx"], model_name="gpt2-xl")
+
+
+def test_battery_dpp_keeps_a_reserve_and_is_tuned_on_training_episodes():
+    """battery_dpp at reserve 0 is myopic DPP; with a reserve above the charge left per slot left it plays
+    cloud-only where myopic DPP keeps work on the phone, and not while the charge is ample; splitrl-eval
+    picks its reserve by the least objective on training episodes, and evaluates it only on a battery."""
+    import dataclasses
+
+    from splitrl.baselines import make_baseline
+    from splitrl.evaluation.run import EvalConfig, evaluate, tune_battery_reserve
+    env, params = make("battery_s23_lowcharge")
+    myopic, keep = make_baseline("myopic_dpp").bind(env, params), make_baseline("battery_dpp").bind(env, params)
+    cand, pp = myopic.init(env, params), keep.init(env, params)
+    act = jax.jit(lambda pp, s: keep(pp, None, None, s, params, None))
+    want_of = jax.jit(lambda s: myopic(cand, None, None, s, params, None))
+    _, state = env.reset(jax.random.PRNGKey(0), params)
+    floor, cap = float(params.battery.floor), float(params.battery.capacity_j)
+    kept = 0
+    for soc in (0.052, 0.055, 0.059):
+        for t in (0, 150):
+            s = state.replace(soc=jnp.float32(soc), time=jnp.int32(t), z_battery=jnp.float32(5.0))
+            want = want_of(s)
+            assert int(act(pp, s).boundary) == int(want.boundary)                       # reserve 0: myopic DPP
+            per_slot = (soc - floor) * cap / (200 - t)
+            a = act(pp | {"reserve_j": jnp.float32(per_slot * 1.01)}, s)                # short: cloud-only
+            assert int(a.boundary) == 0 and int(a.units.sum()) == 0
+            b = act(pp | {"reserve_j": jnp.float32(per_slot * 0.99)}, s)                # enough: myopic DPP
+            assert int(b.boundary) == int(want.boundary)
+            kept += int(want.boundary) > 0
+    assert kept > 0                                       # the cloud-only picks above are the reserve's, not DPP's
+    cfg = EvalConfig(policies=("battery_dpp",), runs=(), scenarios=("battery_s23_lowcharge",), seeds=1, episodes=2,
+                     steps=4, splitllm_sla_factor=1.0, chen_lam=1.0, chen_timesteps=0, plot_policies=(),
+                     battery_dpp_reserves_j=(0.0, 1e6))
+    tuned_pp, row = tune_battery_reserve(env, keep, params, pp, "battery_s23_lowcharge", cfg, 4)
+    scores = row["battery_reserve_scores"]
+    assert set(scores) == {0.0, 1e6} and row["battery_reserve_j"] == min(scores, key=scores.get)
+    assert float(tuned_pp["reserve_j"]) == row["battery_reserve_j"]
+    rows, _ = evaluate(dataclasses.replace(cfg, scenarios=("default",)), log=lambda *_: None)
+    assert rows == []                                     # no battery: no battery_dpp row (it is myopic DPP there)

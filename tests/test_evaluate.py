@@ -108,11 +108,13 @@ def test_claims_ratios():
 def test_config_errors_name_the_field(tmp_path):
     good = {"policies": ["cloud_only"], "runs": [], "scenarios": ["default"], "seeds": 1, "episodes": 1, "steps": 0,
             "splitllm_sla_factor": 1.0, "chen_lam": 1.0, "chen_timesteps": 640, "plot_policies": [],
-            "heat_dpp_margins": [0, 2.5]}
+            "heat_dpp_margins": [0, 2.5], "battery_dpp_reserves_j": [0, 3]}
     assert typed_config(good).policies == ("cloud_only",) and typed_config(good).heat_dpp_margins == (0.0, 2.5)
-    for bad in ([], "4", [1, "x"], [float("nan")]):
-        with pytest.raises(ConfigError, match="heat_dpp_margins = .*non-empty list of numbers"):
-            typed_config(good | {"heat_dpp_margins": bad})
+    assert typed_config(good).battery_dpp_reserves_j == (0.0, 3.0)
+    for k in ("heat_dpp_margins", "battery_dpp_reserves_j"):
+        for bad in ([], "4", [1, "x"], [float("nan")]):
+            with pytest.raises(ConfigError, match=f"{k} = .*non-empty list of numbers"):
+                typed_config(good | {k: bad})
     with pytest.raises(ConfigError, match="unknown"):
         typed_config(good | {"policies": ["neurosurgeon"]})
     with pytest.raises(ConfigError, match="config runs: .*no resolved_config.yaml; give the directory of a splitrl-train run"):

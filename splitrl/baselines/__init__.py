@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from splitrl.baselines.base import PolicyBase, ScenarioSpec
 from splitrl.baselines.chen import ChenPPO
-from splitrl.baselines.dpp import GreedyLatency, HeatDPP, LookaheadOracle, MyopicDPP, Oracle
+from splitrl.baselines.dpp import BatteryDPP, GreedyLatency, HeatDPP, LookaheadOracle, MyopicDPP, Oracle
 from splitrl.baselines.fixed import CloudOnly, EdgeOnly, RandomPolicy, StaticSplit
 from splitrl.baselines.splitllm import SplitLLMDP
 from splitrl.baselines.trained import Trained
 
 BASELINES = {"cloud_only": CloudOnly, "edge_only": EdgeOnly, "random": RandomPolicy, "static_split": StaticSplit,
-             "greedy_latency": GreedyLatency, "myopic_dpp": MyopicDPP, "heat_dpp": HeatDPP, "splitllm_dp": SplitLLMDP,
-             "chen_ppo": ChenPPO, "oracle_dpp": Oracle, "mpc_oracle": LookaheadOracle}
+             "greedy_latency": GreedyLatency, "myopic_dpp": MyopicDPP, "heat_dpp": HeatDPP, "battery_dpp": BatteryDPP,
+             "splitllm_dp": SplitLLMDP, "chen_ppo": ChenPPO, "oracle_dpp": Oracle, "mpc_oracle": LookaheadOracle}
 
 
 def make_baseline(name: str, **kwargs) -> PolicyBase:

@@ -68,6 +68,33 @@ class HeatDPP(MyopicDPP):
 
 
 @dataclasses.dataclass(frozen=True)
+class BatteryDPP(MyopicDPP):
+    """Myopic DPP that keeps a reserve of charge: once the charge left above the floor, spread over the
+    slots left, is below `reserve_j` J a slot, it plays cloud-only (a request that meets a dropout still
+    falls back to the phone, which is what the reserve is for). The battery queue Z_B prices overspending
+    against the even spend-down, but it is clipped at z_max and the spend-down ignores what the phone
+    draws whatever it plays, so where the charge is short its price stops growing (docs/evaluation.md,
+    "A phone in its last percent"). The reserve is the hand-written anticipation a learned policy should
+    at least match; it does not look ahead, and `splitrl-eval` chooses it on training episodes
+    (`battery_dpp_reserves_j`). Reserve 0 is myopic DPP, and so is it without a battery.
+    Params: {"candidates": the candidate set, "reserve_j": J a slot} (data: tuning compiles once)."""
+    reserve_j: float = 0.0
+    name: str = "battery_dpp"
+
+    def init(self, env, env_params, spec=None, key=None):
+        return {"candidates": candidate_actions(env, env_params, exhaustive=False),
+                "reserve_j": jnp.float32(self.reserve_j)}
+
+    def __call__(self, pparams, key, obs, state, env_params, step_key):
+        b = env_params.battery
+        slots_left = jnp.maximum(env_params.max_steps_in_episode - state.time, 1).astype(jnp.float32)
+        short = (state.soc - b.floor) * b.capacity_j / slots_left < pparams["reserve_j"]
+        a = myopic_action(env_params, state, pparams["candidates"])
+        return Action(boundary=jnp.where(short, 0, a.boundary), fmt=jnp.where(short, 0, a.fmt),
+                      units=jnp.where(short, 0, a.units))
+
+
+@dataclasses.dataclass(frozen=True)
 class FleetDPP(MyopicDPP):
     """Myopic DPP on the fleet's Lyapunov function (a fleet's devices only): also charges the drift its
     offloaded work adds to the shared cloud's queue at the published wait (`fleet_myopic_action`), where

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from splitrl.baselines import ScenarioSpec, Trained, make_baseline
-from splitrl.baselines.dpp import HeatDPP
+from splitrl.baselines.dpp import BatteryDPP, HeatDPP
 from splitrl.env import rollout as R
 from splitrl.evaluation.plots import plot_all
 from splitrl.evaluation.report import claims, claims_markdown, comparison_markdown, fmt_number, write_tables
@@ -100,6 +100,7 @@ class EvalConfig:
     chen_timesteps: int         # PPO env steps to train Chen et al.'s agent per scenario
     plot_policies: tuple[str, ...]  # policies drawn in the partition-over-time plot (empty: all)
     heat_dpp_margins: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)   # heat_dpp's margins (K): the best on training episodes is evaluated
+    battery_dpp_reserves_j: tuple[float, ...] = (0.0, 2.0, 3.0, 4.0, 6.0, 8.0)   # battery_dpp's reserves (J a slot): likewise
 
 
 def scenario_spec(name: str) -> tuple[Any, Any, ScenarioSpec]:
@@ -117,8 +118,9 @@ def evaluate(cfg: EvalConfig, log=print) -> tuple[list[dict], dict]:
     for scen in cfg.scenarios:
         env, params, spec = scenario_spec(scen)
         n_steps = cfg.steps or int(params.max_steps_in_episode)
-        # heat_dpp only where the edge heats (elsewhere it is myopic DPP, a row twice)
-        policies = [make_baseline(n, **_baseline_kwargs(n, cfg)) for n in cfg.policies if n != "heat_dpp" or env.heat]
+        # heat_dpp only where the edge heats, battery_dpp only on a battery (elsewhere each is myopic DPP, a row twice)
+        policies = [make_baseline(n, **_baseline_kwargs(n, cfg)) for n in cfg.policies
+                    if (n != "heat_dpp" or env.heat) and (n != "battery_dpp" or env.battery)]
         policies += [t for t in trained if t.scenario_id() == spec.info.id]
         for policy in policies:
             policy = policy.bind(env, params)
@@ -127,6 +129,8 @@ def evaluate(cfg: EvalConfig, log=print) -> tuple[list[dict], dict]:
             tuned = {}
             if isinstance(policy, HeatDPP):   # (only in an env that heats, above)
                 pparams, tuned = tune_heat_margin(env, policy, params, pparams, spec.name, cfg, n_steps)
+            if isinstance(policy, BatteryDPP):   # (only on a battery, above)
+                pparams, tuned = tune_battery_reserve(env, policy, params, pparams, spec.name, cfg, n_steps)
             t_init = time.perf_counter() - t0
             per_seed, outs = [], []
             # a run trained with several seeds: evaluation seed s runs training seed s mod n, so the
@@ -154,18 +158,34 @@ def evaluate(cfg: EvalConfig, log=print) -> tuple[list[dict], dict]:
     return rows, raw
 
 
-def tune_heat_margin(env, policy, params, pparams, scenario: str, cfg: EvalConfig, n_steps: int):
-    """heat_dpp's margin: the one of `cfg.heat_dpp_margins` with the least mean objective on training
-    episodes (seeds TRAIN_SEED0, +1: never evaluated), like a user would tune it. Returns the params with
-    that margin and {"heat_margin_c": it, "heat_margin_scores": {margin: objective}} for the row."""
+def tune_on_training_episodes(env, policy, params, pparams, key: str, grid, scenario: str, cfg: EvalConfig,
+                              n_steps: int) -> tuple[dict, float, dict]:
+    """The value of `pparams[key]` in `grid` with the least mean objective on training episodes (seeds
+    TRAIN_SEED0, +1: never evaluated), like a user would tune it: (params with it, it, {value: objective})."""
     scores = {}
-    for margin in cfg.heat_dpp_margins:
-        trial = pparams | {"margin": jnp.float32(margin)}
+    for v in grid:
+        trial = pparams | {key: jnp.float32(v)}
         objs = [float(rollout(env, policy, params, trial, *episode_keys(scenario, TRAIN_SEED0 + s, cfg.episodes),
                               n_steps)["objective"].mean()) for s in range(TUNE_SEEDS)]
-        scores[float(margin)] = float(np.mean(objs))
+        scores[float(v)] = float(np.mean(objs))
     best = min(scores, key=scores.get)
-    return pparams | {"margin": jnp.float32(best)}, {"heat_margin_c": best, "heat_margin_scores": scores}
+    return pparams | {key: jnp.float32(best)}, best, scores
+
+
+def tune_heat_margin(env, policy, params, pparams, scenario: str, cfg: EvalConfig, n_steps: int):
+    """heat_dpp's margin, tuned on training episodes over `cfg.heat_dpp_margins`: the params with it and
+    {"heat_margin_c": it, "heat_margin_scores": {margin: objective}} for the row."""
+    pparams, best, scores = tune_on_training_episodes(env, policy, params, pparams, "margin", cfg.heat_dpp_margins,
+                                                      scenario, cfg, n_steps)
+    return pparams, {"heat_margin_c": best, "heat_margin_scores": scores}
+
+
+def tune_battery_reserve(env, policy, params, pparams, scenario: str, cfg: EvalConfig, n_steps: int):
+    """battery_dpp's reserve, tuned on training episodes over `cfg.battery_dpp_reserves_j`: the params with it
+    and {"battery_reserve_j": it, "battery_reserve_scores": {reserve: objective}} for the row."""
+    pparams, best, scores = tune_on_training_episodes(env, policy, params, pparams, "reserve_j",
+                                                      cfg.battery_dpp_reserves_j, scenario, cfg, n_steps)
+    return pparams, {"battery_reserve_j": best, "battery_reserve_scores": scores}
 
 
 def _check_runs_have_scenarios(cfg: EvalConfig, trained: list) -> None:
@@ -197,13 +217,13 @@ def typed_config(data: dict) -> EvalConfig:
         if not isinstance(data.get(k, ()), list | tuple):
             raise ConfigError(f"config {k} = {data.get(k)!r}: must be a list")
         data[k] = tuple(data.get(k) or ())
-    if "heat_dpp_margins" in data:
-        margins = data["heat_dpp_margins"]
-        if (not isinstance(margins, list | tuple) or not margins
-                or not all(isinstance(m, int | float) and not isinstance(m, bool) and math.isfinite(m) for m in margins)):
-            raise ConfigError(f"config heat_dpp_margins = {margins!r}: must be a non-empty list of numbers (K), e.g. "
-                              "[0, 1, 2, 4, 8]")
-        data["heat_dpp_margins"] = tuple(float(m) for m in margins)
+    for k, unit, eg in (("heat_dpp_margins", "K", "[0, 1, 2, 4, 8]"), ("battery_dpp_reserves_j", "J a slot", "[0, 2, 3, 4, 6, 8]")):
+        if k in data:
+            grid = data[k]
+            if (not isinstance(grid, list | tuple) or not grid
+                    or not all(isinstance(m, int | float) and not isinstance(m, bool) and math.isfinite(m) for m in grid)):
+                raise ConfigError(f"config {k} = {grid!r}: must be a non-empty list of numbers ({unit}), e.g. {eg}")
+            data[k] = tuple(float(m) for m in grid)
     cfg = build(EvalConfig, data, "eval")
     from splitrl.baselines import BASELINES
     unknown = [p for p in cfg.policies if p not in BASELINES]
