@@ -71,12 +71,13 @@ class HeatDPP(MyopicDPP):
 class BatteryDPP(MyopicDPP):
     """Myopic DPP that keeps a reserve of charge: once the charge left above the floor, spread over the
     slots left, is below `reserve_j` J a slot, it plays cloud-only (a request that meets a dropout still
-    falls back to the phone, which is what the reserve is for). The battery queue Z_B prices overspending
-    against the even spend-down, but it is clipped at z_max and the spend-down ignores what the phone
-    draws whatever it plays, so where the charge is short its price stops growing (docs/evaluation.md,
-    "A phone in its last percent"). The reserve is the hand-written anticipation a learned policy should
-    at least match; it does not look ahead, and `splitrl-eval` chooses it on training episodes
-    (`battery_dpp_reserves_j`). Reserve 0 is myopic DPP, and so is it without a battery.
+    falls back to the phone, which is what the reserve is for). The battery queue Z_B prices the charge
+    only once spending runs behind the even spend-down to the floor (by Z_B·E_ref joules), so myopic DPP
+    reaches the floor before the episode ends, and where the charge is short Z_B saturates at z_max and
+    stops pricing it (docs/evaluation.md, "A phone in its last percent"). The reserve is the hand-written
+    anticipation a learned policy should at least match; it does not look ahead, and `splitrl-eval`
+    chooses it on training episodes (`battery_dpp_reserves_j`). Reserve 0 is myopic DPP, and so is it
+    without a battery.
     Params: {"candidates": the candidate set, "reserve_j": J a slot} (data: tuning compiles once)."""
     reserve_j: float = 0.0
     name: str = "battery_dpp"
