@@ -128,3 +128,18 @@ def test_battery_dpp_keeps_a_reserve_and_is_tuned_on_training_episodes():
     assert float(tuned_pp["reserve_j"]) == row["battery_reserve_j"]
     rows, _ = evaluate(dataclasses.replace(cfg, scenarios=("default",)), log=lambda *_: None)
     assert rows == []                                     # no battery: no battery_dpp row (it is myopic DPP there)
+
+
+def test_the_battery_experiment_is_the_documented_training_command():
+    """`+experiment=battery` is the documented recipe (γ = 0.99 and 3 M steps, a whole number of updates) and
+    leaves the scenario to the command line."""
+    from hydra import compose, initialize_config_dir
+
+    from splitrl.training.train import CONF_DIR
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        experiment = compose(config_name="train", overrides=["+experiment=battery", "scenario=battery_s23_lowcharge"])
+        command = compose(config_name="train", overrides=["scenario=battery_s23_lowcharge", "agent.gamma=0.99",
+                                                          "agent.total_timesteps=3072000"])
+    assert experiment == command and experiment.scenario.id == "battery-s23-lowcharge-v1"
+    a = experiment.agent
+    assert a.total_timesteps % (a.num_envs * a.num_steps) == 0
