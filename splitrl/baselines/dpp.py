@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from splitrl.baselines.base import PolicyBase
-from splitrl.env import sessions
+from splitrl.env import battery, sessions
 from splitrl.env.dpp import candidate_actions, candidate_costs, fleet_myopic_action, myopic_action, pick
 from splitrl.env.fleet import congestion_charge
 from splitrl.env.slot import estimated_conditions
@@ -87,9 +87,8 @@ class BatteryDPP(MyopicDPP):
                 "reserve_j": jnp.float32(self.reserve_j)}
 
     def __call__(self, pparams, key, obs, state, env_params, step_key):
-        b = env_params.battery
         slots_left = jnp.maximum(env_params.max_steps_in_episode - state.time, 1).astype(jnp.float32)
-        short = (state.soc - b.floor) * b.capacity_j / slots_left < pparams["reserve_j"]
+        short = battery.spend_down_j(env_params, state.soc, slots_left) < pparams["reserve_j"]
         a = myopic_action(env_params, state, pparams["candidates"])
         return Action(boundary=jnp.where(short, 0, a.boundary), fmt=jnp.where(short, 0, a.fmt),
                       units=jnp.where(short, 0, a.units))

@@ -30,8 +30,14 @@ def start(params: EnvParams, u, has_battery: bool) -> dict:
     if not has_battery:
         return dict(soc=jnp.float32(1.0), z_battery=jnp.float32(0.0), battery_allow_j=jnp.float32(1e30))
     soc = b.start_lo + u * (b.start_hi - b.start_lo)
-    allow = (soc - b.floor) * b.capacity_j / params.max_steps_in_episode.astype(jnp.float32)
+    allow = spend_down_j(params, soc, params.max_steps_in_episode.astype(jnp.float32))
     return dict(soc=soc, z_battery=jnp.float32(0.0), battery_allow_j=allow)
+
+
+def spend_down_j(params: EnvParams, soc, slots):
+    """J a slot that spend the charge `soc` down to the floor evenly over `slots` slots (at reset, over the
+    episode: the battery queue's allowance; mid-episode, over the slots left: `battery_dpp`'s reserve test)."""
+    return (soc - params.battery.floor) * params.battery.capacity_j / slots
 
 
 def drain(params: EnvParams, state: EnvState, slot_j):
